@@ -1,0 +1,181 @@
+//! The command line: `serve`, `check-config`, `keygen`, `jwks`, `envoy-config`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, EXIT_CONFIG};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "OpenID Connect single sign-on behind Envoy ext_authz"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ext_authz gRPC server and the HTTP service.
+    Serve {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file; report every problem and exit 64 if there are any.
+    CheckConfig {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Generate a new ES256 (P-256) signing key as PKCS#8 PEM.
+    Keygen {
+        /// Write to this file (mode 0600) instead of stdout; refuses to overwrite.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the JWKS (public keys) for the config's signing key, e.g. for Grafana's jwk_set_file.
+    Jwks {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print an Envoy bootstrap config matching the portcullis config.
+    EnvoyConfig {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        /// Address Envoy's HTTPS listener binds.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Address of Envoy's admin interface.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        #[arg(long)]
+        tls_cert: PathBuf,
+        #[arg(long)]
+        tls_key: PathBuf,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(c) => {
+                println!("config OK: {} routes", c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => config_failed(&errors),
+        },
+        Command::Keygen { out } => keygen(out),
+        Command::Jwks { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(c.signing_keys.jwks()).expect("JWKS serializes")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => config_failed(&errors),
+        },
+        Command::EnvoyConfig {
+            config,
+            listen,
+            admin,
+            tls_cert,
+            tls_key,
+        } => match config::load(&config) {
+            Ok(c) => {
+                let opts = crate::envoy::EnvoyOptions {
+                    listen,
+                    admin,
+                    tls_cert: &tls_cert,
+                    tls_key: &tls_key,
+                };
+                print!("{}", crate::envoy::bootstrap_yaml(&c, &opts));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => config_failed(&errors),
+        },
+    }
+}
+
+fn config_failed(errors: &config::ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!("{} problem(s) in the config", errors.0.len());
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    // Validate everything before any port is bound.
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => return config_failed(&errors),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match crate::server::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot bind {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match crate::server::serve(config, listeners, crate::server::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn keygen(out: Option<PathBuf>) -> ExitCode {
+    let pem = crate::identity::generate_pkcs8_pem();
+    let Some(path) = out else {
+        print!("{pem}");
+        return ExitCode::SUCCESS;
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options
+        .open(&path)
+        .and_then(|mut f| f.write_all(pem.as_bytes()))
+    {
+        Ok(()) => {
+            eprintln!("wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,677 @@
+//! Configuration: one YAML file, read and validated whole before any port is bound.
+//!
+//! Loading happens in two steps. The file is parsed into [`raw::RawConfig`] (all fields
+//! optional, unknown keys collected rather than fatal), then [`validate`] turns it into a
+//! [`Config`], collecting every problem with the path of the offending key. `check-config`
+//! prints that list; `serve` refuses to start on a non-empty one.
+
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::identity::SigningKeys;
+use crate::policy::Policy;
+use crate::secret::{SecretBytes, SecretString};
+use raw::{RawConfig, RawPolicy, RawRoute};
+
+/// Exit code for an unusable config (sysexits EX_USAGE), shared by `check-config` and `serve`.
+pub const EXIT_CONFIG: i32 = 64;
+
+const DEFAULT_IDENTITY_HEADER: &str = "X-Portcullis-Jwt-Assertion";
+const MIN_COOKIE_SECRET_BYTES: usize = 32;
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Public origin of the auth host, e.g. `https://auth.localhost:8443`.
+    pub authenticate_url: Url,
+    pub idp: IdpConfig,
+    pub cookie: CookieConfig,
+    pub signing_keys: SigningKeys,
+    /// Header that carries the identity JWT upstream (as configured, e.g. `X-Portcullis-Jwt-Assertion`).
+    pub identity_header: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc_address: SocketAddr,
+    pub http_address: SocketAddr,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub scopes: Vec<String>,
+    pub groups_claim: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub name: String,
+    pub secret: SecretBytes,
+    pub lifetime: Duration,
+    pub secure: bool,
+}
+
+/// One protected (or public) application.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// The public URL as configured.
+    pub from: Url,
+    /// `host[:port]` as browsers send it in `Host` (port omitted when it is the scheme's default).
+    pub authority: String,
+    /// Path prefix without a trailing slash; empty for the whole host.
+    pub path_prefix: String,
+    pub to: Url,
+    pub policy: Policy,
+}
+
+impl Route {
+    /// The origin (`scheme://authority`) of the route.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.from.scheme(), self.authority)
+    }
+
+    /// Whether `path` (which may carry a query) is under this route's prefix.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let prefix = &self.path_prefix;
+        if prefix.is_empty() {
+            return true;
+        }
+        match path.strip_prefix(prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with(['/', '?']),
+            None => false,
+        }
+    }
+}
+
+/// One problem found in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem in one config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: path.display().to_string(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    parse(&text, &base)
+}
+
+/// Parses and validates config text; relative file paths resolve against `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors::default();
+    let mut unknown = Vec::new();
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(key_path(&p))) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // Structure errors (wrong type, bad YAML) stop parsing; serde_yaml_ng's message
+            // already carries the key path and the line.
+            return Err(ConfigErrors(vec![ConfigError {
+                path: "config".into(),
+                message: e.to_string(),
+            }]));
+        }
+    };
+    for key in unknown {
+        errors.push(key, "unknown key");
+    }
+    let config = validate(raw, base, &mut errors);
+    match config {
+        Some(c) if errors.0.is_empty() => Ok(c),
+        _ => Err(ConfigErrors(errors.0)),
+    }
+}
+
+/// Renders an ignored key's location the way errors name fields: `routes[1].policy.bogus`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let p = key_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Records `path` as missing and returns None, for use with `?`-less chains.
+    fn missing<T>(&mut self, path: &str) -> Option<T> {
+        self.push(path, "missing (required)");
+        None
+    }
+}
+
+fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> {
+    // Destructure so that a new raw field cannot go unvalidated silently.
+    let RawConfig {
+        server,
+        authenticate_url,
+        idp,
+        cookie,
+        signing_key_file,
+        identity_header,
+        routes,
+    } = raw;
+
+    let server = validate_server(server.unwrap_or_default(), errors);
+    let authenticate_url = match authenticate_url {
+        Some(u) => parse_origin(&u, "authenticate_url", errors),
+        None => errors.missing("authenticate_url"),
+    };
+    let idp = match idp {
+        Some(idp) => validate_idp(idp, base, errors),
+        None => errors.missing("idp"),
+    };
+    let cookie = match cookie {
+        Some(c) => validate_cookie(c, base, errors),
+        None => errors.missing("cookie"),
+    };
+    let signing_keys = match signing_key_file {
+        Some(f) => match SigningKeys::load(&resolve(base, &f)) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                errors.push("signing_key_file", format!("{f}: {e}"));
+                None
+            }
+        },
+        None => errors.missing("signing_key_file"),
+    };
+    let identity_header = identity_header.unwrap_or_else(|| DEFAULT_IDENTITY_HEADER.into());
+    if !is_safe_header_name(&identity_header) {
+        errors.push(
+            "identity_header",
+            format!("{identity_header:?} is not a usable header name"),
+        );
+    }
+    let routes = match routes {
+        Some(r) if !r.is_empty() => validate_routes(r, authenticate_url.as_ref(), errors),
+        _ => {
+            errors.push("routes", "missing (at least one route is required)");
+            Vec::new()
+        }
+    };
+
+    Some(Config {
+        server: server?,
+        authenticate_url: authenticate_url?,
+        idp: idp?,
+        cookie: cookie?,
+        signing_keys: signing_keys?,
+        identity_header,
+        routes,
+    })
+}
+
+fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerConfig> {
+    let raw::RawServer {
+        grpc_address,
+        http_address,
+        shutdown_grace,
+    } = raw;
+    let mut addr = |value: Option<String>, default: &str, path: &str| {
+        let v = value.unwrap_or_else(|| default.to_string());
+        v.parse::<SocketAddr>()
+            .map_err(|_| errors.push(path, format!("{v:?} is not an IP:port address")))
+            .ok()
+    };
+    let grpc_address = addr(grpc_address, "127.0.0.1:9100", "server.grpc_address");
+    let http_address = addr(http_address, "127.0.0.1:9101", "server.http_address");
+    let shutdown_grace = match shutdown_grace {
+        Some(s) => parse_duration(&s)
+            .map_err(|m| errors.push("server.shutdown_grace", m))
+            .ok(),
+        None => Some(Duration::from_secs(10)),
+    };
+    Some(ServerConfig {
+        grpc_address: grpc_address?,
+        http_address: http_address?,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<IdpConfig> {
+    let raw::RawIdp {
+        issuer,
+        client_id,
+        client_secret_file,
+        scopes,
+        groups_claim,
+    } = raw;
+    let issuer = match issuer {
+        Some(i) => match Url::parse(&i) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(i),
+            _ => {
+                errors.push("idp.issuer", format!("{i:?} is not an http(s) URL"));
+                None
+            }
+        },
+        None => errors.missing("idp.issuer"),
+    };
+    let client_id = match client_id {
+        Some(c) if !c.trim().is_empty() => Some(c),
+        _ => errors.missing("idp.client_id"),
+    };
+    let client_secret = match client_secret_file {
+        Some(f) => read_secret_file(base, &f, "idp.client_secret_file", 1, errors).and_then(|b| {
+            match String::from_utf8(b) {
+                Ok(s) => Some(SecretString::new(s.trim())),
+                Err(_) => {
+                    errors.push("idp.client_secret_file", format!("{f}: not UTF-8 text"));
+                    None
+                }
+            }
+        }),
+        None => errors.missing("idp.client_secret_file"),
+    };
+    let scopes =
+        scopes.unwrap_or_else(|| ["openid", "email", "profile"].map(String::from).to_vec());
+    if !scopes.iter().any(|s| s == "openid") {
+        errors.push("idp.scopes", "must include \"openid\"");
+    }
+    Some(IdpConfig {
+        issuer: issuer?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        scopes,
+        groups_claim: groups_claim.unwrap_or_else(|| "groups".into()),
+    })
+}
+
+fn validate_cookie(raw: raw::RawCookie, base: &Path, errors: &mut Errors) -> Option<CookieConfig> {
+    let raw::RawCookie {
+        name,
+        secret_file,
+        lifetime,
+        secure,
+    } = raw;
+    let name = name.unwrap_or_else(|| "_portcullis".into());
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if !name_ok {
+        errors.push(
+            "cookie.name",
+            format!("{name:?} is not a valid cookie name"),
+        );
+    }
+    let secret = match secret_file {
+        Some(f) => read_secret_file(
+            base,
+            &f,
+            "cookie.secret_file",
+            MIN_COOKIE_SECRET_BYTES,
+            errors,
+        )
+        .map(SecretBytes::new),
+        None => errors.missing("cookie.secret_file"),
+    };
+    let lifetime = match lifetime {
+        Some(l) => parse_duration(&l)
+            .map_err(|m| errors.push("cookie.lifetime", m))
+            .ok(),
+        None => Some(Duration::from_secs(8 * 3600)),
+    };
+    Some(CookieConfig {
+        name,
+        secret: secret?,
+        lifetime: lifetime?,
+        secure: secure.unwrap_or(true),
+    })
+}
+
+fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) -> Vec<Route> {
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        let RawRoute {
+            name,
+            from,
+            to,
+            policy,
+        } = r;
+        let from = match from {
+            Some(f) => parse_route_from(&f, &at("from"), errors),
+            None => errors.missing(&at("from")),
+        };
+        let to = match to {
+            Some(t) => {
+                match Url::parse(&t) {
+                    Ok(u)
+                        if matches!(u.scheme(), "http" | "https")
+                            && u.host().is_some()
+                            && u.path() == "/"
+                            && u.query().is_none() =>
+                    {
+                        Some(u)
+                    }
+                    _ => {
+                        errors.push(at("to"), format!("{t:?} must be an http(s) URL with no path, e.g. http://10.0.0.5:3000"));
+                        None
+                    }
+                }
+            }
+            None => errors.missing(&at("to")),
+        };
+        let policy = match policy {
+            Some(p) => validate_policy(p, &at("policy"), errors),
+            None => {
+                errors.push(
+                    at("policy"),
+                    "missing: set one of public, any_authenticated_user, or emails/domains/groups",
+                );
+                None
+            }
+        };
+        let (Some(from), Some(to), Some(policy)) = (from, to, policy) else {
+            continue;
+        };
+        let authority = authority_of(&from);
+        let path_prefix = from.path().trim_end_matches('/').to_string();
+        let name = name.unwrap_or_else(|| format!("{authority}{path_prefix}"));
+        if routes.iter().any(|r| r.name == name) {
+            errors.push(at("name"), format!("duplicate route name {name:?}"));
+        }
+        if routes
+            .iter()
+            .any(|r| r.authority == authority && r.path_prefix == path_prefix)
+        {
+            errors.push(at("from"), format!("another route already serves {from}"));
+        }
+        if let Some(auth) = auth
+            && authority_of(auth) == authority
+        {
+            errors.push(at("from"), "a route cannot use the authenticate_url host");
+        }
+        routes.push(Route {
+            name,
+            from,
+            authority,
+            path_prefix,
+            to,
+            policy,
+        });
+    }
+    // Longest prefix first, so the first match is the most specific.
+    routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+    routes
+}
+
+fn validate_policy(raw: RawPolicy, path: &str, errors: &mut Errors) -> Option<Policy> {
+    let RawPolicy {
+        public,
+        any_authenticated_user,
+        emails,
+        domains,
+        groups,
+    } = raw;
+    let public = public.unwrap_or(false);
+    let any = any_authenticated_user.unwrap_or(false);
+    let emails = emails.unwrap_or_default();
+    let domains = domains.unwrap_or_default();
+    let groups = groups.unwrap_or_default();
+    let lists = !(emails.is_empty() && domains.is_empty() && groups.is_empty());
+    match (public, any, lists) {
+        (true, false, false) => Some(Policy::Public),
+        (false, true, false) => Some(Policy::AnyAuthenticatedUser),
+        (false, false, true) => {
+            for (j, d) in domains.iter().enumerate() {
+                if d.contains('@') || d.trim().is_empty() {
+                    errors.push(
+                        format!("{path}.domains[{j}]"),
+                        format!("{d:?} is not a domain"),
+                    );
+                }
+            }
+            for (j, e) in emails.iter().enumerate() {
+                if !e.contains('@') {
+                    errors.push(
+                        format!("{path}.emails[{j}]"),
+                        format!("{e:?} is not an email address"),
+                    );
+                }
+            }
+            Some(Policy::allow_list(emails, domains, groups))
+        }
+        (false, false, false) => {
+            errors.push(
+                path,
+                "empty: set one of public, any_authenticated_user, or emails/domains/groups",
+            );
+            None
+        }
+        _ => {
+            errors.push(
+                path,
+                "choose exactly one of public, any_authenticated_user, or emails/domains/groups",
+            );
+            None
+        }
+    }
+}
+
+fn parse_origin(value: &str, path: &str, errors: &mut Errors) -> Option<Url> {
+    match Url::parse(value) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.username().is_empty() =>
+        {
+            Some(u)
+        }
+        Ok(_) => {
+            errors.push(
+                path,
+                format!("{value:?} must be a bare origin like https://auth.example.com"),
+            );
+            None
+        }
+        Err(e) => {
+            errors.push(path, format!("{value:?} is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn parse_route_from(value: &str, path: &str, errors: &mut Errors) -> Option<Url> {
+    match Url::parse(value) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none() =>
+        {
+            Some(u)
+        }
+        Ok(_) => {
+            errors.push(
+                path,
+                format!(
+                    "{value:?} must be scheme://host[:port][/prefix] with no query or credentials"
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            errors.push(path, format!("{value:?} is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+/// `host[:port]` of a URL, port omitted when it is the scheme's default.
+pub fn authority_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn read_secret_file(
+    base: &Path,
+    file: &str,
+    path: &str,
+    min_len: usize,
+    errors: &mut Errors,
+) -> Option<Vec<u8>> {
+    match std::fs::read(resolve(base, file)) {
+        Ok(mut bytes) => {
+            // Editors and `echo` add a trailing newline that is not part of the secret.
+            while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                bytes.pop();
+            }
+            if bytes.len() < min_len {
+                errors.push(
+                    path,
+                    format!(
+                        "{file}: secret is {} bytes, need at least {min_len}",
+                        bytes.len()
+                    ),
+                );
+                return None;
+            }
+            Some(bytes)
+        }
+        Err(e) => {
+            errors.push(path, format!("{file}: cannot read: {e}"));
+            None
+        }
+    }
+}
+
+fn is_safe_header_name(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "host",
+        "cookie",
+        "authorization",
+        "connection",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "keep-alive",
+    ];
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !RESERVED.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// Parses `90s`, `5m`, `8h`, `1h30m`, `2d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("{text:?} is not a duration (use e.g. 30s, 5m, 8h)")),
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration (use e.g. 30s, 5m, 8h)"))?;
+        total = total
+            .checked_add(n.saturating_mul(unit))
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+        num.clear();
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(format!(
+            "{text:?} is not a positive duration (use e.g. 30s, 5m, 8h)"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,56 @@
+//! The config file as written: every field optional, so that one pass can report every
+//! missing or malformed value instead of stopping at the first.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub server: Option<RawServer>,
+    pub authenticate_url: Option<String>,
+    pub idp: Option<RawIdp>,
+    pub cookie: Option<RawCookie>,
+    pub signing_key_file: Option<String>,
+    pub identity_header: Option<String>,
+    pub routes: Option<Vec<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub grpc_address: Option<String>,
+    pub http_address: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawIdp {
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub groups_claim: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCookie {
+    pub name: Option<String>,
+    pub secret_file: Option<String>,
+    pub lifetime: Option<String>,
+    pub secure: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPolicy {
+    pub public: Option<bool>,
+    pub any_authenticated_user: Option<bool>,
+    pub emails: Option<Vec<String>>,
+    pub domains: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+}

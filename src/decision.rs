@@ -1,0 +1,300 @@
+//! The authorization decision: (request, session, route) → allow with headers, redirect to
+//! sign in, or deny. Plain Rust: the gRPC edge (`authz`) converts Envoy's `CheckRequest`
+//! into a [`Request`] and the [`Decision`] back, and nothing here knows about tonic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::identity::User;
+use crate::pages;
+use crate::policy::Verdict;
+use crate::session::{CookieJar, Session};
+
+/// The parts of an HTTP request the decision looks at. Header names are lowercase.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    /// Path with query, as received.
+    pub path: &'a str,
+    pub headers: &'a HashMap<String, String>,
+    /// The route named by Envoy's per-route `context_extensions`, if any.
+    pub route_hint: Option<&'a str>,
+}
+
+impl Request<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// What Envoy should do with the request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward upstream after applying these header edits.
+    Allow(HeaderEdits),
+    /// Answer the client directly.
+    Respond(Response),
+}
+
+/// Header edits on an allowed request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Set, replacing any value the client sent.
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// A response to send to the client instead of forwarding.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// Why a request is not forwarded. Each is turned into a response in exactly one place,
+/// [`refuse`].
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no route matches {authority}{path}")]
+    NoRoute { authority: String, path: String },
+    #[error("sign-in required")]
+    SignInRequired { return_url: String },
+    #[error("{} is not allowed on route {route}", user.display())]
+    Forbidden {
+        user: Box<User>,
+        route: String,
+        authority: String,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::session::StoreError),
+}
+
+impl App {
+    /// Decides one request. `now` is Unix seconds.
+    pub async fn decide(&self, req: &Request<'_>, now: u64) -> Decision {
+        match self.authorize(req, now).await {
+            Ok(edits) => Decision::Allow(edits),
+            Err(refusal) => Decision::Respond(self.refuse(&refusal, req)),
+        }
+    }
+
+    async fn authorize(&self, req: &Request<'_>, now: u64) -> Result<HeaderEdits, Refusal> {
+        let index = self
+            .routes
+            .select(req.route_hint, req.scheme, req.authority, req.path)
+            .ok_or_else(|| Refusal::NoRoute {
+                authority: req.authority.to_string(),
+                path: req.path.to_string(),
+            })?;
+        let route = self.routes.get(index);
+        let cookie_header = req.header("cookie").unwrap_or("");
+        let session = self
+            .session_from_cookie(cookie_header, &route.authority, now)
+            .await?;
+        match route.policy.evaluate(session.as_ref().map(|s| &s.user)) {
+            Verdict::Allow => Ok(self.forward_edits(session.as_deref(), index, cookie_header, now)),
+            Verdict::SignInRequired => Err(Refusal::SignInRequired {
+                return_url: format!("{}://{}{}", req.scheme, route.authority, req.path),
+            }),
+            Verdict::Forbidden => Err(Refusal::Forbidden {
+                user: Box::new(
+                    session
+                        .map(|s| s.user.clone())
+                        .expect("forbidden implies a user"),
+                ),
+                route: route.name.clone(),
+                authority: route.authority.clone(),
+            }),
+        }
+    }
+
+    /// The live session a `Cookie` header points at for `authority`, if any. A tampered,
+    /// foreign, expired or revoked cookie is simply no session.
+    pub async fn session_from_cookie(
+        &self,
+        cookie_header: &str,
+        authority: &str,
+        now: u64,
+    ) -> Result<Option<Arc<Session>>, crate::session::StoreError> {
+        let jar = CookieJar::new(cookie_header);
+        for value in jar.get_all(self.cookies.name()) {
+            if let Some(sid) = self.cookies.open(value, authority, now)
+                && let Some(session) = self.store.get(&sid, now).await?
+            {
+                return Ok(Some(session));
+            }
+        }
+        Ok(None)
+    }
+
+    fn forward_edits(
+        &self,
+        session: Option<&Session>,
+        route: usize,
+        cookie_header: &str,
+        now: u64,
+    ) -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        match session {
+            Some(s) => {
+                let authority = &self.routes.get(route).authority;
+                let token = self.tokens.get_or_mint(&s.id, route, now, || {
+                    self.minter.mint(&s.user, &s.public_id(), authority, now)
+                });
+                edits
+                    .set
+                    .push((self.identity_header.clone(), token.to_string()));
+            }
+            // Never let a client-supplied identity header through.
+            None => edits.remove.push(self.identity_header.clone()),
+        }
+        let jar = CookieJar::new(cookie_header);
+        if jar.contains(self.cookies.name())
+            || cookie_header.contains(&format!("{}_", self.cookies.name()))
+        {
+            match jar.without(self.cookies.name()) {
+                Some(rest) => edits.set.push(("cookie".into(), rest)),
+                None => edits.remove.push("cookie".into()),
+            }
+        }
+        edits
+    }
+
+    /// The one place a refusal becomes a client response.
+    fn refuse(&self, refusal: &Refusal, req: &Request<'_>) -> Response {
+        let html = wants_html(req);
+        match refusal {
+            Refusal::NoRoute { .. } => {
+                tracing::warn!(%refusal, "refused: no route (check the Envoy config's context_extensions)");
+                Response::text(404, "no route is configured for this URL\n")
+            }
+            Refusal::SignInRequired { return_url } => {
+                let sign_in = self.sign_in_url(return_url);
+                if html {
+                    Response::redirect(sign_in)
+                } else {
+                    Response::json(
+                        401,
+                        serde_json::json!({"error": "unauthenticated", "sign_in_url": sign_in}),
+                    )
+                }
+            }
+            Refusal::Forbidden {
+                user, authority, ..
+            } => {
+                tracing::info!(%refusal, "refused by policy");
+                if html {
+                    let sign_out = format!("{}://{}/.portcullis/sign_out", req.scheme, authority);
+                    Response::html(403, pages::forbidden(user.display(), &sign_out))
+                } else {
+                    Response::json(
+                        403,
+                        serde_json::json!({"error": "forbidden", "user": user.display()}),
+                    )
+                }
+            }
+            Refusal::Store(e) => {
+                tracing::error!(error = %e, "session store failed; refusing");
+                Response::text(503, "authorization temporarily unavailable\n")
+            }
+        }
+    }
+
+    pub fn sign_in_url(&self, return_url: &str) -> String {
+        let mut url = self
+            .auth_url
+            .join("/.portcullis/sign_in")
+            .expect("static path joins");
+        url.query_pairs_mut().append_pair("rd", return_url);
+        url.into()
+    }
+}
+
+impl Response {
+    pub fn redirect(location: String) -> Self {
+        Self {
+            status: 302,
+            headers: vec![("location", location), ("cache-control", "no-store".into())],
+            body: String::new(),
+        }
+    }
+
+    pub fn html(status: u16, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![
+                ("content-type", "text/html; charset=utf-8".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body,
+        }
+    }
+
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn text(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".into())],
+            body: body.to_string(),
+        }
+    }
+}
+
+/// Whether the client is a browser navigating (best `Accept` match is `text/html`), as
+/// opposed to XHR/fetch, an API client, gRPC or a WebSocket, which get 401 instead of a
+/// redirect they could not follow.
+pub fn wants_html(req: &Request<'_>) -> bool {
+    if req.header("upgrade").is_some()
+        || req.header("x-requested-with").is_some()
+        || req
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/grpc"))
+    {
+        return false;
+    }
+    req.header("accept").is_some_and(accept_prefers_html)
+}
+
+/// True when `text/html` is explicitly acceptable and nothing else listed is preferred to it.
+fn accept_prefers_html(accept: &str) -> bool {
+    let mut html: Option<(u8, f32)> = None; // (specificity, q) of the best range matching text/html
+    let mut best_other = 0.0f32;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let specificity = match media.as_str() {
+            "text/html" => 3,
+            "text/*" => 2,
+            "*/*" => 1,
+            _ => {
+                best_other = best_other.max(q);
+                continue;
+            }
+        };
+        if specificity > 1 && html.is_none_or(|(s, _)| specificity > s) {
+            html = Some((specificity, q));
+        }
+    }
+    matches!(html, Some((_, q)) if q > 0.0 && q >= best_other)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! The ES256 signing key and the JWKS that publishes its public half.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jsonwebtoken::EncodingKey;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+/// The key portcullis signs with, plus every public key it publishes.
+pub struct SigningKeys {
+    kid: String,
+    encoding: EncodingKey,
+    jwks: Jwks,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeys")
+            .field("kid", &self.kid)
+            .field("private", &"[redacted]")
+            .finish()
+    }
+}
+
+/// A public key in JWK form (RFC 7517), P-256 only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    pub y: String,
+    pub kid: String,
+    pub alg: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// A JSON Web Key Set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "not a PKCS#8 PEM private key (expected -----BEGIN PRIVATE KEY-----; convert SEC1 keys with `openssl pkcs8 -topk8 -nocrypt`)"
+    )]
+    NotPkcs8Pem,
+    #[error("not a P-256 (ES256) private key: {0}")]
+    NotP256(String),
+}
+
+impl SigningKeys {
+    /// Loads a PKCS#8 PEM P-256 private key, as written by `portcullis keygen`.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let pem = std::fs::read_to_string(path)?;
+        Self::from_pem(&pem)
+    }
+
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = pem_body(pem, "PRIVATE KEY").ok_or(KeyError::NotPkcs8Pem)?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &SystemRandom::new())
+                .map_err(|e| KeyError::NotP256(e.to_string()))?;
+        let jwk = jwk_from_public_point(pair.public_key().as_ref())
+            .ok_or_else(|| KeyError::NotP256("unexpected public key encoding".into()))?;
+        Ok(Self {
+            kid: jwk.kid.clone(),
+            encoding: EncodingKey::from_ec_der(&der),
+            jwks: Jwks { keys: vec![jwk] },
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+
+    /// The JWKS document: the signing key's public half first.
+    pub fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+}
+
+/// Builds the JWK for an uncompressed P-256 point (`0x04 || x || y`), `kid` = RFC 7638 thumbprint.
+fn jwk_from_public_point(point: &[u8]) -> Option<Jwk> {
+    if point.len() != 65 || point[0] != 0x04 {
+        return None;
+    }
+    let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
+    let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
+    // RFC 7638: the required members, lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    let kid = crate::crypto::sha256_b64(canonical.as_bytes());
+    Some(Jwk {
+        kty: "EC".into(),
+        crv: "P-256".into(),
+        x,
+        y,
+        kid,
+        alg: "ES256".into(),
+        use_: "sig".into(),
+    })
+}
+
+fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    let body: String = pem[start..stop].split_whitespace().collect();
+    STANDARD.decode(body).ok()
+}
+
+/// A new P-256 private key as PKCS#8 PEM.
+pub fn generate_pkcs8_pem() -> String {
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+        .expect("the system random source is available");
+    let b64 = STANDARD.encode(doc.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_loads_and_thumbprint_is_stable() {
+        let pem = generate_pkcs8_pem();
+        let a = SigningKeys::from_pem(&pem).unwrap();
+        let b = SigningKeys::from_pem(&pem).unwrap();
+        assert_eq!(a.kid(), b.kid());
+        assert_eq!(a.jwks().keys.len(), 1);
+        assert_eq!(a.jwks().keys[0].kid, a.kid());
+        assert_eq!(URL_SAFE_NO_PAD.decode(a.kid()).unwrap().len(), 32);
+        assert!(!format!("{a:?}").contains("BEGIN"));
+    }
+
+    #[test]
+    fn rfc7638_example_shape() {
+        // Thumbprint must depend only on crv/kty/x/y.
+        let mut point = vec![4u8];
+        point.extend([1u8; 64]);
+        let j = jwk_from_public_point(&point).unwrap();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            j.x, j.y
+        );
+        assert_eq!(j.kid, crate::crypto::sha256_b64(canonical.as_bytes()));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_not_panicked() {
+        assert!(matches!(
+            SigningKeys::from_pem(""),
+            Err(KeyError::NotPkcs8Pem)
+        ));
+        assert!(matches!(
+            SigningKeys::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+            Err(KeyError::NotP256(_))
+        ));
+        assert!(matches!(
+            SigningKeys::from_pem(
+                "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"
+            ),
+            Err(KeyError::NotPkcs8Pem)
+        ));
+    }
+}

@@ -1,0 +1,325 @@
+//! The OpenID Connect relying party: discovery, the authorization-code flow with PKCE
+//! (S256), `state` and `nonce`, and full ID token validation (signature, `iss`, `aud`,
+//! `exp`, `nonce`) by the openidconnect crate.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse, reqwest,
+};
+use url::Url;
+
+use crate::config::IdpConfig;
+use crate::identity::User;
+use crate::secret::SecretString;
+
+/// Why a sign-in could not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("the identity provider has not been reached yet")]
+    NotReady,
+    #[error("code exchange failed: {0}")]
+    Exchange(String),
+    #[error("the token response has no ID token")]
+    NoIdToken,
+    #[error("ID token rejected: {0}")]
+    IdToken(String),
+}
+
+/// A sign-in in flight: where to send the browser, and what to remember until it comes back.
+pub struct AuthStart {
+    pub url: Url,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+struct Provider {
+    metadata: CoreProviderMetadata,
+    end_session: Option<Url>,
+}
+
+pub struct Oidc {
+    config: IdpConfig,
+    redirect_uri: Url,
+    post_logout_redirect_uri: Url,
+    http: reqwest::Client,
+    provider: RwLock<Option<Arc<Provider>>>,
+}
+
+impl Oidc {
+    pub fn new(config: IdpConfig, redirect_uri: Url, post_logout_redirect_uri: Url) -> Self {
+        let http = reqwest::Client::builder()
+            // Following redirects from the IdP's endpoints would open an SSRF path.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("the HTTP client configuration is static");
+        Self {
+            config,
+            redirect_uri,
+            post_logout_redirect_uri,
+            http,
+            provider: RwLock::new(None),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.provider().is_some()
+    }
+
+    fn provider(&self) -> Option<Arc<Provider>> {
+        self.provider
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Fetches the discovery document and JWKS once.
+    pub async fn discover(&self) -> Result<(), String> {
+        let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| e.to_string())?;
+        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        // end_session_endpoint is not part of the core metadata type; read it separately.
+        let end_session = self.end_session_endpoint().await;
+        *self.provider.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Provider {
+            metadata,
+            end_session,
+        }));
+        Ok(())
+    }
+
+    async fn end_session_endpoint(&self) -> Option<Url> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        let body = self.http.get(url).send().await.ok()?.bytes().await.ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        Url::parse(doc.get("end_session_endpoint")?.as_str()?).ok()
+    }
+
+    /// Discovers the IdP, retrying with capped exponential backoff until it answers. Runs in
+    /// the background so portcullis serves (and Envoy's checks for signed-in users keep
+    /// working) while the IdP is still starting.
+    pub async fn discover_until_ready(&self) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.discover().await {
+                Ok(()) => {
+                    tracing::info!(issuer = %self.config.issuer, "identity provider discovered");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %self.config.issuer, error = %e, retry_in = ?delay, "identity provider discovery failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn client(&self, provider: &Provider) -> Result<CoreClientSet, OidcError> {
+        Ok(CoreClient::from_provider_metadata(
+            provider.metadata.clone(),
+            ClientId::new(self.config.client_id.clone()),
+            Some(ClientSecret::new(
+                self.config.client_secret.expose().to_string(),
+            )),
+        )
+        .set_redirect_uri(RedirectUrl::from_url(self.redirect_uri.clone())))
+    }
+
+    /// Starts a sign-in: the authorization URL with fresh `state`, `nonce` and PKCE S256.
+    pub fn start(&self) -> Result<AuthStart, OidcError> {
+        let provider = self.provider().ok_or(OidcError::NotReady)?;
+        let client = self.client(&provider)?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state, nonce) = client.authorize(&self.config.scopes, challenge);
+        Ok(AuthStart {
+            url,
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Finishes a sign-in: exchanges the code and validates the ID token.
+    pub async fn finish(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<(User, SecretString), OidcError> {
+        let provider = self.provider().ok_or(OidcError::NotReady)?;
+        let client = self.client(&provider)?;
+        let id_token = client.exchange(code, pkce_verifier, &self.http).await?;
+        let verified = client.verify(&id_token, nonce);
+        if let Err(e) = verified {
+            // The IdP may have rotated its keys since discovery: refresh once and retry.
+            tracing::info!(error = %e, "ID token did not verify; refreshing the IdP's keys");
+            self.discover().await.map_err(OidcError::IdToken)?;
+            let provider = self.provider().ok_or(OidcError::NotReady)?;
+            self.client(&provider)?.verify(&id_token, nonce)?;
+        }
+        let user = user_from_verified_token(&id_token, &self.config.groups_claim)
+            .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
+        Ok((user, SecretString::new(id_token)))
+    }
+
+    /// RP-initiated logout URL at the IdP, if it supports it.
+    pub fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
+        let mut url = self.provider()?.end_session.clone()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                q.append_pair("id_token_hint", hint);
+            }
+            q.append_pair("client_id", &self.config.client_id);
+            q.append_pair(
+                "post_logout_redirect_uri",
+                self.post_logout_redirect_uri.as_str(),
+            );
+        }
+        Some(url)
+    }
+}
+
+/// The operations we need from the typestate-heavy openidconnect client, behind a trait so
+/// the concrete client type never has to be named.
+trait ClientOps {
+    fn authorize(&self, scopes: &[String], challenge: PkceCodeChallenge)
+    -> (Url, CsrfToken, Nonce);
+    async fn exchange(
+        &self,
+        code: &str,
+        verifier: &str,
+        http: &reqwest::Client,
+    ) -> Result<String, OidcError>;
+    fn verify(&self, id_token: &str, nonce: &str) -> Result<(), OidcError>;
+}
+
+/// The client as configured from discovery metadata with a redirect URI.
+type CoreClientSet = openidconnect::core::CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+impl ClientOps for CoreClientSet {
+    fn authorize(
+        &self,
+        scopes: &[String],
+        challenge: PkceCodeChallenge,
+    ) -> (Url, CsrfToken, Nonce) {
+        let mut req = self.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for scope in scopes.iter().filter(|s| *s != "openid") {
+            req = req.add_scope(Scope::new(scope.clone()));
+        }
+        req.set_pkce_challenge(challenge).url()
+    }
+
+    async fn exchange(
+        &self,
+        code: &str,
+        verifier: &str,
+        http: &reqwest::Client,
+    ) -> Result<String, OidcError> {
+        let response = self
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Exchange(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
+            .request_async(http)
+            .await
+            .map_err(|e| OidcError::Exchange(error_chain(&e)))?;
+        let token = response.id_token().ok_or(OidcError::NoIdToken)?;
+        Ok(token.to_string())
+    }
+
+    fn verify(&self, id_token: &str, nonce: &str) -> Result<(), OidcError> {
+        let token: openidconnect::core::CoreIdToken = id_token
+            .parse()
+            .map_err(|e: serde_json::Error| OidcError::IdToken(e.to_string()))?;
+        token
+            .claims(&self.id_token_verifier(), &Nonce::new(nonce.to_string()))
+            .map_err(|e| OidcError::IdToken(error_chain(&e)))?;
+        Ok(())
+    }
+}
+
+/// Reads the user from an ID token whose signature and claims were already verified.
+/// Reading the payload directly lets the groups claim name be configurable.
+fn user_from_verified_token(token: &str, groups_claim: &str) -> Option<User> {
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let groups = match claims.get(groups_claim) {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect(),
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    Some(User {
+        subject: text("sub")?,
+        email: text("email"),
+        email_verified: claims.get("email_verified").and_then(|v| v.as_bool()),
+        name: text("name"),
+        preferred_username: text("preferred_username"),
+        groups,
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(payload: serde_json::Value) -> String {
+        format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(payload.to_string()))
+    }
+
+    #[test]
+    fn reads_claims_and_groups() {
+        let t = token(
+            serde_json::json!({"sub":"alice","email":"a@x","email_verified":true,"groups":["admins"],"name":"A"}),
+        );
+        let u = user_from_verified_token(&t, "groups").unwrap();
+        assert_eq!(u.groups, vec!["admins"]);
+        assert_eq!(u.email_verified, Some(true));
+        let t = token(serde_json::json!({"sub":"bob","roles":"ops"}));
+        assert_eq!(
+            user_from_verified_token(&t, "roles").unwrap().groups,
+            vec!["ops"]
+        );
+        assert!(
+            user_from_verified_token(&token(serde_json::json!({"email":"x"})), "groups").is_none()
+        );
+        assert!(user_from_verified_token("garbage", "groups").is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! Runs the two servers (gRPC ext_authz and HTTP) over one shared [`App`], with one
+//! graceful shutdown for both.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::{App, now};
+use crate::authz::{AuthorizationServer, AuthzService};
+use crate::config::Config;
+use crate::session::{MemoryStore, SessionStore};
+
+/// Addresses the servers actually bound (useful when configured with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Binds both listeners. Separate from [`serve`] so a bind failure is reported before
+/// anything runs.
+pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)> {
+    let grpc = TcpListener::bind(config.server.grpc_address)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("server.grpc_address {}: {e}", config.server.grpc_address),
+            )
+        })?;
+    let http = TcpListener::bind(config.server.http_address)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("server.http_address {}: {e}", config.server.http_address),
+            )
+        })?;
+    Ok((grpc, http))
+}
+
+/// Serves until `shutdown` resolves, then drains for at most the configured grace period.
+pub async fn serve(
+    config: Config,
+    listeners: (TcpListener, TcpListener),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = config.server.shutdown_grace;
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
+    let app = Arc::new(App::new(config, store.clone() as Arc<dyn SessionStore>));
+    let (grpc_listener, http_listener) = listeners;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        http: http_listener.local_addr()?,
+    };
+
+    let discovery = {
+        let app = app.clone();
+        tokio::spawn(async move { app.oidc.discover_until_ready().await })
+    };
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            store.sweep(now()).await;
+        }
+    });
+
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let http = {
+        let router = crate::web::router(app.clone());
+        let signal = stopped(rx.clone());
+        tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+        })
+    };
+    let grpc = {
+        let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
+        let signal = stopped(rx.clone());
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+        })
+    };
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, "portcullis listening");
+
+    shutdown.await;
+    tracing::info!(grace = ?grace, "shutting down");
+    let _ = tx.send(true);
+    discovery.abort();
+    sweeper.abort();
+    let drained = tokio::time::timeout(grace, async {
+        let (h, g) = tokio::join!(http, grpc);
+        if let Ok(Err(e)) = h {
+            tracing::error!(error = %e, "http server error");
+        }
+        if let Ok(Err(e)) = g {
+            tracing::error!(error = %e, "grpc server error");
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?grace, "connections still open after the grace period; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds on Unix");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
