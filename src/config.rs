@@ -458,7 +458,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
         });
     }
     // Longest prefix first, so the first match is the most specific.
-    routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     routes
 }
 

@@ -111,8 +111,9 @@ impl<'a> CookieJar<'a> {
             .map(str::trim)
             .filter(|part| {
                 let key = part.split_once('=').map(|(k, _)| k.trim()).unwrap_or(part);
-                !(key == name || key.strip_prefix(name).is_some_and(|r| r.starts_with('_')))
-                    && !part.is_empty()
+                !(part.is_empty()
+                    || key == name
+                    || key.strip_prefix(name).is_some_and(|r| r.starts_with('_')))
             })
             .collect();
         (!kept.is_empty()).then(|| kept.join("; "))
