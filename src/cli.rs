@@ -43,6 +43,17 @@ enum Command {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
+    /// PAM helper for Cockpit single sign-on, run by `pam_exec expose_authtok`: reads the
+    /// login token on stdin and the account from PAM_USER; exits 0 only for a valid token.
+    PamVerify {
+        /// JWKS file with portcullis's public keys (`portcullis jwks -c FILE > jwks.json`).
+        #[arg(long)]
+        jwks: PathBuf,
+        /// The Cockpit route host as the token's `aud` (host:port when the port is not 443).
+        /// Repeat for several Cockpit routes.
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+    },
     /// Print an Envoy bootstrap config matching the portcullis config.
     EnvoyConfig {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
@@ -73,6 +84,18 @@ pub fn run() -> ExitCode {
             Err(errors) => config_failed(&errors),
         },
         Command::Keygen { out } => keygen(out),
+        Command::PamVerify { jwks, audiences } => {
+            match crate::cockpit::pam_verify_main(&jwks, &audiences) {
+                Ok(user) => {
+                    eprintln!("portcullis pam-verify: accepted token for {user}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis pam-verify: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Jwks { config } => match config::load(&config) {
             Ok(c) => {
                 println!(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
 use crate::identity::SigningKeys;
 use crate::policy::Policy;
 use crate::secret::{SecretBytes, SecretString};
@@ -75,6 +76,8 @@ pub struct Route {
     pub path_prefix: String,
     pub to: Url,
     pub policy: Policy,
+    /// Set on Cockpit routes: single sign-on into Cockpit's PAM login.
+    pub cockpit: Option<CockpitSettings>,
 }
 
 impl Route {
@@ -394,6 +397,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             from,
             to,
             policy,
+            cockpit,
         } = r;
         let from = match from {
             Some(f) => parse_route_from(&f, &at("from"), errors),
@@ -428,11 +432,17 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
                 None
             }
         };
+        let cockpit = cockpit.and_then(|c| validate_cockpit(c, &at("cockpit"), errors));
         let (Some(from), Some(to), Some(policy)) = (from, to, policy) else {
             continue;
         };
         let authority = authority_of(&from);
         let path_prefix = from.path().trim_end_matches('/').to_string();
+        // Cockpit's UrlRoot is the route's path prefix.
+        let cockpit = cockpit.map(|account| CockpitSettings {
+            url_root: path_prefix.clone(),
+            account,
+        });
         let name = name.unwrap_or_else(|| format!("{authority}{path_prefix}"));
         if routes.iter().any(|r| r.name == name) {
             errors.push(at("name"), format!("duplicate route name {name:?}"));
@@ -455,11 +465,48 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             path_prefix,
             to,
             policy,
+            cockpit,
         });
     }
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     routes
+}
+
+fn validate_cockpit(
+    raw: raw::RawCockpit,
+    path: &str,
+    errors: &mut Errors,
+) -> Option<AccountMapping> {
+    let raw::RawCockpit { account, accounts } = raw;
+    match (account.as_deref(), accounts) {
+        (Some(_), Some(_)) => {
+            errors.push(path, "set either account or accounts, not both");
+            None
+        }
+        (_, Some(table)) => {
+            let mut map = std::collections::HashMap::new();
+            for (email, account) in table {
+                if !is_unix_account_name(&account) {
+                    errors.push(
+                        format!("{path}.accounts.{email}"),
+                        format!("{account:?} is not a valid local account name"),
+                    );
+                }
+                map.insert(email.trim().to_ascii_lowercase(), account);
+            }
+            Some(AccountMapping::Table(map))
+        }
+        (None | Some("preferred_username"), None) => Some(AccountMapping::PreferredUsername),
+        (Some("email_local_part"), None) => Some(AccountMapping::EmailLocalPart),
+        (Some(other), None) => {
+            errors.push(
+                format!("{path}.account"),
+                format!("{other:?}: use preferred_username or email_local_part"),
+            );
+            None
+        }
+    }
 }
 
 fn validate_policy(raw: RawPolicy, path: &str, errors: &mut Errors) -> Option<Policy> {

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::app::App;
+use crate::cockpit::{CockpitSettings, TokenTooLong, basic_credential};
+use crate::config::Route;
 use crate::identity::User;
 use crate::pages;
 use crate::policy::Verdict;
@@ -69,6 +71,10 @@ pub enum Refusal {
         route: String,
         authority: String,
     },
+    #[error("{} has no local account on the Cockpit route {authority}", user.display())]
+    NoLocalAccount { user: Box<User>, authority: String },
+    #[error(transparent)]
+    CockpitToken(#[from] TokenTooLong),
     #[error(transparent)]
     Store(#[from] crate::session::StoreError),
 }
@@ -96,7 +102,13 @@ impl App {
             .session_from_cookie(cookie_header, &route.authority, now)
             .await?;
         match route.policy.evaluate(session.as_ref().map(|s| &s.user)) {
-            Verdict::Allow => Ok(self.forward_edits(session.as_deref(), index, cookie_header, now)),
+            Verdict::Allow => {
+                let mut edits = self.forward_edits(session.as_deref(), index, cookie_header, now);
+                if let Some(cockpit) = &route.cockpit {
+                    self.cockpit_edits(cockpit, route, session.as_deref(), req, now, &mut edits)?;
+                }
+                Ok(edits)
+            }
             Verdict::SignInRequired => Err(Refusal::SignInRequired {
                 return_url: format!("{}://{}{}", req.scheme, route.authority, req.path),
             }),
@@ -110,6 +122,36 @@ impl App {
                 authority: route.authority.clone(),
             }),
         }
+    }
+
+    /// On a Cockpit route: credentials on the login request only, and never the client's own.
+    fn cockpit_edits(
+        &self,
+        cockpit: &CockpitSettings,
+        route: &Route,
+        session: Option<&Session>,
+        req: &Request<'_>,
+        now: u64,
+        edits: &mut HeaderEdits,
+    ) -> Result<(), Refusal> {
+        let Some(session) = session else {
+            edits.remove.push("authorization".into());
+            return Ok(());
+        };
+        let account =
+            cockpit
+                .account_for(&session.user)
+                .ok_or_else(|| Refusal::NoLocalAccount {
+                    user: Box::new(session.user.clone()),
+                    authority: route.authority.clone(),
+                })?;
+        if cockpit.is_login(req.method, req.path) {
+            let basic = basic_credential(self.minter.keys(), &account, &route.authority, now)?;
+            edits.set.push(("authorization".into(), basic));
+        } else {
+            edits.remove.push("authorization".into());
+        }
+        Ok(())
     }
 
     /// The live session a `Cookie` header points at for `authority`, if any. A tampered,
@@ -196,6 +238,18 @@ impl App {
                         serde_json::json!({"error": "forbidden", "user": user.display()}),
                     )
                 }
+            }
+            Refusal::NoLocalAccount { user, authority } => {
+                tracing::info!(%refusal, "refused: no local account mapping");
+                let sign_out = format!("{}://{}/.portcullis/sign_out", req.scheme, authority);
+                Response::html(403, pages::forbidden(user.display(), &sign_out))
+            }
+            Refusal::CockpitToken(e) => {
+                tracing::error!(error = %e, "cannot sign in to Cockpit");
+                Response::text(
+                    500,
+                    &format!("portcullis cannot sign you in to Cockpit: {e}\n"),
+                )
             }
             Refusal::Store(e) => {
                 tracing::error!(error = %e, "session store failed; refusing");

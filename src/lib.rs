@@ -4,6 +4,7 @@
 pub mod app;
 pub mod authz;
 pub mod cli;
+pub mod cockpit;
 pub mod config;
 pub mod crypto;
 pub mod decision;

@@ -89,6 +89,7 @@ mod tests {
             from,
             to: Url::parse("http://127.0.0.1:1").unwrap(),
             policy: Policy::AnyAuthenticatedUser,
+            cockpit: None,
         }
     }
 

@@ -44,6 +44,15 @@ pub struct RawRoute {
     pub from: Option<String>,
     pub to: Option<String>,
     pub policy: Option<RawPolicy>,
+    pub cockpit: Option<RawCockpit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCockpit {
+    /// `preferred_username` (default) or `email_local_part`.
+    pub account: Option<String>,
+    /// Explicit email → account table; when given, only these users have an account.
+    pub accounts: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,236 @@
+//! Cockpit single sign-on.
+//!
+//! On a Cockpit route, and only on `GET <url_root>/cockpit/login`, portcullis adds
+//! `Authorization: Basic base64(account:TOKEN)`. cockpit-ws hands that to cockpit-session,
+//! which runs the PAM stack `/etc/pam.d/cockpit`; its first line runs `portcullis pam-verify`
+//! (see [`verify`]), which accepts the token only if it was signed by portcullis for this
+//! host and this account, moments ago. Cockpit's own privilege separation stays intact.
+//!
+//! PAM hands a module at most 511 bytes of password (Linux-PAM `PAM_MAX_RESP_SIZE`), so the
+//! token is deliberately compact: `kid` header, `aud`, `sub` (the account), `iat`, `exp`, a
+//! short `jti`.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Jwks, SigningKeys, User};
+
+/// Linux-PAM passes at most this many bytes of a password to a module.
+pub const PAM_MAX_TOKEN_BYTES: usize = 511;
+/// Lifetime of a Cockpit login token: it is used once, right away.
+pub const COCKPIT_TOKEN_TTL_SECS: u64 = 60;
+/// Clock skew tolerated by the verifier.
+const LEEWAY_SECS: u64 = 30;
+
+/// How a Cockpit route maps a signed-in user to a local account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CockpitSettings {
+    /// Path Cockpit is served under (`UrlRoot`), without a trailing slash; empty for `/`.
+    pub url_root: String,
+    pub account: AccountMapping,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountMapping {
+    /// The `preferred_username` claim.
+    PreferredUsername,
+    /// The part of the (verified) email before `@`.
+    EmailLocalPart,
+    /// An explicit table, email (lowercase) → account. Users not in it have no account.
+    Table(HashMap<String, String>),
+}
+
+impl CockpitSettings {
+    /// The local account for `user`, if the mapping gives one that is a plausible Unix name.
+    pub fn account_for(&self, user: &User) -> Option<String> {
+        let account = match &self.account {
+            AccountMapping::PreferredUsername => user.preferred_username.clone()?,
+            AccountMapping::EmailLocalPart => user.verified_email()?.split('@').next()?.to_string(),
+            AccountMapping::Table(table) => table
+                .get(&user.verified_email()?.to_ascii_lowercase())?
+                .clone(),
+        };
+        is_unix_account_name(&account).then_some(account)
+    }
+
+    /// Whether this request is Cockpit's login request, the only one that gets credentials.
+    pub fn is_login(&self, method: &str, path: &str) -> bool {
+        let path = path.split('?').next().unwrap_or(path);
+        method == "GET" && path.strip_prefix(self.url_root.as_str()) == Some("/cockpit/login")
+    }
+}
+
+/// Conservative Unix account names: what `useradd` accepts by default, nothing that could
+/// confuse PAM, a shell or a log line.
+pub fn is_unix_account_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().enumerate().all(|(i, b)| {
+            b.is_ascii_lowercase()
+                || b == b'_'
+                || (i > 0 && (b.is_ascii_digit() || b == b'-' || b == b'.'))
+        })
+}
+
+/// Claims of a Cockpit login token.
+#[derive(Debug, Serialize, Deserialize)]
+struct CockpitClaims {
+    aud: String,
+    sub: String,
+    iat: u64,
+    exp: u64,
+    jti: String,
+}
+
+/// Why a Cockpit credential could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Cockpit login token would be {len} bytes, over PAM's limit of {PAM_MAX_TOKEN_BYTES}; use a shorter route host name"
+)]
+pub struct TokenTooLong {
+    pub len: usize,
+}
+
+/// Mints the `Authorization: Basic` value for `account` on the Cockpit route `audience`.
+pub fn basic_credential(
+    keys: &SigningKeys,
+    account: &str,
+    audience: &str,
+    now: u64,
+) -> Result<String, TokenTooLong> {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(keys.kid().to_string());
+    let claims = CockpitClaims {
+        aud: audience.to_string(),
+        sub: account.to_string(),
+        iat: now,
+        exp: now + COCKPIT_TOKEN_TTL_SECS,
+        jti: crate::crypto::random_token(9),
+    };
+    let token = jsonwebtoken::encode(&header, &claims, keys.encoding_key())
+        .expect("ES256 signing with a validated key does not fail");
+    if token.len() > PAM_MAX_TOKEN_BYTES {
+        return Err(TokenTooLong { len: token.len() });
+    }
+    Ok(format!(
+        "Basic {}",
+        STANDARD.encode(format!("{account}:{token}"))
+    ))
+}
+
+/// Why `pam-verify` refused a token. Each is a line on stderr; the exit code is non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("PAM_USER is not set")]
+    NoUser,
+    #[error("no token on stdin")]
+    Empty,
+    #[error("token is {0} bytes, longer than any token portcullis issues")]
+    TooLong(usize),
+    #[error("cannot read stdin: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot read the JWKS file: {0}")]
+    Jwks(String),
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("no key with kid {0:?} in the JWKS")]
+    UnknownKid(String),
+    #[error("token rejected: {0}")]
+    Rejected(String),
+    #[error("token has expired")]
+    Expired,
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    #[error("token is for account {token:?}, not {pam_user:?}")]
+    WrongAccount { token: String, pam_user: String },
+}
+
+/// Verifies a Cockpit login token: ES256 only, a key from `jwks` by `kid`, `aud` one of
+/// `audiences`, unexpired, `iat` not in the future, and `sub` equal to `pam_user`.
+pub fn verify(
+    token: &str,
+    pam_user: &str,
+    jwks: &Jwks,
+    audiences: &[String],
+    now: u64,
+) -> Result<(), VerifyError> {
+    if token.is_empty() {
+        return Err(VerifyError::Empty);
+    }
+    if token.len() > PAM_MAX_TOKEN_BYTES {
+        return Err(VerifyError::TooLong(token.len()));
+    }
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    if header.alg != Algorithm::ES256 {
+        return Err(VerifyError::Rejected(format!(
+            "algorithm {:?} is not ES256",
+            header.alg
+        )));
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| VerifyError::Malformed("no kid".into()))?;
+    let jwk = jwks
+        .keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or(VerifyError::UnknownKid(kid))?;
+    let key = DecodingKey::from_ec_components(&jwk.x, &jwk.y)
+        .map_err(|e| VerifyError::Jwks(e.to_string()))?;
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(audiences);
+    validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+    // Time is checked below against the caller's clock, so tests can pin it.
+    validation.validate_exp = false;
+    let data = jsonwebtoken::decode::<CockpitClaims>(token, &key, &validation)
+        .map_err(|e| VerifyError::Rejected(e.to_string()))?;
+    if data.claims.exp + LEEWAY_SECS <= now {
+        return Err(VerifyError::Expired);
+    }
+    if data.claims.iat > now + LEEWAY_SECS {
+        return Err(VerifyError::IssuedInFuture);
+    }
+    if data.claims.sub != pam_user {
+        return Err(VerifyError::WrongAccount {
+            token: data.claims.sub,
+            pam_user: pam_user.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `portcullis pam-verify`: reads the token from stdin (as `pam_exec expose_authtok` writes
+/// it) and the account from `PAM_USER`.
+pub fn pam_verify_main(
+    jwks_file: &std::path::Path,
+    audiences: &[String],
+) -> Result<String, VerifyError> {
+    let pam_user = std::env::var("PAM_USER").map_err(|_| VerifyError::NoUser)?;
+    // Read a bounded amount: anything longer than PAM's limit is not ours anyway.
+    let mut buf = Vec::new();
+    std::io::stdin().take(64 * 1024).read_to_end(&mut buf)?;
+    // pam_exec terminates the token with NUL; be lenient about a trailing newline too.
+    while buf
+        .last()
+        .is_some_and(|b| *b == 0 || b.is_ascii_whitespace())
+    {
+        buf.pop();
+    }
+    let token =
+        std::str::from_utf8(&buf).map_err(|_| VerifyError::Malformed("not UTF-8".into()))?;
+    let text = std::fs::read_to_string(jwks_file)
+        .map_err(|e| VerifyError::Jwks(format!("{}: {e}", jwks_file.display())))?;
+    let jwks: Jwks = serde_json::from_str(&text)
+        .map_err(|e| VerifyError::Jwks(format!("{}: {e}", jwks_file.display())))?;
+    verify(token, &pam_user, &jwks, audiences, crate::app::now())?;
+    Ok(pam_user)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::EncodingKey;
+
+use super::*;
+use crate::identity::generate_pkcs8_pem;
+
+const NOW: u64 = 1_800_000_000;
+const AUD: &str = "cockpit.localhost:8443";
+
+fn keys() -> SigningKeys {
+    SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap()
+}
+
+fn token_of(basic: &str) -> (String, String) {
+    let decoded = String::from_utf8(
+        STANDARD
+            .decode(basic.strip_prefix("Basic ").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let (user, token) = decoded.split_once(':').unwrap();
+    (user.to_string(), token.to_string())
+}
+
+fn auds() -> Vec<String> {
+    vec![AUD.to_string()]
+}
+
+fn sign(keys: &SigningKeys, claims: serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(keys.kid().to_string());
+    jsonwebtoken::encode(&header, &claims, keys.encoding_key()).unwrap()
+}
+
+#[test]
+fn a_minted_credential_verifies_for_its_account_only() {
+    let k = keys();
+    let basic = basic_credential(&k, "alice", AUD, NOW).unwrap();
+    let (user, token) = token_of(&basic);
+    assert_eq!(user, "alice");
+    assert!(
+        token.len() < 400,
+        "compact token expected, got {} bytes",
+        token.len()
+    );
+    verify(&token, "alice", k.jwks(), &auds(), NOW).unwrap();
+    verify(&token, "alice", k.jwks(), &auds(), NOW + 59).unwrap();
+    assert!(matches!(
+        verify(&token, "root", k.jwks(), &auds(), NOW),
+        Err(VerifyError::WrongAccount { .. })
+    ));
+}
+
+#[test]
+fn every_bad_token_is_refused() {
+    let k = keys();
+    let other = keys();
+    let (_, good) = token_of(&basic_credential(&k, "alice", AUD, NOW).unwrap());
+    let claims = |aud: &str, iat: u64, exp: u64| serde_json::json!({"aud": aud, "sub": "alice", "iat": iat, "exp": exp, "jti": "x"});
+
+    // Signed by a key that is not in the JWKS, but claiming the right kid.
+    let mut forged_header = Header::new(Algorithm::ES256);
+    forged_header.kid = Some(k.kid().to_string());
+    let forged = jsonwebtoken::encode(
+        &forged_header,
+        &claims(AUD, NOW, NOW + 60),
+        other.encoding_key(),
+    )
+    .unwrap();
+    // HS256 "signed" with the public key material, the classic key-confusion attack.
+    let jwk = &k.jwks().keys[0];
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some(k.kid().to_string());
+    let hs = jsonwebtoken::encode(
+        &hs_header,
+        &claims(AUD, NOW, NOW + 60),
+        &EncodingKey::from_secret(format!("{}{}", jwk.x, jwk.y).as_bytes()),
+    )
+    .unwrap();
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, k.kid())),
+        URL_SAFE_NO_PAD.encode(claims(AUD, NOW, NOW + 60).to_string())
+    );
+    let garbage = "A".repeat(1 << 20);
+    let cases: Vec<(&str, String, u64)> = vec![
+        ("wrong signature", forged, NOW),
+        (
+            "wrong aud",
+            sign(&k, claims("evil.localhost", NOW, NOW + 60)),
+            NOW,
+        ),
+        ("expired", good.clone(), NOW + 60 + LEEWAY_SECS + 1),
+        (
+            "iat in the future",
+            sign(&k, claims(AUD, NOW + 600, NOW + 660)),
+            NOW,
+        ),
+        ("alg none", none, NOW),
+        ("HS256 with the public key", hs, NOW),
+        ("truncated", good[..good.len() - 10].to_string(), NOW),
+        (
+            "no signature",
+            good.rsplit_once('.').unwrap().0.to_string(),
+            NOW,
+        ),
+        ("empty", String::new(), NOW),
+        ("1 MiB of garbage", garbage, NOW),
+        ("not a jwt", "hunter2".to_string(), NOW),
+        (
+            "no sub",
+            sign(
+                &k,
+                serde_json::json!({"aud": AUD, "iat": NOW, "exp": NOW + 60}),
+            ),
+            NOW,
+        ),
+    ];
+    for (what, token, now) in cases {
+        assert!(
+            verify(&token, "alice", k.jwks(), &auds(), now).is_err(),
+            "{what} must be refused"
+        );
+    }
+    // And the good one, to show the cases above fail for their own reason.
+    verify(&good, "alice", k.jwks(), &auds(), NOW).unwrap();
+}
+
+#[test]
+fn the_token_fits_pams_limit_or_is_refused_clearly() {
+    let k = keys();
+    // A long but realistic host and a 32-character account still fit.
+    let host = format!("{}.example.com:8443", "cockpit-".repeat(6));
+    let account = "a".repeat(32);
+    let (_, token) = token_of(&basic_credential(&k, &account, &host, NOW).unwrap());
+    assert!(token.len() <= PAM_MAX_TOKEN_BYTES, "{} bytes", token.len());
+    verify(&token, &account, k.jwks(), &[host], NOW).unwrap();
+    // An absurd host name cannot fit, and says so.
+    let err = basic_credential(&k, "alice", &"x".repeat(400), NOW).unwrap_err();
+    assert!(err.to_string().contains("511"), "{err}");
+}
+
+#[test]
+fn account_mapping() {
+    let user = |email: &str, verified: Option<bool>, username: Option<&str>| User {
+        subject: "s".into(),
+        email: Some(email.into()),
+        email_verified: verified,
+        name: None,
+        preferred_username: username.map(str::to_string),
+        groups: vec![],
+    };
+    let by = |account| CockpitSettings {
+        url_root: String::new(),
+        account,
+    };
+    assert_eq!(
+        by(AccountMapping::PreferredUsername)
+            .account_for(&user("a@x", None, Some("alice")))
+            .as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        by(AccountMapping::PreferredUsername).account_for(&user("a@x", None, None)),
+        None
+    );
+    assert_eq!(
+        by(AccountMapping::PreferredUsername).account_for(&user("a@x", None, Some("root;rm"))),
+        None
+    );
+    assert_eq!(
+        by(AccountMapping::EmailLocalPart)
+            .account_for(&user("alice@x", Some(true), None))
+            .as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        by(AccountMapping::EmailLocalPart).account_for(&user("alice@x", Some(false), None)),
+        None
+    );
+    let table =
+        AccountMapping::Table([("alice@example.com".to_string(), "alice".to_string())].into());
+    assert_eq!(
+        by(table.clone())
+            .account_for(&user("Alice@Example.com", None, None))
+            .as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        by(table).account_for(&user("bob@example.com", None, Some("bob"))),
+        None
+    );
+}
+
+#[test]
+fn only_the_login_request_is_the_login() {
+    let root = CockpitSettings {
+        url_root: String::new(),
+        account: AccountMapping::PreferredUsername,
+    };
+    let sub = CockpitSettings {
+        url_root: "/admin".into(),
+        account: AccountMapping::PreferredUsername,
+    };
+    assert!(root.is_login("GET", "/cockpit/login"));
+    assert!(root.is_login("GET", "/cockpit/login?x=1"));
+    assert!(!root.is_login("POST", "/cockpit/login"));
+    assert!(!root.is_login("GET", "/cockpit/socket"));
+    assert!(!root.is_login("GET", "/cockpit/login/x"));
+    assert!(!root.is_login("GET", "/admin/cockpit/login"));
+    assert!(sub.is_login("GET", "/admin/cockpit/login"));
+    assert!(!sub.is_login("GET", "/cockpit/login"));
+}
+
+#[test]
+fn account_names() {
+    for ok in ["alice", "a", "_svc", "bob-2", "x.y"] {
+        assert!(is_unix_account_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "Alice",
+        "1abc",
+        "-x",
+        "a b",
+        "a:b",
+        "root\n",
+        &"a".repeat(33),
+    ] {
+        assert!(!is_unix_account_name(bad), "{bad}");
+    }
+}
