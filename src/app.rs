@@ -28,8 +28,9 @@ pub struct App {
     pub identity_header: String,
     pub session_lifetime: Duration,
     pub oidc: Oidc,
-    /// The JWKS document, serialized once.
+    /// The JWKS document, serialized once, and its ETag.
     pub jwks_json: String,
+    pub jwks_etag: String,
 }
 
 impl App {
@@ -52,6 +53,10 @@ impl App {
             .join("/.portcullis/signed_out")
             .expect("static path joins");
         let jwks_json = serde_json::to_string(signing_keys.jwks()).expect("JWKS serializes");
+        let jwks_etag = format!(
+            "\"{}\"",
+            &crate::crypto::sha256_b64(jwks_json.as_bytes())[..22]
+        );
         Self {
             routes: RouteTable::new(routes),
             auth_url: authenticate_url,
@@ -66,6 +71,7 @@ impl App {
             session_lifetime: cookie.lifetime,
             oidc: Oidc::new(idp, redirect_uri, post_logout),
             jwks_json,
+            jwks_etag,
         }
     }
 }

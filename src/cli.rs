@@ -68,6 +68,10 @@ enum Command {
         tls_cert: PathBuf,
         #[arg(long)]
         tls_key: PathBuf,
+        /// Reach portcullis at this host name (e.g. a compose service) instead of the
+        /// configured listen addresses; the ports stay those of the config.
+        #[arg(long)]
+        portcullis_host: Option<String>,
     },
 }
 
@@ -112,6 +116,7 @@ pub fn run() -> ExitCode {
             admin,
             tls_cert,
             tls_key,
+            portcullis_host,
         } => match config::load(&config) {
             Ok(c) => {
                 let opts = crate::envoy::EnvoyOptions {
@@ -119,6 +124,7 @@ pub fn run() -> ExitCode {
                     admin,
                     tls_cert: &tls_cert,
                     tls_key: &tls_key,
+                    portcullis_host: portcullis_host.as_deref(),
                 };
                 print!("{}", crate::envoy::bootstrap_yaml(&c, &opts));
                 ExitCode::SUCCESS

@@ -15,7 +15,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
-use crate::identity::SigningKeys;
+use crate::identity::{SigningKeys, public_jwk_from_pem};
 use crate::policy::Policy;
 use crate::secret::{SecretBytes, SecretString};
 use raw::{RawConfig, RawPolicy, RawRoute};
@@ -44,6 +44,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub grpc_address: SocketAddr,
     pub http_address: SocketAddr,
+    /// Optional listener serving only the JWKS, for verifiers on an internal network.
+    pub jwks_address: Option<SocketAddr>,
     pub shutdown_grace: Duration,
 }
 
@@ -78,6 +80,25 @@ pub struct Route {
     pub policy: Policy,
     /// Set on Cockpit routes: single sign-on into Cockpit's PAM login.
     pub cockpit: Option<CockpitSettings>,
+    /// Adds a `role` claim derived from groups to the identity JWT.
+    pub role: Option<RoleMapping>,
+}
+
+/// Derives a `role` claim from groups: first matching group wins, else the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleMapping {
+    pub from_groups: Vec<(String, String)>,
+    pub default: Option<String>,
+}
+
+impl RoleMapping {
+    pub fn role_for(&self, groups: &[String]) -> Option<&str> {
+        self.from_groups
+            .iter()
+            .find(|(g, _)| groups.iter().any(|ug| ug == g))
+            .map(|(_, r)| r.as_str())
+            .or(self.default.as_deref())
+    }
 }
 
 impl Route {
@@ -217,6 +238,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         idp,
         cookie,
         signing_key_file,
+        published_key_files,
         identity_header,
         routes,
     } = raw;
@@ -236,7 +258,20 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
     };
     let signing_keys = match signing_key_file {
         Some(f) => match SigningKeys::load(&resolve(base, &f)) {
-            Ok(k) => Some(k),
+            Ok(mut k) => {
+                for (i, file) in published_key_files.unwrap_or_default().iter().enumerate() {
+                    match std::fs::read_to_string(resolve(base, file))
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| public_jwk_from_pem(&pem).map_err(|e| e.to_string()))
+                    {
+                        Ok(jwk) => k.publish(jwk),
+                        Err(e) => {
+                            errors.push(format!("published_key_files[{i}]"), format!("{file}: {e}"))
+                        }
+                    }
+                }
+                Some(k)
+            }
             Err(e) => {
                 errors.push("signing_key_file", format!("{f}: {e}"));
                 None
@@ -274,6 +309,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     let raw::RawServer {
         grpc_address,
         http_address,
+        jwks_address,
         shutdown_grace,
     } = raw;
     let mut addr = |value: Option<String>, default: &str, path: &str| {
@@ -284,6 +320,10 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     };
     let grpc_address = addr(grpc_address, "127.0.0.1:9100", "server.grpc_address");
     let http_address = addr(http_address, "127.0.0.1:9101", "server.http_address");
+    let jwks_address = match jwks_address {
+        Some(a) => Some(addr(Some(a), "", "server.jwks_address")),
+        None => None,
+    };
     let shutdown_grace = match shutdown_grace {
         Some(s) => parse_duration(&s)
             .map_err(|m| errors.push("server.shutdown_grace", m))
@@ -293,6 +333,10 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     Some(ServerConfig {
         grpc_address: grpc_address?,
         http_address: http_address?,
+        jwks_address: match jwks_address {
+            Some(a) => Some(a?),
+            None => None,
+        },
         shutdown_grace: shutdown_grace?,
     })
 }
@@ -398,6 +442,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             to,
             policy,
             cockpit,
+            role,
         } = r;
         let from = match from {
             Some(f) => parse_route_from(&f, &at("from"), errors),
@@ -433,6 +478,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             }
         };
         let cockpit = cockpit.and_then(|c| validate_cockpit(c, &at("cockpit"), errors));
+        let role = role.and_then(|r| validate_role(r, &at("role"), errors));
         let (Some(from), Some(to), Some(policy)) = (from, to, policy) else {
             continue;
         };
@@ -466,11 +512,37 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             to,
             policy,
             cockpit,
+            role,
         });
     }
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     routes
+}
+
+fn validate_role(raw: raw::RawRole, path: &str, errors: &mut Errors) -> Option<RoleMapping> {
+    let raw::RawRole {
+        from_groups,
+        default,
+    } = raw;
+    let mut pairs = Vec::new();
+    for (k, v) in from_groups.unwrap_or_default() {
+        match (k.as_str(), v.as_str()) {
+            (Some(g), Some(r)) => pairs.push((g.to_string(), r.to_string())),
+            _ => errors.push(
+                format!("{path}.from_groups"),
+                "entries must be group: Role strings",
+            ),
+        }
+    }
+    if pairs.is_empty() && default.is_none() {
+        errors.push(path, "set from_groups and/or default");
+        return None;
+    }
+    Some(RoleMapping {
+        from_groups: pairs,
+        default,
+    })
 }
 
 fn validate_cockpit(

@@ -183,9 +183,11 @@ impl App {
         let mut edits = HeaderEdits::default();
         match session {
             Some(s) => {
-                let authority = &self.routes.get(route).authority;
+                let r = self.routes.get(route);
                 let token = self.tokens.get_or_mint(&s.id, route, now, || {
-                    self.minter.mint(&s.user, &s.public_id(), authority, now)
+                    let role = r.role.as_ref().and_then(|m| m.role_for(&s.user.groups));
+                    self.minter
+                        .mint(&s.user, &s.public_id(), &r.authority, role, now)
                 });
                 edits
                     .set

@@ -18,6 +18,9 @@ pub struct EnvoyOptions<'a> {
     pub admin: SocketAddr,
     pub tls_cert: &'a Path,
     pub tls_key: &'a Path,
+    /// Host name Envoy reaches portcullis at (e.g. a compose service name), with the ports
+    /// of `server.grpc_address` / `server.http_address`. Default: those addresses as they are.
+    pub portcullis_host: Option<&'a str>,
 }
 
 const AUTHZ_CLUSTER: &str = "portcullis_authz";
@@ -34,9 +37,21 @@ pub fn bootstrap_yaml(config: &Config, opts: &EnvoyOptions<'_>) -> String {
 }
 
 fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
+    let portcullis = |addr: SocketAddr, name: &str, http2: bool| match opts.portcullis_host {
+        Some(host) => {
+            let url =
+                Url::parse(&format!("http://{host}:{}", addr.port())).expect("host:port is a URL");
+            let mut c = cluster_for_url(name, &url);
+            if http2 {
+                c["typed_extension_protocol_options"] = http2_options();
+            }
+            c
+        }
+        None => cluster_static(name, addr, http2),
+    };
     let mut clusters = vec![
-        cluster_static(AUTHZ_CLUSTER, config.server.grpc_address, true),
-        cluster_static(HTTP_CLUSTER, config.server.http_address, false),
+        portcullis(config.server.grpc_address, AUTHZ_CLUSTER, true),
+        portcullis(config.server.http_address, HTTP_CLUSTER, false),
     ];
     let mut upstream_names: BTreeMap<String, String> = BTreeMap::new();
     for route in &config.routes {
@@ -216,14 +231,18 @@ fn cluster_static(name: &str, addr: SocketAddr, http2: bool) -> Value {
         },
     });
     if http2 {
-        c["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        });
+        c["typed_extension_protocol_options"] = http2_options();
     }
     c
+}
+
+fn http2_options() -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    })
 }
 
 fn cluster_for_url(name: &str, url: &Url) -> Value {

@@ -3,7 +3,7 @@
 mod keys;
 mod token;
 
-pub use keys::{Jwks, SigningKeys, generate_pkcs8_pem};
+pub use keys::{Jwk, Jwks, SigningKeys, generate_pkcs8_pem, public_jwk_from_pem};
 pub use token::{IdentityClaims, TokenCache, TokenMinter};
 
 use serde::{Deserialize, Serialize};

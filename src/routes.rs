@@ -90,6 +90,7 @@ mod tests {
             to: Url::parse("http://127.0.0.1:1").unwrap(),
             policy: Policy::AnyAuthenticatedUser,
             cockpit: None,
+            role: None,
         }
     }
 

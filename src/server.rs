@@ -21,9 +21,16 @@ pub struct Bound {
     pub http: SocketAddr,
 }
 
-/// Binds both listeners. Separate from [`serve`] so a bind failure is reported before
+/// The bound listeners, in config order.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub jwks: Option<TcpListener>,
+}
+
+/// Binds every listener. Separate from [`serve`] so a bind failure is reported before
 /// anything runs.
-pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)> {
+pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
     let grpc = TcpListener::bind(config.server.grpc_address)
         .await
         .map_err(|e| {
@@ -40,19 +47,29 @@ pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)
                 format!("server.http_address {}: {e}", config.server.http_address),
             )
         })?;
-    Ok((grpc, http))
+    let jwks = match config.server.jwks_address {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("server.jwks_address {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    Ok(Listeners { grpc, http, jwks })
 }
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
 pub async fn serve(
     config: Config,
-    listeners: (TcpListener, TcpListener),
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace;
     let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
     let app = Arc::new(App::new(config, store.clone() as Arc<dyn SessionStore>));
-    let (grpc_listener, http_listener) = listeners;
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+        jwks: jwks_listener,
+    } = listeners;
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         http: http_listener.local_addr()?,
@@ -84,6 +101,18 @@ pub async fn serve(
                 .await
         })
     };
+    let jwks = jwks_listener.map(|listener| {
+        let router = crate::web::jwks_router(app.clone());
+        let signal = stopped(rx.clone());
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "JWKS listening");
+        }
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+        })
+    });
     let grpc = {
         let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
         let signal = stopped(rx.clone());
@@ -104,6 +133,9 @@ pub async fn serve(
     discovery.abort();
     sweeper.abort();
     let drained = tokio::time::timeout(grace, async {
+        if let Some(j) = jwks {
+            let _ = j.await;
+        }
         let (h, g) = tokio::join!(http, grpc);
         if let Ok(Err(e)) = h {
             tracing::error!(error = %e, "http server error");

@@ -37,6 +37,16 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// The standalone JWKS listener: only the key set and health, no sessions, no sign-in, so it
+/// can be exposed to verifiers (Grafana) on an internal network without going through Envoy.
+pub fn jwks_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/.well-known/portcullis/jwks.json", get(handlers::jwks))
+        .fallback(handlers::not_found)
+        .with_state(app)
+}
+
 /// Pages about sign-in must not be framed, cached or leak their URLs (which can carry
 /// one-time tokens) in a Referer.
 async fn security_headers(mut response: Response) -> Response {

@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub idp: Option<RawIdp>,
     pub cookie: Option<RawCookie>,
     pub signing_key_file: Option<String>,
+    pub published_key_files: Option<Vec<String>>,
     pub identity_header: Option<String>,
     pub routes: Option<Vec<RawRoute>>,
 }
@@ -18,6 +19,7 @@ pub struct RawConfig {
 pub struct RawServer {
     pub grpc_address: Option<String>,
     pub http_address: Option<String>,
+    pub jwks_address: Option<String>,
     pub shutdown_grace: Option<String>,
 }
 
@@ -45,6 +47,15 @@ pub struct RawRoute {
     pub to: Option<String>,
     pub policy: Option<RawPolicy>,
     pub cockpit: Option<RawCockpit>,
+    pub role: Option<RawRole>,
+}
+
+/// A `role` claim derived from groups (for Grafana's `role_attribute_path`).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRole {
+    /// group → role; the first entry (in file order) whose group the user has wins.
+    pub from_groups: Option<serde_yaml_ng::Mapping>,
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -81,6 +81,13 @@ impl SigningKeys {
         &self.kid
     }
 
+    /// Also publishes `jwk` (a key being rotated in or out). A key already published is kept once.
+    pub fn publish(&mut self, jwk: Jwk) {
+        if !self.jwks.keys.iter().any(|k| k.kid == jwk.kid) {
+            self.jwks.keys.push(jwk);
+        }
+    }
+
     pub fn encoding_key(&self) -> &EncodingKey {
         &self.encoding
     }
@@ -110,6 +117,28 @@ fn jwk_from_public_point(point: &[u8]) -> Option<Jwk> {
         alg: "ES256".into(),
         use_: "sig".into(),
     })
+}
+
+/// Reads the public key of a PEM file: a P-256 public key (`BEGIN PUBLIC KEY`, SPKI) or a
+/// PKCS#8 private key, whose public half is taken.
+pub fn public_jwk_from_pem(pem: &str) -> Result<Jwk, KeyError> {
+    if let Some(der) = pem_body(pem, "PUBLIC KEY") {
+        // SPKI for id-ecPublicKey on prime256v1 with an uncompressed point: a fixed 26-byte
+        // prefix and the 65-byte point.
+        const PREFIX: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        return match der.strip_prefix(&PREFIX[..]) {
+            Some(point) => jwk_from_public_point(point)
+                .ok_or_else(|| KeyError::NotP256("unexpected public key encoding".into())),
+            None => Err(KeyError::NotP256(
+                "public key is not an uncompressed P-256 key".into(),
+            )),
+        };
+    }
+    let keys = SigningKeys::from_pem(pem)?;
+    Ok(keys.jwks.keys[0].clone())
 }
 
 fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
@@ -162,6 +191,36 @@ mod tests {
             j.x, j.y
         );
         assert_eq!(j.kid, crate::crypto::sha256_b64(canonical.as_bytes()));
+    }
+
+    #[test]
+    fn public_keys_from_spki_or_private_pem_match() {
+        let pem = generate_pkcs8_pem();
+        let keys = SigningKeys::from_pem(&pem).unwrap();
+        let from_private = public_jwk_from_pem(&pem).unwrap();
+        assert_eq!(from_private, keys.jwks().keys[0]);
+        // SPKI built from the same point.
+        let mut der = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+        ];
+        der.extend(URL_SAFE_NO_PAD.decode(&from_private.x).unwrap());
+        der.extend(URL_SAFE_NO_PAD.decode(&from_private.y).unwrap());
+        let spki = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            STANDARD.encode(&der)
+        );
+        assert_eq!(public_jwk_from_pem(&spki).unwrap(), from_private);
+        let mut k2 = SigningKeys::from_pem(&pem).unwrap();
+        k2.publish(from_private.clone());
+        assert_eq!(k2.jwks().keys.len(), 1, "same key published once");
+        k2.publish(public_jwk_from_pem(&generate_pkcs8_pem()).unwrap());
+        assert_eq!(k2.jwks().keys.len(), 2);
+        assert_eq!(k2.jwks().keys[0].kid, k2.kid(), "signing key first");
+        assert!(
+            public_jwk_from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .is_err()
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct IdentityClaims {
     pub preferred_username: Option<String>,
     /// Always a list, never null: verifiers that map groups to roles choke on null.
     pub groups: Vec<String>,
+    /// Only on routes with a role mapping (Grafana's `role_attribute_path: role`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub sid: String,
     pub iat: u64,
     pub exp: u64,
@@ -58,7 +61,14 @@ impl TokenMinter {
     }
 
     /// Mints a token for `user` on the route whose authority is `audience`.
-    pub fn mint(&self, user: &User, public_sid: &str, audience: &str, now: u64) -> (String, u64) {
+    pub fn mint(
+        &self,
+        user: &User,
+        public_sid: &str,
+        audience: &str,
+        role: Option<&str>,
+        now: u64,
+    ) -> (String, u64) {
         let exp = now + TOKEN_TTL_SECS;
         let claims = IdentityClaims {
             iss: self.issuer.clone(),
@@ -68,6 +78,7 @@ impl TokenMinter {
             name: user.name.clone(),
             preferred_username: user.preferred_username.clone(),
             groups: user.groups.clone(),
+            role: role.map(str::to_string),
             sid: public_sid.to_string(),
             iat: now,
             exp,
@@ -149,7 +160,7 @@ mod tests {
         let keys = Arc::new(SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap());
         let minter = TokenMinter::new("https://auth.example".into(), keys.clone());
         let now = jsonwebtoken::get_current_timestamp();
-        let (token, exp) = minter.mint(&alice(), "sid1", "app.example", now);
+        let (token, exp) = minter.mint(&alice(), "sid1", "app.example", None, now);
         assert_eq!(exp - now, TOKEN_TTL_SECS);
         let jwk = &keys.jwks().keys[0];
         let key = DecodingKey::from_ec_components(&jwk.x, &jwk.y).unwrap();

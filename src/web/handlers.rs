@@ -91,12 +91,25 @@ pub async fn not_found() -> WebError {
     WebError::NotFound
 }
 
-pub async fn jwks(State(app): State<Arc<App>>) -> Response {
+/// The JWKS. Verifiers cache it for a minute (Grafana caps its cache at this max-age) and
+/// revalidate cheaply with the ETag.
+pub async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let cache = [
+        (header::CACHE_CONTROL, "max-age=60"),
+        (header::ETAG, app.jwks_etag.as_str()),
+    ];
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| tag.trim() == app.jwks_etag || tag.trim() == "*");
+    if unchanged {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
     (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "max-age=60"),
-        ],
+        cache,
+        [(header::CONTENT_TYPE, "application/json")],
         app.jwks_json.clone(),
     )
         .into_response()
