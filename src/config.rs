@@ -320,10 +320,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     };
     let grpc_address = addr(grpc_address, "127.0.0.1:9100", "server.grpc_address");
     let http_address = addr(http_address, "127.0.0.1:9101", "server.http_address");
-    let jwks_address = match jwks_address {
-        Some(a) => Some(addr(Some(a), "", "server.jwks_address")),
-        None => None,
-    };
+    let jwks_address = jwks_address.map(|a| addr(Some(a), "", "server.jwks_address"));
     let shutdown_grace = match shutdown_grace {
         Some(s) => parse_duration(&s)
             .map_err(|m| errors.push("server.shutdown_grace", m))
