@@ -30,7 +30,11 @@ fn generate(root: &Path, cert: &str, key: &str) -> String {
         .args(["envoy-config", "-c", "examples/demo/portcullis.yaml"])
         .args(["--listen", "127.0.0.1:8443", "--admin", "127.0.0.1:9901"])
         .args(["--tls-cert", cert, "--tls-key", key]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
