@@ -31,6 +31,7 @@ pub struct App {
     /// The JWKS document, serialized once, and its ETag.
     pub jwks_json: String,
     pub jwks_etag: String,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -72,6 +73,7 @@ impl App {
             oidc: Oidc::new(idp, redirect_uri, post_logout),
             jwks_json,
             jwks_etag,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }

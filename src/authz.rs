@@ -35,6 +35,7 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let started = std::time::Instant::now();
         let request = request.into_inner();
         let attributes = request
             .attributes
@@ -65,6 +66,7 @@ impl Authorization for AuthzService {
         };
         let decision = self.app.decide(&req, now()).await;
         tracing::debug!(host = req.authority, path = req.path, ?decision, "check");
+        self.app.metrics.observe_check(&decision, started.elapsed());
         Ok(Response::new(to_check_response(decision)))
     }
 }

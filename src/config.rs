@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub http_address: SocketAddr,
     /// Optional listener serving only the JWKS, for verifiers on an internal network.
     pub jwks_address: Option<SocketAddr>,
+    /// Optional listener serving Prometheus metrics at `/metrics`.
+    pub metrics_address: Option<SocketAddr>,
     pub shutdown_grace: Duration,
 }
 
@@ -310,6 +312,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
         grpc_address,
         http_address,
         jwks_address,
+        metrics_address,
         shutdown_grace,
     } = raw;
     let mut addr = |value: Option<String>, default: &str, path: &str| {
@@ -321,6 +324,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     let grpc_address = addr(grpc_address, "127.0.0.1:9100", "server.grpc_address");
     let http_address = addr(http_address, "127.0.0.1:9101", "server.http_address");
     let jwks_address = jwks_address.map(|a| addr(Some(a), "", "server.jwks_address"));
+    let metrics_address = metrics_address.map(|a| addr(Some(a), "", "server.metrics_address"));
     let shutdown_grace = match shutdown_grace {
         Some(s) => parse_duration(&s)
             .map_err(|m| errors.push("server.shutdown_grace", m))
@@ -331,6 +335,10 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
         grpc_address: grpc_address?,
         http_address: http_address?,
         jwks_address: match jwks_address {
+            Some(a) => Some(a?),
+            None => None,
+        },
+        metrics_address: match metrics_address {
             Some(a) => Some(a?),
             None => None,
         },

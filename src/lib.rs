@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod decision;
 pub mod envoy;
 pub mod identity;
+pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod policy;

@@ -14,18 +14,12 @@ use crate::authz::{AuthorizationServer, AuthzService};
 use crate::config::Config;
 use crate::session::{MemoryStore, SessionStore};
 
-/// Addresses the servers actually bound (useful when configured with port 0).
-#[derive(Debug, Clone, Copy)]
-pub struct Bound {
-    pub grpc: SocketAddr,
-    pub http: SocketAddr,
-}
-
 /// The bound listeners, in config order.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
     pub jwks: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
 }
 
 /// Binds every listener. Separate from [`serve`] so a bind failure is reported before
@@ -47,13 +41,23 @@ pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
                 format!("server.http_address {}: {e}", config.server.http_address),
             )
         })?;
-    let jwks = match config.server.jwks_address {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("server.jwks_address {addr}: {e}"))
-        })?),
-        None => None,
+    let optional = |addr: Option<SocketAddr>, key: &'static str| async move {
+        match addr {
+            Some(addr) => TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}"))),
+            None => Ok(None),
+        }
     };
-    Ok(Listeners { grpc, http, jwks })
+    let jwks = optional(config.server.jwks_address, "server.jwks_address").await?;
+    let metrics = optional(config.server.metrics_address, "server.metrics_address").await?;
+    Ok(Listeners {
+        grpc,
+        http,
+        jwks,
+        metrics,
+    })
 }
 
 /// Serves until `shutdown` resolves, then drains for at most the configured grace period.
@@ -69,11 +73,9 @@ pub async fn serve(
         grpc: grpc_listener,
         http: http_listener,
         jwks: jwks_listener,
+        metrics: metrics_listener,
     } = listeners;
-    let bound = Bound {
-        grpc: grpc_listener.local_addr()?,
-        http: http_listener.local_addr()?,
-    };
+    let grpc_addr = grpc_listener.local_addr()?;
 
     let discovery = {
         let app = app.clone();
@@ -92,40 +94,45 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let http = {
-        let router = crate::web::router(app.clone());
+    // The HTTP service, and the optional JWKS and metrics listeners, all axum.
+    let mut servers = Vec::new();
+    for (name, listener, router) in [
+        ("http", Some(http_listener), crate::web::router(app.clone())),
+        ("jwks", jwks_listener, crate::web::jwks_router(app.clone())),
+        (
+            "metrics",
+            metrics_listener,
+            crate::web::metrics_router(app.clone()),
+        ),
+    ] {
+        let Some(listener) = listener else { continue };
+        tracing::info!(addr = %listener.local_addr()?, "{name} listening");
         let signal = stopped(rx.clone());
-        tokio::spawn(async move {
-            axum::serve(http_listener, router)
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
                 .with_graceful_shutdown(signal)
                 .await
-        })
-    };
-    let jwks = jwks_listener.map(|listener| {
-        let router = crate::web::jwks_router(app.clone());
-        let signal = stopped(rx.clone());
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "JWKS listening");
-        }
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-        })
-    });
-    let grpc = {
+            {
+                tracing::error!(error = %e, "{name} server error");
+            }
+        }));
+    }
+    {
         let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
         let signal = stopped(rx.clone());
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
+        tracing::info!(addr = %grpc_addr, "ext_authz gRPC listening");
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
-        })
-    };
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, "portcullis listening");
+            {
+                tracing::error!(error = %e, "grpc server error");
+            }
+        }));
+    }
 
     shutdown.await;
     tracing::info!(grace = ?grace, "shutting down");
@@ -133,15 +140,8 @@ pub async fn serve(
     discovery.abort();
     sweeper.abort();
     let drained = tokio::time::timeout(grace, async {
-        if let Some(j) = jwks {
-            let _ = j.await;
-        }
-        let (h, g) = tokio::join!(http, grpc);
-        if let Ok(Err(e)) = h {
-            tracing::error!(error = %e, "http server error");
-        }
-        if let Ok(Err(e)) = g {
-            tracing::error!(error = %e, "grpc server error");
+        for server in servers {
+            let _ = server.await;
         }
     })
     .await;

@@ -47,6 +47,15 @@ pub fn jwks_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// The metrics listener.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .fallback(handlers::not_found)
+        .with_state(app)
+}
+
 /// Pages about sign-in must not be framed, cached or leak their URLs (which can carry
 /// one-time tokens) in a Referer.
 async fn security_headers(mut response: Response) -> Response {

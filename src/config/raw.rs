@@ -20,6 +20,7 @@ pub struct RawServer {
     pub grpc_address: Option<String>,
     pub http_address: Option<String>,
     pub jwks_address: Option<String>,
+    pub metrics_address: Option<String>,
     pub shutdown_grace: Option<String>,
 }
 

@@ -22,6 +22,10 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn claim_once(&self, token_id: &str, expires_at: u64) -> Result<bool, StoreError>;
     /// Drops expired entries; called periodically.
     async fn sweep(&self, now: u64);
+    /// How many sessions are stored, when the store can tell cheaply (for metrics).
+    fn count(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Sessions in process memory: lost on restart, not shared between instances.
@@ -77,6 +81,10 @@ impl SessionStore for MemoryStore {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, exp| *exp > now);
+    }
+
+    fn count(&self) -> Option<usize> {
+        Some(self.len())
     }
 }
 

@@ -87,6 +87,20 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(n) = app.store.count() {
+        app.metrics.sessions.set(n as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
 pub async fn not_found() -> WebError {
     WebError::NotFound
 }
@@ -240,7 +254,14 @@ pub async fn oauth2_callback(
             "This sign-in answer does not belong to this browser's sign-in attempt.",
         ));
     }
-    let (user, id_token) = app.oidc.finish(&code, &csrf.pkce, &csrf.nonce).await?;
+    let (user, id_token) = app
+        .oidc
+        .finish(&code, &csrf.pkce, &csrf.nonce)
+        .await
+        .inspect_err(|_| {
+            app.metrics.sign_in_failures.inc();
+        })?;
+    app.metrics.sign_ins.inc();
     tracing::info!(user = user.display(), "signed in");
     let session = Session::new(user, Some(id_token), now, app.session_lifetime.as_secs());
     let auth_cookie = app

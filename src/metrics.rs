@@ -1,0 +1,145 @@
+//! Prometheus metrics, served on their own listener (`server.metrics_address`) so they are
+//! never reachable through Envoy.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::decision::Decision;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// Everything portcullis counts.
+pub struct Metrics {
+    registry: Registry,
+    check_duration: Histogram,
+    decisions: Family<OutcomeLabel, Counter>,
+    pub sign_ins: Counter,
+    pub sign_in_failures: Counter,
+    pub sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub tokens_signed: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        // 2 µs … ~0.5 s: the interesting range is the tens of microseconds.
+        let check_duration = Histogram::new(exponential_buckets(0.000_002, 2.0, 18));
+        registry.register(
+            "check_duration_seconds",
+            "Time spent answering one ext_authz Check, in the handler",
+            check_duration.clone(),
+        );
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "check_decisions",
+            "ext_authz decisions by outcome",
+            decisions.clone(),
+        );
+        let sign_ins = Counter::default();
+        registry.register("sign_ins", "Completed OIDC sign-ins", sign_ins.clone());
+        let sign_in_failures = Counter::default();
+        registry.register(
+            "sign_in_failures",
+            "OIDC sign-ins that failed at the callback",
+            sign_in_failures.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register(
+            "sessions",
+            "Live sessions in the in-memory store",
+            sessions.clone(),
+        );
+        let tokens_signed = Counter::default();
+        registry.register(
+            "identity_tokens_signed",
+            "Identity JWTs signed (cache misses)",
+            tokens_signed.clone(),
+        );
+        Self {
+            registry,
+            check_duration,
+            decisions,
+            sign_ins,
+            sign_in_failures,
+            sessions,
+            tokens_signed,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_check(&self, decision: &Decision, elapsed: Duration) {
+        self.check_duration.observe(elapsed.as_secs_f64());
+        let outcome = match decision {
+            Decision::Allow(_) => "allow",
+            Decision::Respond(r) => match r.status {
+                302 => "redirect",
+                401 => "unauthenticated",
+                403 => "forbidden",
+                404 => "no_route",
+                _ => "error",
+            },
+        };
+        self.decisions
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Response;
+
+    #[test]
+    fn decisions_are_counted_by_outcome_and_timed() {
+        let m = Metrics::default();
+        m.observe_check(
+            &Decision::Allow(Default::default()),
+            Duration::from_micros(20),
+        );
+        m.observe_check(
+            &Decision::Respond(Response::redirect("x".into())),
+            Duration::from_micros(20),
+        );
+        m.observe_check(
+            &Decision::Respond(Response::redirect("x".into())),
+            Duration::from_micros(20),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(r#"portcullis_check_decisions_total{outcome="allow"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_check_decisions_total{outcome="redirect"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_check_duration_seconds_count 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"portcullis_check_duration_seconds_bucket{le="0.000032"} 3"#),
+            "{text}"
+        );
+    }
+}
