@@ -280,6 +280,8 @@ struct RouteSpec {
     name: String,
     host: String,
     policy: String,
+    /// More keys of the route, one YAML line each (see [`StackBuilder::route_option`]).
+    extra: Vec<String>,
 }
 
 /// Options for a [`Stack`]. The stack always has the routes `app` (any authenticated
@@ -289,6 +291,10 @@ struct RouteSpec {
 pub struct StackBuilder {
     cookie_lifetime: Option<String>,
     routes: Vec<RouteSpec>,
+    /// Serve `server.jwks_address` on [`Ports::jwks`].
+    jwks_listener: bool,
+    /// Top-level YAML lines appended to the config.
+    config_extra: Vec<String>,
 }
 
 impl StackBuilder {
@@ -311,7 +317,33 @@ impl StackBuilder {
             name: name.to_string(),
             host,
             policy: policy.to_string(),
+            extra: Vec::new(),
         });
+        self
+    }
+
+    /// Adds one more key to the route `name` (added with [`Self::route`] before), as one
+    /// YAML line, e.g. `role: { from_groups: { admins: Admin }, default: Viewer }`.
+    pub fn route_option(mut self, name: &str, yaml_line: &str) -> Self {
+        self.routes
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name:?} was added"))
+            .extra
+            .push(yaml_line.to_string());
+        self
+    }
+
+    /// Sets `server.jwks_address` to 127.0.0.1:[`Ports::jwks`] (the standalone JWKS listener).
+    pub fn jwks_listener(mut self) -> Self {
+        self.jwks_listener = true;
+        self
+    }
+
+    /// Appends a top-level key to the config, as YAML, e.g.
+    /// `published_key_files: [secrets/next.pub.pem]` (paths relative to the stack's dir).
+    pub fn config_extra(mut self, yaml: &str) -> Self {
+        self.config_extra.push(yaml.to_string());
         self
     }
 
@@ -335,6 +367,7 @@ impl StackBuilder {
             echo: free_port(),
             grpc: free_port(),
             http: free_port(),
+            jwks: free_port(),
         };
         let secrets = write_secrets(&dir);
         let config = dir.join("portcullis.yaml");
@@ -469,6 +502,20 @@ routes:
                 "  - name: {}\n    from: https://{}:{}\n    to: http://127.0.0.1:{}\n    policy: {}\n",
                 r.name, r.host, p.envoy, p.echo, r.policy
             ));
+            for line in &r.extra {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        if self.jwks_listener {
+            yaml = yaml.replacen(
+                "authenticate_url:",
+                &format!("  jwks_address: 127.0.0.1:{}\nauthenticate_url:", p.jwks),
+                1,
+            );
+        }
+        for extra in &self.config_extra {
+            yaml.push_str(extra.trim_end());
+            yaml.push('\n');
         }
         yaml
     }
@@ -483,6 +530,8 @@ pub struct Ports {
     pub echo: u16,
     pub grpc: u16,
     pub http: u16,
+    /// The standalone JWKS listener's port (configured only with [`StackBuilder::jwks_listener`]).
+    pub jwks: u16,
 }
 
 /// One request as the echo upstream saw it.
@@ -609,6 +658,61 @@ impl Stack {
             .find(|p| p.name == "portcullis")
             .expect("portcullis was started")
             .stop();
+    }
+
+    /// Restarts portcullis on the same ports with the config file as it is now (edit
+    /// [`Stack::config`] first) and waits until it is ready. Sessions live in memory, so
+    /// browsers must sign in again. The old log is kept as `logs/portcullis.N.log`.
+    pub async fn restart_portcullis(&mut self) {
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("portcullis (before restart"))
+            .count()
+            + 1;
+        let logs = self.dir.join("logs");
+        let old = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == "portcullis")
+            .expect("portcullis was started");
+        old.stop();
+        let kept = logs.join(format!("portcullis.{n}.log"));
+        fs::rename(&old.log, &kept).unwrap_or_else(|e| panic!("rename {}: {e}", old.log.display()));
+        old.log = kept;
+        old.name = format!("portcullis (before restart {n})");
+
+        let mut portcullis = Command::new(portcullis_bin());
+        portcullis
+            .arg("serve")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug");
+        self.spawn("portcullis", portcullis);
+        let probe = probe_client();
+        let healthz = format!("http://127.0.0.1:{}/healthz", self.ports.http);
+        self.wait_ready(
+            "portcullis",
+            || probe.get(&healthz),
+            |s| s == StatusCode::OK,
+        )
+        .await;
+        let sign_in = format!("http://127.0.0.1:{}/.portcullis/sign_in", self.ports.http);
+        let auth_authority = self.authority("auth");
+        self.wait_ready(
+            "portcullis (IdP discovery)",
+            || probe.get(&sign_in).header("host", &auth_authority),
+            |s| s != StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+    }
+
+    /// The JWKS URL of the standalone listener (see [`StackBuilder::jwks_listener`]).
+    pub fn jwks_listener_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/.well-known/portcullis/jwks.json",
+            self.ports.jwks
+        )
     }
 
     /// The JWKS served on the auth host, fetched through Envoy.
