@@ -53,6 +53,10 @@ enum Command {
         /// Repeat for several Cockpit routes.
         #[arg(long = "audience", required = true)]
         audiences: Vec<String>,
+        /// Remember used tokens here (root-only directory, e.g. /run/portcullis-pam) and
+        /// refuse a second use of the same token.
+        #[arg(long)]
+        replay_dir: Option<PathBuf>,
     },
     /// Print an Envoy bootstrap config matching the portcullis config.
     EnvoyConfig {
@@ -88,18 +92,20 @@ pub fn run() -> ExitCode {
             Err(errors) => config_failed(&errors),
         },
         Command::Keygen { out } => keygen(out),
-        Command::PamVerify { jwks, audiences } => {
-            match crate::cockpit::pam_verify_main(&jwks, &audiences) {
-                Ok(user) => {
-                    eprintln!("portcullis pam-verify: accepted token for {user}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("portcullis pam-verify: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::PamVerify {
+            jwks,
+            audiences,
+            replay_dir,
+        } => match crate::cockpit::pam_verify_main(&jwks, &audiences, replay_dir.as_deref()) {
+            Ok(user) => {
+                eprintln!("portcullis pam-verify: accepted token for {user}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("portcullis pam-verify: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Jwks { config } => match config::load(&config) {
             Ok(c) => {
                 println!(

@@ -131,7 +131,11 @@ pub enum VerifyError {
     #[error("no token on stdin")]
     Empty,
     #[error("token is {0} bytes, longer than any token portcullis issues")]
-    TooLong(usize),
+    TooLong(String),
+    #[error("token was already used")]
+    Replayed,
+    #[error("replay directory: {0}")]
+    ReplayDir(String),
     #[error("cannot read stdin: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot read the JWKS file: {0}")]
@@ -158,21 +162,22 @@ pub fn verify(
     jwks: &Jwks,
     audiences: &[String],
     now: u64,
-) -> Result<(), VerifyError> {
+) -> Result<Verified, VerifyError> {
     if token.is_empty() {
         return Err(VerifyError::Empty);
     }
     if token.len() > PAM_MAX_TOKEN_BYTES {
-        return Err(VerifyError::TooLong(token.len()));
+        return Err(VerifyError::TooLong(token.len().to_string()));
+    }
+    // Name the algorithm in the refusal, whatever it is (`none`, `HS256`, ...).
+    let alg = header_alg(token)?;
+    if alg != "ES256" {
+        return Err(VerifyError::Rejected(format!(
+            "algorithm {alg:?} is not ES256"
+        )));
     }
     let header =
         jsonwebtoken::decode_header(token).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    if header.alg != Algorithm::ES256 {
-        return Err(VerifyError::Rejected(format!(
-            "algorithm {:?} is not ES256",
-            header.alg
-        )));
-    }
     let kid = header
         .kid
         .ok_or_else(|| VerifyError::Malformed("no kid".into()))?;
@@ -202,7 +207,73 @@ pub fn verify(
             pam_user: pam_user.to_string(),
         });
     }
-    Ok(())
+    Ok(Verified {
+        jti: data.claims.jti,
+        exp: data.claims.exp,
+    })
+}
+
+/// What a verified token still needs for replay protection.
+#[derive(Debug)]
+pub struct Verified {
+    pub jti: String,
+    pub exp: u64,
+}
+
+fn header_alg(token: &str) -> Result<String, VerifyError> {
+    let malformed = |m: &str| VerifyError::Malformed(m.to_string());
+    let (header, _) = token
+        .split_once('.')
+        .ok_or_else(|| malformed("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| malformed("header is not base64url"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| malformed("header is not JSON"))?;
+    value
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| malformed("header has no alg"))
+}
+
+/// Records a token's `jti` as used, so a captured token cannot log in twice. One file per
+/// token in `dir` (root-only); files older than any token's lifetime are swept.
+fn claim_once(dir: &std::path::Path, verified: &Verified) -> Result<(), VerifyError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |e: std::io::Error| VerifyError::ReplayDir(format!("{}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let max_age = std::time::Duration::from_secs(2 * (COCKPIT_TOKEN_TTL_SECS + LEEWAY_SECS));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > max_age);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    // The jti is attacker-influenced only after the signature check, but hash it anyway so
+    // it is always a safe file name.
+    let name = crate::crypto::sha256_b64(verified.jti.as_bytes());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(name))
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(VerifyError::Replayed),
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// `portcullis pam-verify`: reads the token from stdin (as `pam_exec expose_authtok` writes
@@ -210,11 +281,16 @@ pub fn verify(
 pub fn pam_verify_main(
     jwks_file: &std::path::Path,
     audiences: &[String],
+    replay_dir: Option<&std::path::Path>,
 ) -> Result<String, VerifyError> {
+    const READ_CAP: u64 = 64 * 1024;
     let pam_user = std::env::var("PAM_USER").map_err(|_| VerifyError::NoUser)?;
     // Read a bounded amount: anything longer than PAM's limit is not ours anyway.
     let mut buf = Vec::new();
-    std::io::stdin().take(64 * 1024).read_to_end(&mut buf)?;
+    std::io::stdin().take(READ_CAP + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > READ_CAP {
+        return Err(VerifyError::TooLong(format!("over {READ_CAP}")));
+    }
     // pam_exec terminates the token with NUL; be lenient about a trailing newline too.
     while buf
         .last()
@@ -228,7 +304,10 @@ pub fn pam_verify_main(
         .map_err(|e| VerifyError::Jwks(format!("{}: {e}", jwks_file.display())))?;
     let jwks: Jwks = serde_json::from_str(&text)
         .map_err(|e| VerifyError::Jwks(format!("{}: {e}", jwks_file.display())))?;
-    verify(token, &pam_user, &jwks, audiences, crate::app::now())?;
+    let verified = verify(token, &pam_user, &jwks, audiences, crate::app::now())?;
+    if let Some(dir) = replay_dir {
+        claim_once(dir, &verified)?;
+    }
     Ok(pam_user)
 }
 

@@ -230,8 +230,9 @@ impl App {
             }
             Refusal::Forbidden {
                 user, authority, ..
-            } => {
-                tracing::info!(%refusal, "refused by policy");
+            }
+            | Refusal::NoLocalAccount { user, authority } => {
+                tracing::info!(%refusal, "refused");
                 if html {
                     let sign_out = format!("{}://{}/.portcullis/sign_out", req.scheme, authority);
                     Response::html(403, pages::forbidden(user.display(), &sign_out))
@@ -241,11 +242,6 @@ impl App {
                         serde_json::json!({"error": "forbidden", "user": user.display()}),
                     )
                 }
-            }
-            Refusal::NoLocalAccount { user, authority } => {
-                tracing::info!(%refusal, "refused: no local account mapping");
-                let sign_out = format!("{}://{}/.portcullis/sign_out", req.scheme, authority);
-                Response::html(403, pages::forbidden(user.display(), &sign_out))
             }
             Refusal::CockpitToken(e) => {
                 tracing::error!(error = %e, "cannot sign in to Cockpit");

@@ -230,3 +230,44 @@ fn account_names() {
         assert!(!is_unix_account_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn a_token_is_accepted_once_with_a_replay_dir() {
+    let k = keys();
+    let (_, token) = token_of(&basic_credential(&k, "alice", AUD, NOW).unwrap());
+    let verified = verify(&token, "alice", k.jwks(), &auds(), NOW).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-replay-{}",
+        crate::crypto::random_token(6)
+    ));
+    claim_once(&dir, &verified).unwrap();
+    assert!(matches!(
+        claim_once(&dir, &verified),
+        Err(VerifyError::Replayed)
+    ));
+    let other = verify(
+        &token_of(&basic_credential(&k, "alice", AUD, NOW).unwrap()).1,
+        "alice",
+        k.jwks(),
+        &auds(),
+        NOW,
+    )
+    .unwrap();
+    claim_once(&dir, &other).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn refusals_name_the_algorithm() {
+    let k = keys();
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+        URL_SAFE_NO_PAD.encode("{}")
+    );
+    let err = verify(&none, "alice", k.jwks(), &auds(), NOW).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"token rejected: algorithm "none" is not ES256"#
+    );
+}

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 mod browser;
+pub mod cockpit;
+pub mod grafana;
 mod html;
 
 #[allow(unused_imports)] // each test binary uses a different part
@@ -282,6 +284,10 @@ struct RouteSpec {
     policy: String,
     /// More keys of the route, one YAML line each (see [`StackBuilder::route_option`]).
     extra: Vec<String>,
+    /// Path prefix of `from` (see [`StackBuilder::route_path`]); empty for `/`.
+    path: String,
+    /// Upstream instead of the echo app (see [`StackBuilder::route_upstream`]).
+    to: Option<String>,
 }
 
 /// Options for a [`Stack`]. The stack always has the routes `app` (any authenticated
@@ -318,7 +324,30 @@ impl StackBuilder {
             host,
             policy: policy.to_string(),
             extra: Vec::new(),
+            path: String::new(),
+            to: None,
         });
+        self
+    }
+
+    fn route_spec(&mut self, name: &str) -> &mut RouteSpec {
+        self.routes
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name:?} was added"))
+    }
+
+    /// Serves the route `name` under a path prefix, e.g. `/admin` for
+    /// `https://apps.localhost:<port>/admin`.
+    pub fn route_path(mut self, name: &str, prefix: &str) -> Self {
+        assert!(prefix.starts_with('/'), "{prefix:?} must start with /");
+        self.route_spec(name).path = prefix.to_string();
+        self
+    }
+
+    /// Sends the route `name` to `to` (e.g. `http://127.0.0.1:9090`) instead of the echo app.
+    pub fn route_upstream(mut self, name: &str, to: &str) -> Self {
+        self.route_spec(name).to = Some(to.to_string());
         self
     }
 
@@ -498,9 +527,15 @@ routes:
             echo = p.echo,
         );
         for r in &self.routes {
+            let echo = format!("http://127.0.0.1:{}", p.echo);
             yaml.push_str(&format!(
-                "  - name: {}\n    from: https://{}:{}\n    to: http://127.0.0.1:{}\n    policy: {}\n",
-                r.name, r.host, p.envoy, p.echo, r.policy
+                "  - name: {}\n    from: https://{}:{}{}\n    to: {}\n    policy: {}\n",
+                r.name,
+                r.host,
+                p.envoy,
+                r.path,
+                r.to.as_deref().unwrap_or(&echo),
+                r.policy
             ));
             for line in &r.extra {
                 yaml.push_str(&format!("    {line}\n"));
