@@ -124,10 +124,10 @@ fn alice() -> User {
 /// app host (portcullis's cookie plus two of the app's own).
 fn signed_in() -> (App, String) {
     let app = app_from(CONFIG);
-    let session = Session::new(alice(), None, NOW, 8 * 3600);
+    let session = Session::new(alice(), NOW, 8 * 3600);
     let set_cookie = app
         .cookies
-        .issue(&session.id, AUTHORITY, session.expires_at, NOW);
+        .issue(session.id, AUTHORITY, session.expires_at, NOW);
     block_on(app.store.put(session)).expect("memory store put");
     let ours = set_cookie
         .split(';')

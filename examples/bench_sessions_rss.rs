@@ -2,14 +2,16 @@
 //! `App` holding N live sessions in the in-memory store.
 //!
 //! ```sh
-//! cargo run --release --example bench_sessions_rss -- [--sessions 100000]
-//!     [--id-token-bytes 900] [--jwt-cache] [--layout current|proposed]
+//! cargo run --release --example bench_sessions_rss -- [--sessions 100000] [--jwt-cache]
+//!     [--layout store|before]
 //! ```
 //!
-//! Each session looks like one from the demo IdP: a UUID subject, email, name, username,
-//! two groups, and (unless `--id-token-bytes 0`) an ID token of about that many bytes,
-//! which portcullis keeps for `id_token_hint` at sign-out. With `--jwt-cache` every session
-//! also gets one cached identity JWT, as if each had made a request in the last 4 minutes.
+//! Each session looks like one from the demo IdP: a UUID subject, email, name, username and
+//! two groups. `--layout store` (the default) fills the real `MemoryStore`; `--layout before`
+//! fills a plain map with the record portcullis kept until 2026-12 (the id as a `String`,
+//! again as the map key, and a 900-byte ID token for `id_token_hint`), so that BENCHMARKS.md
+//! can show both from one run. With `--jwt-cache` every session also gets one cached
+//! identity JWT, as if each had made a request in the last 4 minutes.
 //!
 //! Prints `key=value` lines (read by scripts/bench) after reading `VmRSS` from
 //! /proc/self/status; with `--jwt-cache` also the mean time of one cache miss (sign and
@@ -23,75 +25,60 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis::app::App;
 use portcullis::crypto::random_token;
 use portcullis::identity::{User, generate_pkcs8_pem};
-use portcullis::secret::SecretString;
-use portcullis::session::{MemoryStore, Session, SessionStore};
+use portcullis::session::{MemoryStore, Session, SessionId, SessionStore};
 
 const NOW: u64 = 1_800_000_000;
 
+/// The size of the demo IdP's ID tokens, which the record used to keep.
+const BEFORE_ID_TOKEN_BYTES: usize = 900;
+
 struct Args {
     sessions: usize,
-    id_token_bytes: usize,
     jwt_cache: bool,
-    proposed: bool,
+    before: bool,
 }
 
-/// `--layout proposed`: the session record this benchmark proposes (BENCHMARKS.md), for
-/// comparison: no ID token, the map keyed by the id's 32 raw bytes (no id string, no
-/// second copy as the key), and the user's strings as `Box<str>`.
+/// `--layout before`: the session record as it was, for comparison.
 #[allow(dead_code)] // only ever measured, never read
-struct ProposedSession {
-    subject: Box<str>,
-    email: Option<Box<str>>,
-    email_verified: Option<bool>,
-    name: Option<Box<str>>,
-    preferred_username: Option<Box<str>>,
-    groups: Box<[Box<str>]>,
+struct BeforeSession {
+    id: String,
+    user: User,
+    id_token: Option<String>,
     created_at: u64,
     expires_at: u64,
-}
-
-impl ProposedSession {
-    fn new(u: User) -> Self {
-        Self {
-            subject: u.subject.into(),
-            email: u.email.map(Into::into),
-            email_verified: u.email_verified,
-            name: u.name.map(Into::into),
-            preferred_username: u.preferred_username.map(Into::into),
-            groups: u.groups.into_iter().map(Into::into).collect(),
-            created_at: NOW,
-            expires_at: NOW + 8 * 3600,
-        }
-    }
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         sessions: 100_000,
-        id_token_bytes: 900,
         jwt_cache: false,
-        proposed: false,
+        before: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut number = || -> usize {
             it.next()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} needs a number"))
+                .unwrap_or_else(|| usage(&format!("{flag} needs a number")))
         };
         match flag.as_str() {
             "--sessions" => args.sessions = number(),
-            "--id-token-bytes" => args.id_token_bytes = number(),
             "--jwt-cache" => args.jwt_cache = true,
             "--layout" => match it.next().as_deref() {
-                Some("proposed") => args.proposed = true,
-                Some("current") => args.proposed = false,
-                _ => panic!("--layout needs current or proposed"),
+                Some("before") => args.before = true,
+                Some("store") => args.before = false,
+                _ => usage("--layout needs store or before"),
             },
-            other => panic!("unknown argument {other}"),
+            other => usage(&format!("unknown argument {other}")),
         }
     }
     args
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!("bench_sessions_rss: {problem}");
+    eprintln!("usage: bench_sessions_rss [--sessions N] [--layout store|before] [--jwt-cache]");
+    std::process::exit(2)
 }
 
 /// `VmRSS` of this process, in bytes.
@@ -133,18 +120,16 @@ fn user(i: usize) -> User {
     }
 }
 
-/// A session id shaped like a real one (43 base64url characters), derived from `i` so that
-/// the sessions can be found again without keeping a list of ids in memory.
-fn session_id(i: usize) -> String {
-    portcullis::crypto::sha256_b64(&(i as u64).to_le_bytes())
+/// A session id derived from `i`, so that the sessions can be found again without keeping
+/// a list of ids in memory.
+fn session_id(i: usize) -> SessionId {
+    SessionId::parse(&portcullis::crypto::sha256_b64(&(i as u64).to_le_bytes()))
+        .expect("a SHA-256 digest is 32 bytes")
 }
 
 /// A JWT-shaped string of about `bytes` bytes: a header, claims like the demo IdP's, and
 /// an RS256-sized signature, all unique per session (nothing shared between sessions).
-fn id_token(u: &User, bytes: usize) -> Option<SecretString> {
-    if bytes == 0 {
-        return None;
-    }
+fn id_token(u: &User, bytes: usize) -> String {
     let header = format!(
         r#"{{"alg":"RS256","typ":"JWT","kid":"{}"}}"#,
         random_token(32)
@@ -167,22 +152,30 @@ fn id_token(u: &User, bytes: usize) -> Option<SecretString> {
         token.push_str(&random_token(48));
     }
     // An exact-size allocation, like the string the token endpoint's JSON is decoded into.
-    Some(SecretString::new(&token[..bytes]))
+    token[..bytes].to_owned()
 }
 
-/// Measures the proposed record in a plain map (the store's own locking aside).
-fn proposed(args: &Args) {
+/// Measures the record as it was, in a plain map (the store's own locking aside).
+fn before(args: &Args) {
     let base = rss();
-    let mut map: HashMap<[u8; 32], Arc<ProposedSession>> = HashMap::new();
+    let mut map: HashMap<String, Arc<BeforeSession>> = HashMap::new();
     for i in 0..args.sessions {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &(i as u64).to_le_bytes());
-        let key: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
-        map.insert(key, Arc::new(ProposedSession::new(user(i))));
+        let u = user(i);
+        let id_token = Some(id_token(&u, BEFORE_ID_TOKEN_BYTES));
+        let id = session_id(i).encode();
+        let s = BeforeSession {
+            id: id.clone(),
+            user: u,
+            id_token,
+            created_at: NOW,
+            expires_at: NOW + 8 * 3600,
+        };
+        map.insert(id, Arc::new(s));
     }
     let with_sessions = rss();
     assert_eq!(map.len(), args.sessions);
     println!("sessions={}", args.sessions);
-    println!("layout=proposed");
+    println!("layout=before");
     println!("rss_base_bytes={base}");
     println!("rss_with_sessions_bytes={with_sessions}");
     println!(
@@ -215,21 +208,16 @@ routes:
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("the tokio runtime starts");
-    if args.proposed {
-        return proposed(&args);
+    if args.before {
+        return before(&args);
     }
     let base = rss();
     let mut payload = 0usize; // bytes of string data the sessions hold, for the breakdown
-    let mut token_bytes = 0usize;
     runtime.block_on(async {
         for i in 0..args.sessions {
-            let u = user(i);
-            let token = id_token(&u, args.id_token_bytes);
-            token_bytes += token.as_ref().map_or(0, |t| t.expose().len());
-            let mut s = Session::new(u, token, NOW, 8 * 3600);
+            let mut s = Session::new(user(i), NOW, 8 * 3600);
             s.id = session_id(i);
-            payload += 2 * s.id.len() // the id, and its copy as the map key
-                + s.user.subject.len()
+            payload += s.user.subject.len()
                 + s.user.email.as_ref().map_or(0, String::len)
                 + s.user.name.as_ref().map_or(0, String::len)
                 + s.user.preferred_username.as_ref().map_or(0, String::len)
@@ -255,7 +243,7 @@ routes:
                     .expect("memory store get")
                     .expect("session is live");
                 let r = app.routes.get(0);
-                let t = app.tokens.get_or_mint(&s.id, 0, NOW, || {
+                let t = app.tokens.get_or_mint(s.id, 0, NOW, || {
                     app.minter
                         .mint(&s.user, &s.public_id(), &r.authority, None, NOW)
                 });
@@ -274,11 +262,10 @@ routes:
     let n = args.sessions.max(1) as u64;
     let per_session = with_sessions.saturating_sub(base) / n;
     println!("sessions={}", args.sessions);
-    println!("id_token_bytes={}", args.id_token_bytes);
+    println!("layout=store");
     println!("rss_base_bytes={base}");
     println!("rss_with_sessions_bytes={with_sessions}");
     println!("bytes_per_session={per_session}");
-    println!("id_token_bytes_per_session={}", token_bytes as u64 / n);
     println!("other_strings_bytes_per_session={}", payload as u64 / n);
     if args.jwt_cache {
         println!("rss_with_jwt_cache_bytes={with_cache}");

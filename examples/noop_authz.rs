@@ -4,28 +4,20 @@
 //!
 //! ```sh
 //! cargo run --release --example noop_authz -- 127.0.0.1:9300 [--header-bytes N]
-//!     [--no-vectored-writes]
+//!     [--vectored-writes]
 //! ```
 //!
 //! Prints `listening ADDR` once bound (port 0 picks a free port); stops on SIGTERM/SIGINT.
 //!
 //! Two knobs for experiments (scripts/bench uses neither): `--header-bytes N` makes the
-//! header value N bytes long (an identity JWT is ~650), and `--no-vectored-writes` hides
-//! vectored writes from h2, which then copies DATA frames under 1 KiB into its write
-//! buffer instead of flushing once per frame of 256 bytes or more.
+//! header value N bytes long (an identity JWT is ~650), and `--vectored-writes` serves plain
+//! `TcpStream`s, as portcullis did before `server::grpc_io` (h2 then flushes once per DATA
+//! frame of 256 bytes or more instead of coalescing answers into one write).
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
 };
 use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
-use std::io::IoSlice;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::codegen::tokio_stream::StreamExt;
-use tonic::codegen::tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 struct Noop {
@@ -51,61 +43,10 @@ impl Authorization for Noop {
     }
 }
 
-/// A TCP connection that tells h2 it has no vectored writes.
-struct NoVectored(TcpStream);
-
-impl AsyncRead for NoVectored {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for NoVectored {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl Connected for NoVectored {
-    type ConnectInfo = <TcpStream as Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let mut addr = "127.0.0.1:0".to_string();
     let mut header_bytes = 1;
-    let mut no_vectored = false;
+    let mut vectored = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -115,7 +56,7 @@ fn main() -> std::process::ExitCode {
                     .and_then(|n| n.parse().ok())
                     .expect("--header-bytes needs a number")
             }
-            "--no-vectored-writes" => no_vectored = true,
+            "--vectored-writes" => vectored = true,
             _ => addr = arg,
         }
     }
@@ -142,13 +83,12 @@ fn main() -> std::process::ExitCode {
         let server =
             tonic::transport::Server::builder().add_service(AuthorizationServer::new(noop));
         let signal = portcullis::server::shutdown_signal();
-        let result = if no_vectored {
-            let incoming = TcpListenerStream::new(listener)
-                .map(|conn| conn.and_then(|c| c.set_nodelay(true).map(|()| NoVectored(c))));
-            server.serve_with_incoming_shutdown(incoming, signal).await
-        } else {
+        let result = if vectored {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            server.serve_with_incoming_shutdown(incoming, signal).await
+        } else {
+            let incoming = portcullis::server::grpc_io::incoming(listener);
             server.serve_with_incoming_shutdown(incoming, signal).await
         };
         match result {

@@ -34,6 +34,7 @@ pub enum Purpose {
     Session,
     Csrf,
     Hop,
+    IdTokenHint,
 }
 
 impl Purpose {
@@ -42,6 +43,7 @@ impl Purpose {
             Purpose::Session => b"portcullis session cookie v1",
             Purpose::Csrf => b"portcullis csrf cookie v1",
             Purpose::Hop => b"portcullis hop token v1",
+            Purpose::IdTokenHint => b"portcullis id token hint cookie v1",
         }
     }
 }
@@ -127,6 +129,15 @@ impl Sealer {
             .map_err(|_| OpenError::Authentication)?;
         serde_json::from_slice(plain).map_err(|_| OpenError::Payload)
     }
+}
+
+/// `N` random bytes from the system source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random source is available");
+    bytes
 }
 
 /// `n` random bytes from the system source, base64url encoded.

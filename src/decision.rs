@@ -184,7 +184,7 @@ impl App {
         match session {
             Some(s) => {
                 let r = self.routes.get(route);
-                let token = self.tokens.get_or_mint(&s.id, route, now, || {
+                let token = self.tokens.get_or_mint(s.id, route, now, || {
                     self.metrics.tokens_signed.inc();
                     let role = r.role.as_ref().and_then(|m| m.role_for(&s.user.groups));
                     self.minter

@@ -14,6 +14,8 @@ use crate::authz::{AuthorizationServer, AuthzService};
 use crate::config::Config;
 use crate::session::{MemoryStore, SessionStore};
 
+pub mod grpc_io;
+
 /// The bound listeners, in config order.
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -81,13 +83,17 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move { app.oidc.discover_until_ready().await })
     };
-    let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            store.sweep(now()).await;
-        }
-    });
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                store.sweep(now()).await;
+                app.tokens.prune(now());
+            }
+        })
+    };
 
     let (tx, rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -120,8 +126,7 @@ pub async fn serve(
     {
         let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
         let signal = stopped(rx.clone());
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming = grpc_io::incoming(grpc_listener);
         tracing::info!(addr = %grpc_addr, "ext_authz gRPC listening");
         servers.push(tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()

@@ -11,30 +11,82 @@ mod store;
 pub use cookie::{CookieCodec, CookieJar, set_cookie};
 pub use store::{MemoryStore, SessionStore, StoreError};
 
-use serde::{Deserialize, Serialize};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::identity::User;
-use crate::secret::SecretString;
 
-/// One sign-in.
+/// The store key of a session: 32 random bytes. Secret: it only ever leaves the process
+/// inside sealed cookies and hop tokens, so it never prints.
+///
+/// Kept as raw bytes rather than its base64 text so that a stored session carries no
+/// separate heap string for its key (100k sessions must fit in 64 MiB, BENCHMARKS.md).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; 32]);
+
+impl SessionId {
+    pub fn random() -> Self {
+        Self(crate::crypto::random_bytes())
+    }
+
+    /// The id in its base64url text form (as sealed into cookies), if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        // 43 characters is exactly 32 bytes; anything else is not one of ours.
+        if text.len() != 43 {
+            return None;
+        }
+        let n = URL_SAFE_NO_PAD.decode_slice(text, &mut bytes).ok()?;
+        (n == 32).then_some(Self(bytes))
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// A stable, non-secret identifier for logs and the JWT `sid` claim.
+    pub fn public_id(&self) -> String {
+        let mut h = crate::crypto::sha256_b64(&self.0);
+        h.truncate(22);
+        h
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionId([redacted])")
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.encode())
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("not a session id"))
+    }
+}
+
+/// One sign-in. The IdP's ID token is deliberately not kept here (it would be two thirds of
+/// the record); the auth host keeps it in a sealed cookie for `id_token_hint` at sign-out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
-    /// The store key. Secret: it only ever leaves the process inside sealed cookies.
-    pub id: String,
+    pub id: SessionId,
     pub user: User,
-    /// The IdP's ID token, kept for `id_token_hint` at sign-out.
-    #[serde(with = "secret_opt")]
-    pub id_token: Option<SecretString>,
     pub created_at: u64,
     pub expires_at: u64,
 }
 
 impl Session {
-    pub fn new(user: User, id_token: Option<SecretString>, now: u64, lifetime_secs: u64) -> Self {
+    pub fn new(user: User, now: u64, lifetime_secs: u64) -> Self {
         Self {
-            id: crate::crypto::random_token(32),
+            id: SessionId::random(),
             user,
-            id_token,
             created_at: now,
             expires_at: now + lifetime_secs,
         }
@@ -42,26 +94,36 @@ impl Session {
 
     /// A stable, non-secret identifier for logs and the JWT `sid` claim.
     pub fn public_id(&self) -> String {
-        public_id(&self.id)
+        self.id.public_id()
     }
 }
 
-/// Derives the public session identifier from the secret store key.
-pub fn public_id(sid: &str) -> String {
-    let mut h = crate::crypto::sha256_b64(sid.as_bytes());
-    h.truncate(22);
-    h
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-mod secret_opt {
-    use crate::secret::SecretString;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_ref().map(|x| x.expose()).serialize(s)
+    #[test]
+    fn session_id_round_trips_and_never_prints() {
+        let id = SessionId::random();
+        assert_eq!(SessionId::parse(&id.encode()), Some(id));
+        assert_eq!(format!("{id:?}"), "SessionId([redacted])");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<SessionId>(&json).unwrap(), id);
+        assert_ne!(id.public_id(), id.encode()[..22]);
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-        Ok(Option::<String>::deserialize(d)?.map(SecretString::new))
+    #[test]
+    fn session_id_rejects_what_is_not_one() {
+        for bad in ["", "abc", &"A".repeat(42), &"A".repeat(44), &"*".repeat(43)] {
+            assert_eq!(SessionId::parse(bad), None, "{bad:?}");
+        }
+        // 43 characters whose last one carries bits beyond 32 bytes.
+        let mut text = SessionId::random().encode();
+        text.pop();
+        text.push('B');
+        // Either canonical or refused, never a different id of the same text.
+        if let Some(id) = SessionId::parse(&text) {
+            assert_eq!(id.encode(), text);
+        }
     }
 }

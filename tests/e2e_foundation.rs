@@ -477,6 +477,21 @@ async fn sign_out_ends_the_session_everywhere() {
     let session = browser
         .cookie(&app, SESSION_COOKIE)
         .expect("the app host has a session cookie");
+    // The ID token for `id_token_hint` lives in a sealed cookie that only the auth host's
+    // sign-out path receives.
+    let sign_out_at_auth = stack.url("auth", "/.portcullis/sign_out");
+    let id_token_cookie = format!("{SESSION_COOKIE}_idt");
+    assert!(
+        browser
+            .cookie(&sign_out_at_auth, &id_token_cookie)
+            .is_some(),
+        "the auth host keeps the ID token for sign-out"
+    );
+    assert_eq!(
+        browser.cookie(&stack.url("auth", "/"), &id_token_cookie),
+        None,
+        "the ID-token cookie is scoped to the sign-out path"
+    );
 
     let (mut response, mut visited) = browser
         .follow(&stack.url("app", "/.portcullis/sign_out"))
@@ -498,6 +513,22 @@ async fn sign_out_ends_the_session_everywhere() {
         matches!((at(&stack.origin("auth")), at(&stack.idp_origin())), (Some(a), Some(i)) if a < i),
         "sign-out goes through the auth host to the IdP; redirects:\n{}",
         list(&visited)
+    );
+    // RP-initiated logout carries the ID token from the cookie as `id_token_hint`.
+    let hint = visited
+        .iter()
+        .filter(|u| u.origin().ascii_serialization() == stack.idp_origin())
+        .find_map(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "id_token_hint")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_else(|| panic!("no id_token_hint sent to the IdP:\n{}", list(&visited)));
+    assert_eq!(hint.split('.').count(), 3, "a JWS: {hint}");
+    assert_eq!(
+        browser.cookie(&sign_out_at_auth, &id_token_cookie),
+        None,
+        "sign-out clears the ID-token cookie"
     );
     assert_eq!(
         response.status(),

@@ -39,8 +39,8 @@ fn user(email: &str, groups: &[&str]) -> User {
 impl Harness {
     /// Stores a session for `u` and returns the cookie header for `authority`.
     async fn sign_in(&self, u: User, authority: &str, now: u64) -> String {
-        let s = Session::new(u, None, now, 3600);
-        let set = self.app.cookies.issue(&s.id, authority, s.expires_at, now);
+        let s = Session::new(u, now, 3600);
+        let set = self.app.cookies.issue(s.id, authority, s.expires_at, now);
         self.app.store.put(s).await.unwrap();
         set.split(';').next().unwrap().to_string()
     }

@@ -7,6 +7,7 @@ use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
 use super::{SigningKeys, User};
+use crate::session::SessionId;
 
 /// Lifetime of an identity JWT.
 pub const TOKEN_TTL_SECS: u64 = 300;
@@ -93,28 +94,37 @@ impl TokenMinter {
 /// Signed tokens by (session, route), so the hot path signs at most once per ~4 minutes.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<CacheKey, (Arc<str>, u64)>>,
+    inner: Mutex<CacheInner>,
 }
 
-/// (session id, route index).
-type CacheKey = (String, usize);
+#[derive(Default)]
+struct CacheInner {
+    entries: HashMap<CacheKey, (Arc<str>, u64)>,
+    /// An insert that finds the map this large first drops expired tokens. It doubles after
+    /// each such prune, so pruning costs O(1) amortized per insert instead of a full scan
+    /// under the lock on every miss once the cache is big (BENCHMARKS.md, proposal 3).
+    prune_at: usize,
+}
 
-/// Above this many entries an insert first drops the expired ones.
-const PRUNE_ABOVE: usize = 4096;
+/// (session id, route index): plain bytes, so a lookup allocates nothing.
+type CacheKey = (SessionId, usize);
+
+/// The smallest size at which an insert prunes.
+const PRUNE_FLOOR: usize = 4096;
 
 impl TokenCache {
     /// The cached token for (`sid`, `route`) if it has more than a minute left, else `mint()`'s.
     pub fn get_or_mint(
         &self,
-        sid: &str,
+        sid: SessionId,
         route: usize,
         now: u64,
         mint: impl FnOnce() -> (String, u64),
     ) -> Arc<str> {
-        let key = (sid.to_string(), route);
+        let key = (sid, route);
         {
-            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((token, exp)) = entries.get(&key)
+            let inner = self.lock();
+            if let Some((token, exp)) = inner.entries.get(&key)
                 && *exp > now + REMINT_BEFORE_EXP_SECS
             {
                 return token.clone();
@@ -123,18 +133,35 @@ impl TokenCache {
         // Sign outside the lock: two racing requests may both sign, which is harmless.
         let (token, exp) = mint();
         let token: Arc<str> = token.into();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() > PRUNE_ABOVE {
-            entries.retain(|_, (_, exp)| *exp > now);
+        let mut inner = self.lock();
+        if inner.entries.len() >= inner.prune_at.max(PRUNE_FLOOR) {
+            inner.entries.retain(|_, (_, exp)| *exp > now);
+            inner.prune_at = inner.entries.len().saturating_mul(2);
         }
-        entries.insert(key, (token.clone(), exp));
+        inner.entries.insert(key, (token.clone(), exp));
         token
     }
 
+    /// Drops expired tokens; called by the periodic sweeper.
+    pub fn prune(&self, now: u64) {
+        self.lock().entries.retain(|_, (_, exp)| *exp > now);
+    }
+
     /// Drops every token of a session (sign-out).
-    pub fn forget_session(&self, sid: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(s, _), _| s != sid);
+    pub fn forget_session(&self, sid: SessionId) {
+        self.lock().entries.retain(|(s, _), _| *s != sid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -187,9 +214,10 @@ mod tests {
     #[test]
     fn cache_reuses_until_a_minute_before_expiry() {
         let cache = TokenCache::default();
+        let sid = SessionId::random();
         let mut mints = 0;
         let mut get = |now: u64| {
-            cache.get_or_mint("s", 0, now, || {
+            cache.get_or_mint(sid, 0, now, || {
                 mints += 1;
                 (format!("t{mints}"), now + TOKEN_TTL_SECS)
             })
@@ -199,7 +227,33 @@ mod tests {
         assert_eq!(&*get(1000 + 241), "t2");
         assert_eq!(&*get(1000 + 300), "t2");
         assert_eq!(mints, 2);
-        cache.forget_session("s");
-        assert!(cache.entries.lock().unwrap().is_empty());
+        cache.forget_session(sid);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn cache_prunes_expired_tokens_without_scanning_on_every_miss() {
+        let cache = TokenCache::default();
+        let insert = |now: u64| {
+            cache.get_or_mint(SessionId::random(), 0, now, || ("t".into(), now + 10));
+        };
+        // Fill to the floor with tokens that will have expired by `later`.
+        for _ in 0..PRUNE_FLOOR {
+            insert(1000);
+        }
+        let later = 2000;
+        insert(later);
+        assert_eq!(
+            cache.len(),
+            1,
+            "the insert at the floor dropped the expired"
+        );
+        // Below the (doubled, floored) threshold, expired tokens stay until the sweeper.
+        for _ in 0..10 {
+            insert(later);
+        }
+        assert_eq!(cache.len(), 11);
+        cache.prune(later + 11);
+        assert!(cache.is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 
-use super::Session;
+use super::{Session, SessionId};
 
 #[derive(Debug, thiserror::Error)]
 #[error("session store unavailable: {0}")]
@@ -15,9 +15,9 @@ pub struct StoreError(pub String);
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// The live session `id`, if any (expired sessions are not returned).
-    async fn get(&self, id: &str, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
+    async fn get(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
     async fn put(&self, session: Session) -> Result<(), StoreError>;
-    async fn remove(&self, id: &str) -> Result<(), StoreError>;
+    async fn remove(&self, id: &SessionId) -> Result<(), StoreError>;
     /// Marks a single-use token as spent. True the first time, false on any replay.
     async fn claim_once(&self, token_id: &str, expires_at: u64) -> Result<bool, StoreError>;
     /// Drops expired entries; called periodically.
@@ -31,7 +31,7 @@ pub trait SessionStore: Send + Sync + 'static {
 /// Sessions in process memory: lost on restart, not shared between instances.
 #[derive(Default)]
 pub struct MemoryStore {
-    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    sessions: RwLock<HashMap<SessionId, Arc<Session>>>,
     spent: RwLock<HashMap<String, u64>>,
 }
 
@@ -50,18 +50,18 @@ impl MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn get(&self, id: &str, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
+    async fn get(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         Ok(sessions.get(id).filter(|s| s.expires_at > now).cloned())
     }
 
     async fn put(&self, session: Session) -> Result<(), StoreError> {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        sessions.insert(session.id.clone(), Arc::new(session));
+        sessions.insert(session.id, Arc::new(session));
         Ok(())
     }
 
-    async fn remove(&self, id: &str) -> Result<(), StoreError> {
+    async fn remove(&self, id: &SessionId) -> Result<(), StoreError> {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         sessions.remove(id);
         Ok(())
@@ -102,21 +102,21 @@ mod tests {
             preferred_username: None,
             groups: vec![],
         };
-        Session::new(user, None, now, life)
+        Session::new(user, now, life)
     }
 
     #[tokio::test]
     async fn expiry_removal_and_single_use() {
         let store = MemoryStore::default();
         let s = session(100, 10);
-        let id = s.id.clone();
+        let id = s.id;
         store.put(s).await.unwrap();
         assert!(store.get(&id, 105).await.unwrap().is_some());
         assert!(store.get(&id, 110).await.unwrap().is_none());
         store.sweep(111).await;
         assert!(store.is_empty());
         let s = session(100, 10);
-        let id = s.id.clone();
+        let id = s.id;
         store.put(s).await.unwrap();
         store.remove(&id).await.unwrap();
         assert!(store.get(&id, 101).await.unwrap().is_none());

@@ -12,7 +12,7 @@ use super::WebError;
 use crate::app::{App, now};
 use crate::crypto::{constant_time_eq, random_token};
 use crate::pages;
-use crate::session::{Session, set_cookie};
+use crate::session::{CookieJar, Session, SessionId, set_cookie};
 
 /// How long a sign-in may take at the IdP.
 const CSRF_TTL_SECS: u64 = 600;
@@ -32,7 +32,7 @@ struct Csrf {
 /// The hop from the auth host to a route host, sealed and bound to that host.
 #[derive(Serialize, Deserialize)]
 struct Hop {
-    sid: String,
+    sid: SessionId,
     rd: String,
     exp: u64,
     jti: String,
@@ -196,7 +196,7 @@ fn landing(app: &App, session: &Session, rd: Option<&str>, now: u64) -> String {
     };
     let route = app.routes.get(index);
     let hop = Hop {
-        sid: session.id.clone(),
+        sid: session.id,
         rd: url.into(),
         exp: now + HOP_TTL_SECS,
         jti: random_token(16),
@@ -263,14 +263,23 @@ pub async fn oauth2_callback(
         })?;
     app.metrics.sign_ins.inc();
     tracing::info!(user = user.display(), "signed in");
-    let session = Session::new(user, Some(id_token), now, app.session_lifetime.as_secs());
-    let auth_cookie = app
-        .cookies
-        .issue(&session.id, &app.auth_authority, session.expires_at, now);
+    let session = Session::new(user, now, app.session_lifetime.as_secs());
+    let mut cookies = vec![
+        app.cookies
+            .issue(session.id, &app.auth_authority, session.expires_at, now),
+        set_cookie(&name, "", "/.portcullis/", 0, app.cookies.secure()),
+    ];
+    // The ID token is needed only for `id_token_hint` at sign-out, which starts on the auth
+    // host: keep it in the browser rather than in every session record.
+    cookies.extend(app.cookies.issue_id_token(
+        &id_token,
+        &app.auth_authority,
+        session.expires_at,
+        now,
+    ));
     let location = landing(&app, &session, csrf.rd.as_deref(), now);
     app.store.put(session).await?;
-    let clear_csrf = set_cookie(&name, "", "/.portcullis/", 0, app.cookies.secure());
-    Ok(redirect_with_cookies(&location, &[auth_cookie, clear_csrf]))
+    Ok(redirect_with_cookies(&location, &cookies))
 }
 
 #[derive(Deserialize)]
@@ -310,7 +319,7 @@ pub async fn hop_callback(
     let session = app.store.get(&hop.sid, now).await?.ok_or(EXPIRED)?;
     let cookie = app
         .cookies
-        .issue(&session.id, &authority, session.expires_at, now);
+        .issue(session.id, &authority, session.expires_at, now);
     Ok(redirect_with_cookies(rd.as_str(), &[cookie]))
 }
 
@@ -327,10 +336,10 @@ pub async fn sign_out(
         .await?;
     if let Some(s) = &session {
         app.store.remove(&s.id).await?;
-        app.tokens.forget_session(&s.id);
+        app.tokens.forget_session(s.id);
         tracing::info!(user = s.user.display(), "signed out");
     }
-    let clear = app.cookies.clear();
+    let mut clear = vec![app.cookies.clear()];
     let location = match host {
         Host::Route => app
             .auth_url
@@ -338,11 +347,14 @@ pub async fn sign_out(
             .expect("static path")
             .to_string(),
         Host::Auth => {
-            let hint = session
-                .as_ref()
-                .and_then(|s| s.id_token.as_ref())
-                .map(|t| t.expose());
-            match app.oidc.end_session_url(hint) {
+            // Sent even when the session is already gone (a route host revoked it on its way
+            // here), so that the IdP's session still ends with the hint.
+            let cookie_header = cookie_header(&headers);
+            let hint = CookieJar::new(&cookie_header)
+                .get_all(app.cookies.id_token_name())
+                .find_map(|v| app.cookies.open_id_token(v, &authority, now));
+            clear.push(app.cookies.clear_id_token());
+            match app.oidc.end_session_url(hint.as_ref().map(|t| t.expose())) {
                 Some(url) => url.into(),
                 None => app
                     .auth_url
@@ -352,7 +364,7 @@ pub async fn sign_out(
             }
         }
     };
-    Ok(redirect_with_cookies(&location, &[clear]))
+    Ok(redirect_with_cookies(&location, &clear))
 }
 
 pub async fn signed_out() -> Response {
