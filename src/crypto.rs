@@ -134,19 +134,21 @@ impl Sealer {
 /// `N` random bytes from the system source.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system random source is available");
+    fill_random(&mut bytes);
     bytes
 }
 
 /// `n` random bytes from the system source, base64url encoded.
 pub fn random_token(n: usize) -> String {
     let mut bytes = vec![0u8; n];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system random source is available");
+    fill_random(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn fill_random(bytes: &mut [u8]) {
+    SystemRandom::new()
+        .fill(bytes)
+        .expect("the system random source is available");
 }
 
 /// SHA-256 of `data`, base64url encoded.

@@ -331,8 +331,9 @@ pub async fn sign_out(
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
     let now = now();
+    let sent_cookies = cookie_header(&headers);
     let session = app
-        .session_from_cookie(&cookie_header(&headers), &authority, now)
+        .session_from_cookie(&sent_cookies, &authority, now)
         .await?;
     if let Some(s) = &session {
         app.store.remove(&s.id).await?;
@@ -349,8 +350,7 @@ pub async fn sign_out(
         Host::Auth => {
             // Sent even when the session is already gone (a route host revoked it on its way
             // here), so that the IdP's session still ends with the hint.
-            let cookie_header = cookie_header(&headers);
-            let hint = CookieJar::new(&cookie_header)
+            let hint = CookieJar::new(&sent_cookies)
                 .get_all(app.cookies.id_token_name())
                 .find_map(|v| app.cookies.open_id_token(v, &authority, now));
             clear.push(app.cookies.clear_id_token());
