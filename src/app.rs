@@ -21,6 +21,8 @@ pub struct App {
     pub cookies: CookieCodec,
     pub csrf: Sealer,
     pub hop: Sealer,
+    /// Seals the continuation of a sign-out from a route host to the auth host.
+    pub sign_out: Sealer,
     pub store: Arc<dyn SessionStore>,
     pub minter: TokenMinter,
     pub tokens: TokenCache,
@@ -64,6 +66,7 @@ impl App {
             auth_authority,
             csrf: Sealer::derive(&cookie.secret, Purpose::Csrf),
             hop: Sealer::derive(&cookie.secret, Purpose::Hop),
+            sign_out: Sealer::derive(&cookie.secret, Purpose::SignOut),
             cookies: CookieCodec::new(&cookie),
             store,
             minter: TokenMinter::new(issuer, Arc::new(signing_keys)),

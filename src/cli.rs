@@ -49,10 +49,16 @@ enum Command {
         /// JWKS file with portcullis's public keys (`portcullis jwks -c FILE > jwks.json`).
         #[arg(long)]
         jwks: PathBuf,
-        /// The Cockpit route host as the token's `aud` (host:port when the port is not 443).
-        /// Repeat for several Cockpit routes.
+        /// portcullis's issuer, the `authenticate_url` origin (e.g. https://auth.example.com).
+        #[arg(long)]
+        issuer: String,
+        /// The Cockpit route host (host:port when the port is not 443); the token's `aud` is
+        /// `cockpit:HOST`. Repeat for several Cockpit routes.
         #[arg(long = "audience", required = true)]
         audiences: Vec<String>,
+        /// Accounts with a lower uid (system accounts) never log in by SSO; root never does.
+        #[arg(long, default_value_t = crate::cockpit::DEFAULT_MIN_UID)]
+        min_uid: u32,
         /// Remember used tokens here (root-only directory, e.g. /run/portcullis-pam) and
         /// refuse a second use of the same token.
         #[arg(long)]
@@ -94,9 +100,17 @@ pub fn run() -> ExitCode {
         Command::Keygen { out } => keygen(out),
         Command::PamVerify {
             jwks,
+            issuer,
             audiences,
             replay_dir,
-        } => match crate::cockpit::pam_verify_main(&jwks, &audiences, replay_dir.as_deref()) {
+            min_uid,
+        } => match crate::cockpit::pam_verify_main(
+            &jwks,
+            issuer.trim_end_matches('/'),
+            &audiences,
+            replay_dir.as_deref(),
+            min_uid,
+        ) {
             Ok(user) => {
                 eprintln!("portcullis pam-verify: accepted token for {user}");
                 ExitCode::SUCCESS

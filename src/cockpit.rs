@@ -7,8 +7,13 @@
 //! host and this account, moments ago. Cockpit's own privilege separation stays intact.
 //!
 //! PAM hands a module at most 511 bytes of password (Linux-PAM `PAM_MAX_RESP_SIZE`), so the
-//! token is deliberately compact: `kid` header, `aud`, `sub` (the account), `iat`, `exp`, a
-//! short `jti`.
+//! token is deliberately compact: `typ` and `kid` header, `iss`, `aud`, `sub` (the account),
+//! `iat`, `exp`, a short `jti`.
+//!
+//! The token is signed with the same key as the identity JWTs that every upstream on a
+//! Cockpit host sees, so the two kinds must be impossible to confuse: a Cockpit token has
+//! its own `typ` ([`COCKPIT_TOKEN_TYP`]) and an audience of the form `cockpit:HOST`
+//! ([`cockpit_audience`]), which no identity JWT carries; the verifier requires both.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -26,6 +31,16 @@ pub const PAM_MAX_TOKEN_BYTES: usize = 511;
 pub const COCKPIT_TOKEN_TTL_SECS: u64 = 60;
 /// Clock skew tolerated by the verifier.
 const LEEWAY_SECS: u64 = 30;
+/// The JOSE `typ` of a Cockpit login token (explicit typing, RFC 8725 section 3.11).
+pub const COCKPIT_TOKEN_TYP: &str = "cockpit+jwt";
+/// Accounts below this uid are system accounts, refused by default.
+pub const DEFAULT_MIN_UID: u32 = 1000;
+
+/// The `aud` of a Cockpit login token for the Cockpit route on `authority`. Identity JWTs
+/// carry a bare authority (and path), never this form.
+pub fn cockpit_audience(authority: &str) -> String {
+    format!("cockpit:{authority}")
+}
 
 /// How a Cockpit route maps a signed-in user to a local account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +52,10 @@ pub struct CockpitSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountMapping {
-    /// The `preferred_username` claim.
+    /// The IdP's `sub`, which OpenID Connect makes unique and stable (the default).
+    Subject,
+    /// The `preferred_username` claim: an explicit opt-in, since OpenID Connect says it is
+    /// neither unique nor stable (a user who can rename themselves picks their account).
     PreferredUsername,
     /// The part of the (verified) email before `@`.
     EmailLocalPart,
@@ -47,15 +65,17 @@ pub enum AccountMapping {
 
 impl CockpitSettings {
     /// The local account for `user`, if the mapping gives one that is a plausible Unix name.
+    /// Never `root`, whatever the mapping says (pam-verify also refuses system accounts).
     pub fn account_for(&self, user: &User) -> Option<String> {
         let account = match &self.account {
+            AccountMapping::Subject => user.subject.clone(),
             AccountMapping::PreferredUsername => user.preferred_username.clone()?,
             AccountMapping::EmailLocalPart => user.verified_email()?.split('@').next()?.to_string(),
             AccountMapping::Table(table) => table
                 .get(&user.verified_email()?.to_ascii_lowercase())?
                 .clone(),
         };
-        is_unix_account_name(&account).then_some(account)
+        (is_unix_account_name(&account) && account != "root").then_some(account)
     }
 
     /// Whether this request is Cockpit's login request, the only one that gets credentials.
@@ -80,6 +100,7 @@ pub fn is_unix_account_name(name: &str) -> bool {
 /// Claims of a Cockpit login token.
 #[derive(Debug, Serialize, Deserialize)]
 struct CockpitClaims {
+    iss: String,
     aud: String,
     sub: String,
     iat: u64,
@@ -96,17 +117,20 @@ pub struct TokenTooLong {
     pub len: usize,
 }
 
-/// Mints the `Authorization: Basic` value for `account` on the Cockpit route `audience`.
+/// Mints the `Authorization: Basic` value for `account` on the Cockpit route on `authority`.
 pub fn basic_credential(
     keys: &SigningKeys,
+    issuer: &str,
     account: &str,
-    audience: &str,
+    authority: &str,
     now: u64,
 ) -> Result<String, TokenTooLong> {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(keys.kid().to_string());
+    header.typ = Some(COCKPIT_TOKEN_TYP.into());
     let claims = CockpitClaims {
-        aud: audience.to_string(),
+        iss: issuer.to_string(),
+        aud: cockpit_audience(authority),
         sub: account.to_string(),
         iat: now,
         exp: now + COCKPIT_TOKEN_TTL_SECS,
@@ -152,17 +176,29 @@ pub enum VerifyError {
     IssuedInFuture,
     #[error("token is for account {token:?}, not {pam_user:?}")]
     WrongAccount { token: String, pam_user: String },
+    #[error("token type {0:?} is not a Cockpit login token ({COCKPIT_TOKEN_TYP:?})")]
+    WrongType(String),
+    #[error("account {0:?} is refused: root and system accounts never log in by SSO")]
+    SystemAccount(String),
+    #[error("account {0:?} does not exist")]
+    NoSuchAccount(String),
 }
 
-/// Verifies a Cockpit login token: ES256 only, a key from `jwks` by `kid`, `aud` one of
-/// `audiences`, unexpired, `iat` not in the future, and `sub` equal to `pam_user`.
+/// Verifies a Cockpit login token: ES256 only, `typ` [`COCKPIT_TOKEN_TYP`], a key from
+/// `jwks` by `kid`, `iss` equal to `issuer`, `aud` the Cockpit audience of one of
+/// `audiences` (route hosts), unexpired, `iat` not in the future, and `sub` equal to
+/// `pam_user`, which is not `root`.
 pub fn verify(
     token: &str,
     pam_user: &str,
     jwks: &Jwks,
+    issuer: &str,
     audiences: &[String],
     now: u64,
 ) -> Result<Verified, VerifyError> {
+    if pam_user == "root" {
+        return Err(VerifyError::SystemAccount(pam_user.to_string()));
+    }
     if token.is_empty() {
         return Err(VerifyError::Empty);
     }
@@ -178,6 +214,11 @@ pub fn verify(
     }
     let header =
         jsonwebtoken::decode_header(token).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    // An identity JWT (typ "JWT") from the same key must never pass for a Cockpit password.
+    let typ = header.typ.as_deref().unwrap_or("");
+    if typ != COCKPIT_TOKEN_TYP {
+        return Err(VerifyError::WrongType(typ.to_string()));
+    }
     let kid = header
         .kid
         .ok_or_else(|| VerifyError::Malformed("no kid".into()))?;
@@ -189,8 +230,10 @@ pub fn verify(
     let key = DecodingKey::from_ec_components(&jwk.x, &jwk.y)
         .map_err(|e| VerifyError::Jwks(e.to_string()))?;
     let mut validation = Validation::new(Algorithm::ES256);
-    validation.set_audience(audiences);
-    validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+    let audiences: Vec<String> = audiences.iter().map(|a| cockpit_audience(a)).collect();
+    validation.set_audience(&audiences);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "aud", "sub", "iss"]);
     // Time is checked below against the caller's clock, so tests can pin it.
     validation.validate_exp = false;
     let data = jsonwebtoken::decode::<CockpitClaims>(token, &key, &validation)
@@ -276,12 +319,44 @@ fn claim_once(dir: &std::path::Path, verified: &Verified) -> Result<(), VerifyEr
     }
 }
 
+/// The uid of local account `name`, through NSS (so LDAP and SSSD accounts count too).
+fn uid_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid out-parameter for getpwnam_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf` outlives it; the result is
+    // read only when getpwnam_r reports success and a non-null entry.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+}
+
+/// Refuses root and system accounts: uid 0, below `min_uid`, or `nobody`'s 65534 and up.
+pub fn check_account(pam_user: &str, min_uid: u32) -> Result<(), VerifyError> {
+    let uid = uid_of(pam_user).ok_or_else(|| VerifyError::NoSuchAccount(pam_user.to_string()))?;
+    if uid == 0 || uid < min_uid || uid >= 65534 {
+        return Err(VerifyError::SystemAccount(pam_user.to_string()));
+    }
+    Ok(())
+}
+
 /// `portcullis pam-verify`: reads the token from stdin (as `pam_exec expose_authtok` writes
 /// it) and the account from `PAM_USER`.
 pub fn pam_verify_main(
     jwks_file: &std::path::Path,
+    issuer: &str,
     audiences: &[String],
     replay_dir: Option<&std::path::Path>,
+    min_uid: u32,
 ) -> Result<String, VerifyError> {
     const READ_CAP: u64 = 64 * 1024;
     let pam_user = std::env::var("PAM_USER").map_err(|_| VerifyError::NoUser)?;
@@ -304,7 +379,15 @@ pub fn pam_verify_main(
         .map_err(|e| VerifyError::Jwks(format!("{}: {e}", jwks_file.display())))?;
     let jwks: Jwks = serde_json::from_str(&text)
         .map_err(|e| VerifyError::Jwks(format!("{}: {e}", jwks_file.display())))?;
-    let verified = verify(token, &pam_user, &jwks, audiences, crate::app::now())?;
+    let verified = verify(
+        token,
+        &pam_user,
+        &jwks,
+        issuer,
+        audiences,
+        crate::app::now(),
+    )?;
+    check_account(&pam_user, min_uid)?;
     if let Some(dir) = replay_dir {
         claim_once(dir, &verified)?;
     }

@@ -58,6 +58,8 @@ pub struct IdpConfig {
     pub client_secret: SecretString,
     pub scopes: Vec<String>,
     pub groups_claim: String,
+    /// Treat a missing `email_verified` claim as verified (for IdPs that omit it).
+    pub assume_email_verified: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -109,16 +111,24 @@ impl Route {
         format!("{}://{}", self.from.scheme(), self.authority)
     }
 
-    /// Whether `path` (which may carry a query) is under this route's prefix.
+    /// The `aud` of this route's identity JWTs: the authority, and the path prefix when
+    /// there is one, so that a token minted for `host/a` does not verify at `host/b`.
+    pub fn audience(&self) -> String {
+        format!("{}{}", self.authority, self.path_prefix)
+    }
+
+    /// Whether `path` (which may carry a query) is under this route's prefix. Letter case
+    /// does not count: upstreams on case-insensitive file systems or frameworks would serve
+    /// `/ADMIN` as `/admin`, so it must be decided as `/admin`.
     pub fn matches_path(&self, path: &str) -> bool {
-        let prefix = &self.path_prefix;
+        let prefix = self.path_prefix.as_bytes();
         if prefix.is_empty() {
             return true;
         }
-        match path.strip_prefix(prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with(['/', '?']),
-            None => false,
-        }
+        let path = path.as_bytes();
+        path.len() >= prefix.len()
+            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && matches!(path.get(prefix.len()), None | Some(b'/' | b'?'))
     }
 }
 
@@ -353,6 +363,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         client_secret_file,
         scopes,
         groups_claim,
+        assume_email_verified,
     } = raw;
     let issuer = match issuer {
         Some(i) => match Url::parse(&i) {
@@ -391,6 +402,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         client_secret: client_secret?,
         scopes,
         groups_claim: groups_claim.unwrap_or_else(|| "groups".into()),
+        assume_email_verified: assume_email_verified.unwrap_or(false),
     })
 }
 
@@ -489,6 +501,14 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
         };
         let authority = authority_of(&from);
         let path_prefix = from.path().trim_end_matches('/').to_string();
+        // A prefix that upstreams would read differently (`;`, trailing dots, encoded
+        // letters) would make every request under it ambiguous, and so refused.
+        if crate::routes::canonical_path(&path_prefix) != path_prefix.to_ascii_lowercase() {
+            errors.push(
+                at("from"),
+                format!("the path {path_prefix:?} must be plain: no ';', encoded letters, or segments ending in '.' or ' '"),
+            );
+        }
         // Cockpit's UrlRoot is the route's path prefix.
         let cockpit = cockpit.map(|account| CockpitSettings {
             url_root: path_prefix.clone(),
@@ -569,17 +589,23 @@ fn validate_cockpit(
                         format!("{path}.accounts.{email}"),
                         format!("{account:?} is not a valid local account name"),
                     );
+                } else if account == "root" {
+                    errors.push(
+                        format!("{path}.accounts.{email}"),
+                        "root never logs in by single sign-on; map a personal account and use administrative access",
+                    );
                 }
                 map.insert(email.trim().to_ascii_lowercase(), account);
             }
             Some(AccountMapping::Table(map))
         }
-        (None | Some("preferred_username"), None) => Some(AccountMapping::PreferredUsername),
+        (None | Some("subject"), None) => Some(AccountMapping::Subject),
+        (Some("preferred_username"), None) => Some(AccountMapping::PreferredUsername),
         (Some("email_local_part"), None) => Some(AccountMapping::EmailLocalPart),
         (Some(other), None) => {
             errors.push(
                 format!("{path}.account"),
-                format!("{other:?}: use preferred_username or email_local_part"),
+                format!("{other:?}: use subject (the default), email_local_part, preferred_username, or an accounts table"),
             );
             None
         }

@@ -35,6 +35,7 @@ pub enum Purpose {
     Csrf,
     Hop,
     IdTokenHint,
+    SignOut,
 }
 
 impl Purpose {
@@ -44,6 +45,7 @@ impl Purpose {
             Purpose::Csrf => b"portcullis csrf cookie v1",
             Purpose::Hop => b"portcullis hop token v1",
             Purpose::IdTokenHint => b"portcullis id token hint cookie v1",
+            Purpose::SignOut => b"portcullis sign-out continuation v1",
         }
     }
 }

@@ -8,10 +8,17 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::cockpit::{CockpitSettings, TokenTooLong, basic_credential};
 use crate::config::Route;
+use crate::crypto::{random_token, sha256_b64};
 use crate::identity::User;
 use crate::pages;
 use crate::policy::Verdict;
+use crate::routes::NoRoute;
 use crate::session::{CookieJar, Session};
+
+/// How long a hop nonce cookie lives: as long as a sign-in may take.
+pub const HOP_NONCE_TTL_SECS: u64 = 600;
+/// A hop nonce is 16 random bytes in base64url.
+const HOP_NONCE_LEN: usize = 22;
 
 /// The parts of an HTTP request the decision looks at. Header names are lowercase.
 #[derive(Debug)]
@@ -32,7 +39,8 @@ impl Request<'_> {
     }
 }
 
-/// What Envoy should do with the request.
+/// What Envoy should do with the request. Its `Debug` shows header names and statuses
+/// only: the values are identity JWTs, credentials and cookies, which no log may contain.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Forward upstream after applying these header edits.
@@ -42,7 +50,7 @@ pub enum Decision {
 }
 
 /// Header edits on an allowed request.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default, PartialEq, Eq)]
 pub struct HeaderEdits {
     /// Set, replacing any value the client sent.
     pub set: Vec<(String, String)>,
@@ -50,11 +58,32 @@ pub struct HeaderEdits {
 }
 
 /// A response to send to the client instead of forwarding.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+}
+
+impl std::fmt::Debug for HeaderEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<&str> = self.set.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HeaderEdits")
+            .field("set", &set)
+            .field("remove", &self.remove)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| *k).collect();
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// Why a request is not forwarded. Each is turned into a response in exactly one place,
@@ -63,6 +92,8 @@ pub struct Response {
 pub enum Refusal {
     #[error("no route matches {authority}{path}")]
     NoRoute { authority: String, path: String },
+    #[error("{authority}{path} names another route as upstreams read paths")]
+    AmbiguousPath { authority: String, path: String },
     #[error("sign-in required")]
     SignInRequired { return_url: String },
     #[error("{} is not allowed on route {route}", user.display())]
@@ -92,9 +123,13 @@ impl App {
         let index = self
             .routes
             .select(req.route_hint, req.scheme, req.authority, req.path)
-            .ok_or_else(|| Refusal::NoRoute {
-                authority: req.authority.to_string(),
-                path: req.path.to_string(),
+            .map_err(|e| {
+                let (authority, path) =
+                    (req.authority.to_string(), path_only(req.path).to_string());
+                match e {
+                    NoRoute::Unknown => Refusal::NoRoute { authority, path },
+                    NoRoute::Ambiguous => Refusal::AmbiguousPath { authority, path },
+                }
             })?;
         let route = self.routes.get(index);
         let cookie_header = req.header("cookie").unwrap_or("");
@@ -146,7 +181,13 @@ impl App {
                     authority: route.authority.clone(),
                 })?;
         if cockpit.is_login(req.method, req.path) {
-            let basic = basic_credential(self.minter.keys(), &account, &route.authority, now)?;
+            let basic = basic_credential(
+                self.minter.keys(),
+                self.minter.issuer(),
+                &account,
+                &route.authority,
+                now,
+            )?;
             edits.set.push(("authorization".into(), basic));
         } else {
             edits.remove.push("authorization".into());
@@ -162,11 +203,8 @@ impl App {
         authority: &str,
         now: u64,
     ) -> Result<Option<Arc<Session>>, crate::session::StoreError> {
-        let jar = CookieJar::new(cookie_header);
-        for value in jar.get_all(self.cookies.name()) {
-            if let Some(sid) = self.cookies.open(value, authority, now)
-                && let Some(session) = self.store.get(&sid, now).await?
-            {
+        for sid in self.cookies.session_ids(cookie_header, authority, now) {
+            if let Some(session) = self.store.get(&sid, now).await? {
                 return Ok(Some(session));
             }
         }
@@ -188,7 +226,7 @@ impl App {
                     self.metrics.tokens_signed.inc();
                     let role = r.role.as_ref().and_then(|m| m.role_for(&s.user.groups));
                     self.minter
-                        .mint(&s.user, &s.public_id(), &r.authority, role, now)
+                        .mint(&s.user, &s.public_id(), &r.audience(), role, now)
                 });
                 edits
                     .set
@@ -198,9 +236,10 @@ impl App {
             None => edits.remove.push(self.identity_header.clone()),
         }
         // A cheap substring test first: most upstream requests carry our cookie, but the
-        // exact parse only runs when the name appears at all.
-        if cookie_header.contains(self.cookies.name()) {
-            match CookieJar::new(cookie_header).without(self.cookies.name()) {
+        // exact parse only runs when the name appears at all. Our cookies never reach an
+        // upstream, on any route, public ones included.
+        if self.cookies.may_contain_ours(cookie_header) {
+            match self.cookies.strip(cookie_header) {
                 Some(rest) => edits.set.push(("cookie".into(), rest)),
                 None => edits.remove.push("cookie".into()),
             }
@@ -216,11 +255,23 @@ impl App {
                 tracing::warn!(%refusal, "refused: no route (check the Envoy config's context_extensions)");
                 Response::text(404, "no route is configured for this URL\n")
             }
+            Refusal::AmbiguousPath { .. } => {
+                tracing::info!(%refusal, "refused");
+                Response::text(
+                    400,
+                    "this path is not accepted: remove ';' parameters and trailing dots or spaces from its segments\n",
+                )
+            }
             Refusal::SignInRequired { return_url } => {
-                let sign_in = self.sign_in_url(return_url);
                 if html {
-                    Response::redirect(sign_in)
+                    // Bind the hop that will bring the session here to this browser.
+                    let (nonce, cookie) = self.hop_nonce(req.header("cookie").unwrap_or(""));
+                    let sign_in = self.sign_in_url(return_url, Some(&nonce));
+                    let mut r = Response::redirect(sign_in);
+                    r.headers.push(("set-cookie", cookie));
+                    r
                 } else {
+                    let sign_in = self.sign_in_url(return_url, None);
                     Response::json(
                         401,
                         serde_json::json!({"error": "unauthenticated", "sign_in_url": sign_in}),
@@ -256,14 +307,51 @@ impl App {
         }
     }
 
-    pub fn sign_in_url(&self, return_url: &str) -> String {
-        let mut url = self
-            .auth_url
-            .join("/.portcullis/sign_in")
-            .expect("static path joins");
-        url.query_pairs_mut().append_pair("rd", return_url);
+    /// The sign-in link on the auth host for `return_url`. With the route host's hop nonce,
+    /// its hash goes along (`hb`) to be sealed into the hop; without one (API clients), the
+    /// auth host first sends the browser to the route host to get one.
+    pub fn sign_in_url(&self, return_url: &str, hop_nonce: Option<&str>) -> String {
+        let mut url = self.auth_url.clone();
+        url.set_path("/.portcullis/sign_in");
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("rd", return_url);
+            if let Some(nonce) = hop_nonce {
+                q.append_pair("hb", &hop_binding(nonce));
+            }
+        }
         url.into()
     }
+
+    /// The hop nonce this browser holds on a route host (reused, so that two tabs signing in
+    /// at once do not void each other's hop), else a new one, and the `Set-Cookie` value that
+    /// (re)sets it. Host-only with `__Host-`: no other host can plant or read it.
+    pub fn hop_nonce(&self, cookie_header: &str) -> (String, String) {
+        let nonce = CookieJar::new(cookie_header)
+            .get_all(self.cookies.hop_name())
+            .find(|v| {
+                v.len() == HOP_NONCE_LEN
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| random_token(16));
+        let cookie = self
+            .cookies
+            .helper(self.cookies.hop_name(), &nonce, HOP_NONCE_TTL_SECS);
+        (nonce, cookie)
+    }
+}
+
+/// The path without its query, for logs: queries can carry an app's own tokens.
+pub fn path_only(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+/// What a hop carries to prove which browser started the sign-in: the nonce's hash, so the
+/// nonce itself only ever travels in the route host's cookie.
+pub fn hop_binding(nonce: &str) -> String {
+    sha256_b64(nonce.as_bytes())
 }
 
 impl Response {

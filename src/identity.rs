@@ -13,20 +13,19 @@ use serde::{Deserialize, Serialize};
 pub struct User {
     pub subject: String,
     pub email: Option<String>,
-    /// `None` when the IdP did not say.
-    pub email_verified: Option<bool>,
+    /// True only when the IdP said `email_verified: true` (a JSON boolean), or said nothing
+    /// and the config has `idp.assume_email_verified: true`.
+    pub email_verified: bool,
     pub name: Option<String>,
     pub preferred_username: Option<String>,
     pub groups: Vec<String>,
 }
 
 impl User {
-    /// The email, unless the IdP explicitly marked it unverified.
+    /// The email, if verified. Email and domain policies, the Cockpit account mapping and
+    /// the identity JWT's `email` use only this.
     pub fn verified_email(&self) -> Option<&str> {
-        match self.email_verified {
-            Some(false) => None,
-            _ => self.email.as_deref(),
-        }
+        self.email.as_deref().filter(|_| self.email_verified)
     }
 
     /// The best human-readable label for pages and logs.

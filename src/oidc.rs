@@ -168,8 +168,12 @@ impl Oidc {
             let provider = self.provider().ok_or(OidcError::NotReady)?;
             self.client(&provider)?.verify(&id_token, nonce)?;
         }
-        let user = user_from_verified_token(&id_token, &self.config.groups_claim)
-            .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
+        let user = user_from_verified_token(
+            &id_token,
+            &self.config.groups_claim,
+            self.config.assume_email_verified,
+        )
+        .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
         Ok((user, SecretString::new(id_token)))
     }
 
@@ -262,7 +266,15 @@ impl ClientOps for CoreClientSet {
 
 /// Reads the user from an ID token whose signature and claims were already verified.
 /// Reading the payload directly lets the groups claim name be configurable.
-fn user_from_verified_token(token: &str, groups_claim: &str) -> Option<User> {
+///
+/// Only a JSON `true` verifies an email: `"true"`, `1` or `"yes"` do not. A missing claim
+/// verifies only with `assume_missing_verified` (`idp.assume_email_verified`), for IdPs
+/// that verify every address and omit the claim.
+pub fn user_from_verified_token(
+    token: &str,
+    groups_claim: &str,
+    assume_missing_verified: bool,
+) -> Option<User> {
     let payload = token.split('.').nth(1)?;
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
@@ -278,7 +290,10 @@ fn user_from_verified_token(token: &str, groups_claim: &str) -> Option<User> {
     Some(User {
         subject: text("sub")?,
         email: text("email"),
-        email_verified: claims.get("email_verified").and_then(|v| v.as_bool()),
+        email_verified: match claims.get("email_verified") {
+            Some(v) => v.as_bool() == Some(true),
+            None => assume_missing_verified,
+        },
         name: text("name"),
         preferred_username: text("preferred_username"),
         groups,
@@ -309,17 +324,57 @@ mod tests {
         let t = token(
             serde_json::json!({"sub":"alice","email":"a@x","email_verified":true,"groups":["admins"],"name":"A"}),
         );
-        let u = user_from_verified_token(&t, "groups").unwrap();
+        let u = user_from_verified_token(&t, "groups", false).unwrap();
         assert_eq!(u.groups, vec!["admins"]);
-        assert_eq!(u.email_verified, Some(true));
+        assert!(u.email_verified);
         let t = token(serde_json::json!({"sub":"bob","roles":"ops"}));
         assert_eq!(
-            user_from_verified_token(&t, "roles").unwrap().groups,
+            user_from_verified_token(&t, "roles", false).unwrap().groups,
             vec!["ops"]
         );
         assert!(
-            user_from_verified_token(&token(serde_json::json!({"email":"x"})), "groups").is_none()
+            user_from_verified_token(&token(serde_json::json!({"email":"x"})), "groups", false)
+                .is_none()
         );
-        assert!(user_from_verified_token("garbage", "groups").is_none());
+        assert!(user_from_verified_token("garbage", "groups", false).is_none());
+    }
+
+    #[test]
+    fn attack_only_a_boolean_true_verifies_an_email() {
+        let with = |v: serde_json::Value| {
+            let t = token(
+                serde_json::json!({"sub": "m", "email": "m@corp.example", "email_verified": v}),
+            );
+            user_from_verified_token(&t, "groups", true).unwrap()
+        };
+        for not_verified in [
+            serde_json::json!("true"),
+            serde_json::json!(1),
+            serde_json::json!("yes"),
+            serde_json::json!(null),
+            serde_json::json!([true]),
+            serde_json::json!({"value": true}),
+            serde_json::json!(false),
+        ] {
+            let u = with(not_verified.clone());
+            assert!(!u.email_verified, "{not_verified}");
+            assert_eq!(u.verified_email(), None, "{not_verified}");
+        }
+        assert_eq!(
+            with(serde_json::json!(true)).verified_email(),
+            Some("m@corp.example")
+        );
+        // A missing claim verifies only with the explicit switch.
+        let t = token(serde_json::json!({"sub": "m", "email": "m@corp.example"}));
+        assert!(
+            !user_from_verified_token(&t, "groups", false)
+                .unwrap()
+                .email_verified
+        );
+        assert!(
+            user_from_verified_token(&t, "groups", true)
+                .unwrap()
+                .email_verified
+        );
     }
 }

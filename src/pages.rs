@@ -34,9 +34,29 @@ pub fn forbidden(user: &str, sign_out_url: &str) -> String {
         &format!(
             "<h1>Access denied</h1><p>You are signed in as <strong>{}</strong>, and this account \
 is not allowed to use this application.</p><p>If you should have access, ask your administrator. \
-To use another account, sign out first.</p><p><a class=\"button\" href=\"{}\">Sign out</a></p>",
+To use another account, sign out first.</p>{}",
             escape(user),
-            escape(sign_out_url)
+            sign_out_form(sign_out_url)
+        ),
+    )
+}
+
+/// Sign-out is a POST from our own page (a GET from anywhere must not end a session), as
+/// a plain form so that it works without JavaScript.
+fn sign_out_form(action: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\"><p><button type=\"submit\">Sign out</button></p></form>",
+        escape(action)
+    )
+}
+
+/// Asks before signing out: what a sign-out link (Grafana's, a bookmark) lands on.
+pub fn sign_out_confirm(action: &str) -> String {
+    page(
+        "Sign out",
+        &format!(
+            "<h1>Sign out?</h1><p>This ends your single sign-on session for every application here.</p>{}",
+            sign_out_form(action)
         ),
     )
 }
@@ -62,10 +82,7 @@ pub fn user_info(rows: &[(&str, String)], sign_out_url: &str) -> String {
     table.push_str("</table>");
     page(
         "Signed in",
-        &format!(
-            "<h1>Signed in</h1>{table}<p><a class=\"button\" href=\"{}\">Sign out</a></p>",
-            escape(sign_out_url)
-        ),
+        &format!("<h1>Signed in</h1>{table}{}", sign_out_form(sign_out_url)),
     )
 }
 

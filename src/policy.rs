@@ -16,7 +16,7 @@ pub enum Policy {
 }
 
 /// Allow lists; a user matching any entry is allowed. Emails and domains compare
-/// case-insensitively and only against an email the IdP did not mark unverified.
+/// case-insensitively and only against an email the IdP marked verified.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList {
     emails: HashSet<String>,
@@ -92,7 +92,7 @@ mod tests {
         User {
             subject: "s".into(),
             email: Some(email.into()),
-            email_verified: verified,
+            email_verified: verified == Some(true),
             name: None,
             preferred_username: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
@@ -126,8 +126,13 @@ mod tests {
             Verdict::Allow
         );
         assert_eq!(
-            p.evaluate(Some(&user("x@corp.example", None, &[]))),
+            p.evaluate(Some(&user("x@corp.example", Some(true), &[]))),
             Verdict::Allow
+        );
+        // An email the IdP did not say is verified proves nothing either.
+        assert_eq!(
+            p.evaluate(Some(&user("x@corp.example", None, &[]))),
+            Verdict::Forbidden
         );
         assert_eq!(
             p.evaluate(Some(&user("x@evilcorp.example", None, &[]))),

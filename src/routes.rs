@@ -26,21 +26,39 @@ impl RouteTable {
     /// The route for a request. Envoy names the route in `context_extensions` (`hint`);
     /// the named route must still match the request's scheme, host and path, so a
     /// mismatched Envoy config fails closed instead of applying another route's policy.
+    ///
+    /// The path must also name the same route once it is read the way upstream frameworks
+    /// read paths ([`canonical_path`]): `/admin;x/`, `/admin./` or `/%61dmin/` would be
+    /// served as `/admin/` by some of them, so it must not be decided by the route of `/`.
     pub fn select(
         &self,
         hint: Option<&str>,
         scheme: &str,
         authority: &str,
         path: &str,
-    ) -> Option<usize> {
+    ) -> Result<usize, NoRoute> {
         let authority = authority.to_ascii_lowercase();
-        let fits = |r: &Route| {
-            r.authority == authority && r.from.scheme() == scheme && r.matches_path(path)
-        };
-        match hint {
-            Some(name) => self.routes.iter().position(|r| r.name == name && fits(r)),
-            None => self.routes.iter().position(fits),
+        let on_host = |r: &Route| r.authority == authority && r.from.scheme() == scheme;
+        let index = match hint {
+            Some(name) => self
+                .routes
+                .iter()
+                .position(|r| r.name == name && on_host(r) && r.matches_path(path)),
+            None => self
+                .routes
+                .iter()
+                .position(|r| on_host(r) && r.matches_path(path)),
         }
+        .ok_or(NoRoute::Unknown)?;
+        let canonical = canonical_path(path);
+        let read_as = self
+            .routes
+            .iter()
+            .position(|r| on_host(r) && r.matches_path(&canonical));
+        if read_as != Some(index) {
+            return Err(NoRoute::Ambiguous);
+        }
+        Ok(index)
     }
 
     /// The first route served on `authority` (for host-level pages like sign-out).
@@ -65,13 +83,64 @@ impl RouteTable {
             return None;
         }
         let authority = authority_of(&url);
-        let index = self.routes.iter().position(|r| {
-            r.authority == authority
-                && r.from.scheme() == url.scheme()
-                && r.matches_path(url.path())
-        })?;
+        let index = self
+            .select(None, url.scheme(), &authority, url.path())
+            .ok()?;
         Some((url, index))
     }
+}
+
+/// Why no route applies to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No route serves this host and path.
+    Unknown,
+    /// The path names one route as written and another as upstreams would read it.
+    Ambiguous,
+}
+
+/// The path (query dropped) as lenient upstream frameworks read it: unreserved characters
+/// percent-decoded, each segment cut at `;` (Tomcat and Jetty path parameters) and stripped
+/// of trailing dots and spaces (Windows and IIS), and lowercased. Used only to compare
+/// which route a path belongs to, never forwarded.
+pub fn canonical_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut decoded = Vec::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%'
+            && let Some(v) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            && (v.is_ascii_alphanumeric() || b"-._~".contains(&v))
+        {
+            decoded.push(v);
+            i += 3;
+            continue;
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    // Only ASCII was decoded, so what was UTF-8 stays UTF-8.
+    String::from_utf8_lossy(&decoded)
+        .split('/')
+        .map(|segment| {
+            let mut segment = segment.split(';').next().unwrap_or_default();
+            loop {
+                let trimmed = segment.trim_end_matches(['.', ' ']);
+                match trimmed.len().checked_sub(3) {
+                    Some(at) if trimmed[at..].eq_ignore_ascii_case("%20") => {
+                        segment = &trimmed[..at]
+                    }
+                    _ => break trimmed.to_ascii_lowercase(),
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -105,34 +174,40 @@ mod tests {
     #[test]
     fn select_by_host_prefix_and_hint() {
         let t = table();
-        assert_eq!(t.select(None, "https", "app.localhost:8443", "/x"), Some(1));
-        assert_eq!(t.select(None, "https", "APP.localhost:8443", "/x"), Some(1));
+        assert_eq!(t.select(None, "https", "app.localhost:8443", "/x"), Ok(1));
+        assert_eq!(t.select(None, "https", "APP.localhost:8443", "/x"), Ok(1));
         assert_eq!(
             t.select(None, "https", "apps.localhost:8443", "/admin/x"),
-            Some(0)
+            Ok(0)
         );
         assert_eq!(
             t.select(None, "https", "apps.localhost:8443", "/admin"),
-            Some(0)
+            Ok(0)
         );
         assert_eq!(
             t.select(None, "https", "apps.localhost:8443", "/administrator"),
-            Some(2)
+            Ok(2)
         );
-        assert_eq!(t.select(None, "http", "app.localhost:8443", "/"), None);
-        assert_eq!(t.select(None, "https", "app.localhost", "/"), None);
+        assert_eq!(
+            t.select(None, "http", "app.localhost:8443", "/"),
+            Err(NoRoute::Unknown)
+        );
+        assert_eq!(
+            t.select(None, "https", "app.localhost", "/"),
+            Err(NoRoute::Unknown)
+        );
         assert_eq!(
             t.select(Some("app"), "https", "app.localhost:8443", "/"),
-            Some(1)
+            Ok(1)
         );
         // A hint naming a route on another host is a misconfiguration: fail closed.
         assert_eq!(
             t.select(Some("app"), "https", "apps.localhost:8443", "/"),
-            None
+            Err(NoRoute::Unknown)
         );
         assert_eq!(
             t.select(Some("nope"), "https", "app.localhost:8443", "/"),
-            None
+            Err(NoRoute::Unknown)
         );
     }
 
@@ -168,5 +243,69 @@ mod tests {
         ] {
             assert!(t.return_url(bad).is_none(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn attack_paths_that_upstreams_read_as_a_protected_prefix() {
+        let t = table();
+        let host = "apps.localhost:8443";
+        // Envoy (case-sensitive, or without path parameters) would name the lenient route;
+        // each of these is /admin/... to some upstream framework: refused.
+        for path in [
+            "/admin;jsessionid=1/x",
+            "/admin;/x",
+            "/admin./x",
+            "/admin../x",
+            "/admin%20/x",
+            "/admin /x",
+            "/admin.%20./x",
+            "/%61dmin/x",
+            "/adm%69n",
+            "/admin;x",
+        ] {
+            assert_eq!(
+                t.select(Some("apps"), "https", host, path),
+                Err(NoRoute::Ambiguous),
+                "{path}"
+            );
+            assert_eq!(
+                t.select(None, "https", host, path),
+                Err(NoRoute::Ambiguous),
+                "{path}"
+            );
+            assert!(
+                t.return_url(&format!("https://{host}{path}")).is_none(),
+                "{path}"
+            );
+        }
+        // Letter case: the protected route decides, whichever route Envoy named.
+        for path in ["/ADMIN/x", "/Admin", "/aDmIn?x=1"] {
+            assert_eq!(t.select(None, "https", host, path), Ok(0), "{path}");
+            assert_eq!(t.select(Some("sub"), "https", host, path), Ok(0), "{path}");
+            // Envoy named the lenient route for a path the strict one serves: fail closed.
+            assert_eq!(
+                t.select(Some("apps"), "https", host, path),
+                Err(NoRoute::Ambiguous),
+                "{path}"
+            );
+        }
+        // Ordinary paths, with parameters and dots where they change nothing, still work.
+        for (path, want) in [
+            ("/x;v=1/y", Ok(2)),
+            ("/file.txt", Ok(2)),
+            ("/admin/file.", Ok(0)),
+            ("/admin/a;b", Ok(0)),
+            ("/administrator;x", Ok(2)),
+        ] {
+            assert_eq!(t.select(None, "https", host, path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn canonical_paths() {
+        assert_eq!(canonical_path("/A;b/C.%20./d?q=1"), "/a/c/d");
+        assert_eq!(canonical_path("/%7e%41%2F"), "/~a%2f");
+        assert_eq!(canonical_path("/%zz/%"), "/%zz/%");
+        assert_eq!(canonical_path("/caf\u{e9}"), "/caf\u{e9}");
     }
 }

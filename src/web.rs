@@ -27,7 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/.portcullis/callback", get(handlers::hop_callback))
         .route(
             "/.portcullis/sign_out",
-            get(handlers::sign_out).post(handlers::sign_out),
+            get(handlers::sign_out_page).post(handlers::sign_out),
         )
         .route("/.portcullis/signed_out", get(handlers::signed_out))
         .route("/.portcullis/", get(handlers::user_page))
@@ -81,6 +81,9 @@ pub enum WebError {
     /// The client's fault; the message is shown to them.
     #[error("{0}")]
     BadRequest(&'static str),
+    /// Refused on purpose; the message is shown to them.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("not found")]
     NotFound,
     #[error("the identity provider is not reachable yet")]
@@ -97,6 +100,7 @@ impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let (status, title, message): (StatusCode, &str, String) = match &self {
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", (*m).to_string()),
+            WebError::Forbidden(m) => (StatusCode::FORBIDDEN, "Refused", (*m).to_string()),
             WebError::NotFound => (
                 StatusCode::NOT_FOUND,
                 "Not found",

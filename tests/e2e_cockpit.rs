@@ -18,7 +18,8 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, SET_COOKIE};
 use support::cockpit::{
-    CockpitStack, DISALLOWED_USERS, PasswordUser, RestoreFile, jose_tokens, open_socket, pam_verify,
+    CockpitStack, DISALLOWED_USERS, PasswordUser, RestoreFile, TEST_ISSUER, jose_tokens,
+    open_socket, pam_verify,
 };
 use support::{Browser, EchoRequest, list, portcullis_bin, repo, run, send, temp_dir};
 
@@ -226,10 +227,14 @@ async fn only_the_login_request_carries_credentials_and_never_the_clients() {
     );
     assert!(token.len() < PAM_MAX, "{} bytes", token.len());
     // Verified independently (jose) against the served JWKS.
-    let jwt = stack.verify_jwt(token, &stack.authority("apps")).await;
+    let cockpit_aud = format!("cockpit:{}", stack.authority("apps"));
+    let jwt = stack.verify_jwt(token, &cockpit_aud).await;
     let payload = &jwt["payload"];
     assert_eq!(payload["sub"], "alice", "{jwt}");
-    assert_eq!(payload["aud"], stack.authority("apps"), "{jwt}");
+    // Its own audience form and type, which identity JWTs never carry (token confusion).
+    assert_eq!(payload["aud"], cockpit_aud, "{jwt}");
+    assert_eq!(payload["iss"], stack.origin("auth"), "{jwt}");
+    assert_eq!(jwt["header"]["typ"], "cockpit+jwt", "{jwt}");
     assert_eq!(
         payload["exp"].as_u64().unwrap() - payload["iat"].as_u64().unwrap(),
         60,
@@ -239,7 +244,7 @@ async fn only_the_login_request_carries_credentials_and_never_the_clients() {
     claims.sort();
     assert_eq!(
         claims,
-        ["aud", "exp", "iat", "jti", "sub"],
+        ["aud", "exp", "iat", "iss", "jti", "sub"],
         "a compact token: {jwt}"
     );
     assert_eq!(jwt["header"]["alg"], "ES256");
@@ -247,6 +252,7 @@ async fn only_the_login_request_carries_credentials_and_never_the_clients() {
     let ok = pam_verify(
         &cs.bin,
         &cs.jwks,
+        &stack.origin("auth"),
         &[&stack.authority("apps")],
         Some("alice"),
         token.as_bytes(),
@@ -259,6 +265,7 @@ async fn only_the_login_request_carries_credentials_and_never_the_clients() {
     let other = pam_verify(
         &cs.bin,
         &cs.jwks,
+        &stack.origin("auth"),
         &[&stack.authority("apps")],
         Some(probe.name),
         token.as_bytes(),
@@ -518,7 +525,7 @@ fn pam_verify_accepts_only_a_fresh_token_for_this_host_and_account() {
     let valid = tokens["valid"].as_bytes();
 
     let check = |what: &str, pam_user: Option<&str>, input: &[u8], accept: bool, reason: &str| {
-        let out = pam_verify(bin, &jwks, &[AUD], pam_user, input);
+        let out = pam_verify(bin, &jwks, TEST_ISSUER, &[AUD], pam_user, input);
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprintln!("{what:>28}: {} | {}", out.status, stderr.trim());
         assert_eq!(
@@ -575,6 +582,11 @@ fn pam_verify_accepts_only_a_fresh_token_for_this_host_and_account() {
         ("hs256_public_key", "HS256"),
         ("no_kid", "kid"),
         ("truncated", "token"),
+        // Token confusion: an identity JWT from the same key is never a Cockpit password.
+        ("identity_jwt", "not a Cockpit login token"),
+        ("no_typ", "not a Cockpit login token"),
+        ("bare_aud", "audience"),
+        ("wrong_iss", "issuer"),
     ] {
         check(case, Some("alice"), tokens[case].as_bytes(), false, reason);
     }
@@ -586,9 +598,36 @@ fn pam_verify_accepts_only_a_fresh_token_for_this_host_and_account() {
     let binary: Vec<u8> = (0..4096).map(|i| (i * 7 % 256) as u8).collect();
     check("binary junk", Some("alice"), &binary, false, "token");
     check("no PAM_USER", None, valid, false, "PAM_USER");
+    // root never logs in by SSO, even with a genuine token for it; nor a system account.
+    let root = jose_tokens(&key, AUD, "root");
+    check(
+        "root",
+        Some("root"),
+        root["valid"].as_bytes(),
+        false,
+        "root and system accounts",
+    );
+    let daemon = jose_tokens(&key, AUD, "daemon");
+    check(
+        "daemon (uid 1)",
+        Some("daemon"),
+        daemon["valid"].as_bytes(),
+        false,
+        "system accounts",
+    );
+    // Another issuer configured on the helper refuses portcullis's own token.
+    let out = pam_verify(
+        bin,
+        &jwks,
+        "https://other.localhost",
+        &[AUD],
+        Some("alice"),
+        valid,
+    );
+    assert!(!out.status.success(), "a token from another issuer");
 
     let missing = dir.join("no-such-jwks.json");
-    let out = pam_verify(bin, &missing, &[AUD], Some("alice"), valid);
+    let out = pam_verify(bin, &missing, TEST_ISSUER, &[AUD], Some("alice"), valid);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("JWKS"));
     fs::remove_dir_all(dir).ok();
@@ -604,7 +643,7 @@ fn pam_verify_with_a_replay_dir_accepts_a_token_once() {
         let mut child = Command::new(portcullis_bin())
             .args(["pam-verify", "--jwks"])
             .arg(&jwks)
-            .args(["--audience", AUD, "--replay-dir"])
+            .args(["--issuer", TEST_ISSUER, "--audience", AUD, "--replay-dir"])
             .arg(&replay)
             .env("PAM_USER", "alice")
             .stdin(std::process::Stdio::piped())
@@ -672,7 +711,7 @@ fn the_pam_block_is_written_idempotently_and_keeps_every_other_line() {
     };
 
     let once = ok(
-        "cockpit_pam_write t /usr/local/bin/portcullis /etc/portcullis/jwks.json a.example b.example:8443",
+        "cockpit_pam_write t /usr/local/bin/portcullis /etc/portcullis/jwks.json https://auth.example a.example b.example:8443",
     );
     let lines: Vec<&str> = once.lines().collect();
     assert_eq!(lines[1], "auth       required     pam_sepermit.so");
@@ -683,28 +722,28 @@ fn the_pam_block_is_written_idempotently_and_keeps_every_other_line() {
     assert!(lines[3].contains("pam_listfile.so") && lines[3].contains("sense=deny"));
     assert_eq!(
         lines[4],
-        "auth       sufficient   pam_exec.so expose_authtok quiet /usr/local/bin/portcullis pam-verify --jwks /etc/portcullis/jwks.json --replay-dir /run/portcullis-pam --audience a.example --audience b.example:8443"
+        "auth       sufficient   pam_exec.so expose_authtok quiet /usr/local/bin/portcullis pam-verify --jwks /etc/portcullis/jwks.json --issuer https://auth.example --replay-dir /run/portcullis-pam --audience a.example --audience b.example:8443"
     );
     assert_eq!(lines[5], "# END portcullis-cockpit t");
     assert_eq!(lines[6], "auth       substack     common-auth");
     // Writing the same block again changes nothing; new values replace the block in place.
     assert_eq!(
         ok(
-            "cockpit_pam_write t /usr/local/bin/portcullis /etc/portcullis/jwks.json a.example b.example:8443"
+            "cockpit_pam_write t /usr/local/bin/portcullis /etc/portcullis/jwks.json https://auth.example a.example b.example:8443"
         ),
         once
     );
-    let other = ok("cockpit_pam_write t /opt/p /etc/j.json c.example");
+    let other = ok("cockpit_pam_write t /opt/p /etc/j.json https://auth.example c.example");
     assert_eq!(
         other.matches("# BEGIN portcullis-cockpit").count(),
         1,
         "{other}"
     );
     assert!(other.contains(
-        "/opt/p pam-verify --jwks /etc/j.json --replay-dir /run/portcullis-pam --audience c.example"
+        "/opt/p pam-verify --jwks /etc/j.json --issuer https://auth.example --replay-dir /run/portcullis-pam --audience c.example"
     ));
     // Another block is kept apart, and removing one leaves the other.
-    let both = ok("cockpit_pam_write demo /d/p /d/j.json d.example");
+    let both = ok("cockpit_pam_write demo /d/p /d/j.json https://auth.example d.example");
     assert_eq!(
         both.matches("# BEGIN portcullis-cockpit").count(),
         2,
@@ -719,7 +758,7 @@ fn the_pam_block_is_written_idempotently_and_keeps_every_other_line() {
     // PAM splits on white space: such paths are refused, and the file is left alone.
     let out = cockpit_sh(
         &file,
-        "cockpit_pam_write t '/a b/portcullis' /j.json a.example",
+        "cockpit_pam_write t '/a b/portcullis' /j.json https://auth.example a.example",
     );
     assert!(!out.status.success());
     assert_eq!(fs::read_to_string(&file).unwrap(), DEBIAN_PAM);
@@ -738,7 +777,7 @@ fn the_cockpit_examples_match_what_portcullis_and_the_scripts_expect() {
             .collect()
     };
     let out = run(Command::new("bash").current_dir(repo()).arg("-c").arg(
-        "source scripts/lib/cockpit.sh && cockpit_pam_block x /usr/local/bin/portcullis /etc/portcullis/jwks.json cockpit.example.com",
+        "source scripts/lib/cockpit.sh && cockpit_pam_block x /usr/local/bin/portcullis /etc/portcullis/jwks.json https://auth.example.com cockpit.example.com",
     ));
     assert!(out.status.success());
     assert_eq!(

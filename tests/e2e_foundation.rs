@@ -14,7 +14,8 @@ use serde_json::json;
 use support::{Browser, EchoRequest, Stack, list, location, send};
 
 const IDENTITY_HEADER: &str = "x-portcullis-jwt-assertion";
-const SESSION_COOKIE: &str = "_portcullis";
+/// With `cookie.secure` (the default) every cookie of ours carries the `__Host-` prefix.
+const SESSION_COOKIE: &str = "__Host-_portcullis";
 
 /// Parses the echo upstream's answer: the request as the app received it.
 async fn echoed(response: Response) -> EchoRequest {
@@ -480,22 +481,28 @@ async fn sign_out_ends_the_session_everywhere() {
     // The ID token for `id_token_hint` lives in a sealed cookie that only the auth host's
     // sign-out path receives.
     let sign_out_at_auth = stack.url("auth", "/.portcullis/sign_out");
-    let id_token_cookie = format!("{SESSION_COOKIE}_idt");
+    let id_token_cookie = "__Secure-_portcullis_idt";
     assert!(
-        browser
-            .cookie(&sign_out_at_auth, &id_token_cookie)
-            .is_some(),
+        browser.cookie(&sign_out_at_auth, id_token_cookie).is_some(),
         "the auth host keeps the ID token for sign-out"
     );
     assert_eq!(
-        browser.cookie(&stack.url("auth", "/"), &id_token_cookie),
+        browser.cookie(&stack.url("auth", "/"), id_token_cookie),
         None,
         "the ID-token cookie is scoped to the sign-out path"
     );
 
-    let (mut response, mut visited) = browser
+    // A GET changes nothing (any page could make the browser send one): it shows a form
+    // that POSTs, which the user submits.
+    let (confirm, _) = browser
         .follow(&stack.url("app", "/.portcullis/sign_out"))
         .await;
+    assert_eq!(confirm.status(), StatusCode::OK);
+    assert_eq!(
+        confirm.url().as_str(),
+        stack.url("app", "/.portcullis/sign_out")
+    );
+    let (mut response, mut visited) = browser.submit_form(confirm, &[]).await;
     // The IdP may ask the user to confirm the logout.
     if response.status() == StatusCode::OK
         && response.url().origin().ascii_serialization() == stack.idp_origin()
@@ -526,7 +533,7 @@ async fn sign_out_ends_the_session_everywhere() {
         .unwrap_or_else(|| panic!("no id_token_hint sent to the IdP:\n{}", list(&visited)));
     assert_eq!(hint.split('.').count(), 3, "a JWS: {hint}");
     assert_eq!(
-        browser.cookie(&sign_out_at_auth, &id_token_cookie),
+        browser.cookie(&sign_out_at_auth, id_token_cookie),
         None,
         "sign-out clears the ID-token cookie"
     );

@@ -19,37 +19,38 @@
 # auth stack with it), else before the first auth line.
 PORTCULLIS_PAM_ANCHOR_RE='^[[:space:]]*auth[[:space:]]+required[[:space:]]+pam_sepermit\.so'
 
-# cockpit_pam_block NAME BIN JWKS AUDIENCE...: print portcullis's PAM block.
+# cockpit_pam_block NAME BIN JWKS ISSUER AUDIENCE...: print portcullis's PAM block. ISSUER is
+# portcullis's authenticate_url origin, the `iss` of every token it signs.
 #
 # The pam_listfile line repeats Cockpit's own disallowed-users check *before* our
 # `sufficient` line: a success there ends the auth stack at once, so Cockpit's
 # check further down (which normally denies root) would never run.
 cockpit_pam_block() {
-    local name="$1" bin="$2" jwks="$3" aud args=""
-    shift 3
+    local name="$1" bin="$2" jwks="$3" issuer="$4" aud args=""
+    shift 4
     for aud in "$@"; do
         args+=" --audience $aud"
     done
     printf '# BEGIN portcullis-cockpit %s (written by portcullis; replaced as a whole)\n' "$name"
     printf 'auth       required     pam_listfile.so item=user sense=deny file=/etc/cockpit/disallowed-users onerr=succeed\n'
-    printf 'auth       sufficient   pam_exec.so expose_authtok quiet %s pam-verify --jwks %s --replay-dir /run/portcullis-pam%s\n' \
-        "$bin" "$jwks" "$args"
+    printf 'auth       sufficient   pam_exec.so expose_authtok quiet %s pam-verify --jwks %s --issuer %s --replay-dir /run/portcullis-pam%s\n' \
+        "$bin" "$jwks" "$issuer" "$args"
     printf '# END portcullis-cockpit %s\n' "$name"
 }
 
-# cockpit_pam_write NAME BIN JWKS AUDIENCE...: install (or replace) block NAME.
+# cockpit_pam_write NAME BIN JWKS ISSUER AUDIENCE...: install (or replace) block NAME.
 cockpit_pam_write() {
-    local name="$1" bin="$2" jwks="$3"
-    shift 3
+    local name="$1" bin="$2" jwks="$3" issuer="$4"
+    shift 4
     local arg
     # PAM splits its arguments on white space: paths with spaces cannot work.
-    for arg in "$name" "$bin" "$jwks" "$@"; do
+    for arg in "$name" "$bin" "$jwks" "$issuer" "$@"; do
         if [[ -z "$arg" || "$arg" =~ [[:space:]] ]]; then
             printf 'error: cockpit_pam_write: empty argument or white space in %q\n' "$arg" >&2
             return 1
         fi
     done
-    _cockpit_pam_edit "$name" "$(cockpit_pam_block "$name" "$bin" "$jwks" "$@")"
+    _cockpit_pam_edit "$name" "$(cockpit_pam_block "$name" "$bin" "$jwks" "$issuer" "$@")"
 }
 
 # cockpit_pam_remove NAME: remove block NAME, if present.

@@ -6,6 +6,7 @@ use crate::identity::generate_pkcs8_pem;
 
 const NOW: u64 = 1_800_000_000;
 const AUD: &str = "cockpit.localhost:8443";
+const ISS: &str = "https://auth.localhost:8443";
 
 fn keys() -> SigningKeys {
     SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap()
@@ -27,15 +28,20 @@ fn auds() -> Vec<String> {
 }
 
 fn sign(keys: &SigningKeys, claims: serde_json::Value) -> String {
+    sign_typed(keys, Some(COCKPIT_TOKEN_TYP), claims)
+}
+
+fn sign_typed(keys: &SigningKeys, typ: Option<&str>, claims: serde_json::Value) -> String {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(keys.kid().to_string());
+    header.typ = typ.map(str::to_string);
     jsonwebtoken::encode(&header, &claims, keys.encoding_key()).unwrap()
 }
 
 #[test]
 fn a_minted_credential_verifies_for_its_account_only() {
     let k = keys();
-    let basic = basic_credential(&k, "alice", AUD, NOW).unwrap();
+    let basic = basic_credential(&k, ISS, "alice", AUD, NOW).unwrap();
     let (user, token) = token_of(&basic);
     assert_eq!(user, "alice");
     assert!(
@@ -43,10 +49,10 @@ fn a_minted_credential_verifies_for_its_account_only() {
         "compact token expected, got {} bytes",
         token.len()
     );
-    verify(&token, "alice", k.jwks(), &auds(), NOW).unwrap();
-    verify(&token, "alice", k.jwks(), &auds(), NOW + 59).unwrap();
+    verify(&token, "alice", k.jwks(), ISS, &auds(), NOW).unwrap();
+    verify(&token, "alice", k.jwks(), ISS, &auds(), NOW + 59).unwrap();
     assert!(matches!(
-        verify(&token, "root", k.jwks(), &auds(), NOW),
+        verify(&token, "bob", k.jwks(), ISS, &auds(), NOW),
         Err(VerifyError::WrongAccount { .. })
     ));
 }
@@ -55,12 +61,13 @@ fn a_minted_credential_verifies_for_its_account_only() {
 fn every_bad_token_is_refused() {
     let k = keys();
     let other = keys();
-    let (_, good) = token_of(&basic_credential(&k, "alice", AUD, NOW).unwrap());
-    let claims = |aud: &str, iat: u64, exp: u64| serde_json::json!({"aud": aud, "sub": "alice", "iat": iat, "exp": exp, "jti": "x"});
+    let (_, good) = token_of(&basic_credential(&k, ISS, "alice", AUD, NOW).unwrap());
+    let claims = |aud: &str, iat: u64, exp: u64| serde_json::json!({"iss": ISS, "aud": cockpit_audience(aud), "sub": "alice", "iat": iat, "exp": exp, "jti": "x"});
 
     // Signed by a key that is not in the JWKS, but claiming the right kid.
     let mut forged_header = Header::new(Algorithm::ES256);
     forged_header.kid = Some(k.kid().to_string());
+    forged_header.typ = Some(COCKPIT_TOKEN_TYP.into());
     let forged = jsonwebtoken::encode(
         &forged_header,
         &claims(AUD, NOW, NOW + 60),
@@ -71,6 +78,7 @@ fn every_bad_token_is_refused() {
     let jwk = &k.jwks().keys[0];
     let mut hs_header = Header::new(Algorithm::HS256);
     hs_header.kid = Some(k.kid().to_string());
+    hs_header.typ = Some(COCKPIT_TOKEN_TYP.into());
     let hs = jsonwebtoken::encode(
         &hs_header,
         &claims(AUD, NOW, NOW + 60),
@@ -79,7 +87,10 @@ fn every_bad_token_is_refused() {
     .unwrap();
     let none = format!(
         "{}.{}.",
-        URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, k.kid())),
+        URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"none","typ":"{COCKPIT_TOKEN_TYP}","kid":"{}"}}"#,
+            k.kid()
+        )),
         URL_SAFE_NO_PAD.encode(claims(AUD, NOW, NOW + 60).to_string())
     );
     let garbage = "A".repeat(1 << 20);
@@ -111,19 +122,107 @@ fn every_bad_token_is_refused() {
             "no sub",
             sign(
                 &k,
-                serde_json::json!({"aud": AUD, "iat": NOW, "exp": NOW + 60}),
+                serde_json::json!({"iss": ISS, "aud": cockpit_audience(AUD), "iat": NOW, "exp": NOW + 60}),
             ),
+            NOW,
+        ),
+        // Token confusion (finding 2 of the review): an identity JWT from the same key, as
+        // every upstream on a Cockpit host sees it, with the claim shape it really has.
+        (
+            "an identity JWT",
+            sign_typed(
+                &k,
+                Some("JWT"),
+                serde_json::json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": NOW, "exp": NOW + 60, "jti": "x"}),
+            ),
+            NOW,
+        ),
+        (
+            "an identity-shaped token with the Cockpit typ",
+            sign(
+                &k,
+                serde_json::json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": NOW, "exp": NOW + 60, "jti": "x"}),
+            ),
+            NOW,
+        ),
+        (
+            "a Cockpit-shaped token without typ",
+            sign_typed(&k, None, claims(AUD, NOW, NOW + 60)),
+            NOW,
+        ),
+        (
+            "another issuer",
+            sign(
+                &k,
+                serde_json::json!({"iss": "https://evil.localhost", "aud": cockpit_audience(AUD), "sub": "alice", "iat": NOW, "exp": NOW + 60, "jti": "x"}),
+            ),
+            NOW,
+        ),
+        (
+            "no issuer",
+            sign(
+                &k,
+                serde_json::json!({"aud": cockpit_audience(AUD), "sub": "alice", "iat": NOW, "exp": NOW + 60, "jti": "x"}),
+            ),
+            NOW,
+        ),
+        (
+            "a token for another Cockpit host",
+            sign(&k, claims("other.localhost:8443", NOW, NOW + 60)),
             NOW,
         ),
     ];
     for (what, token, now) in cases {
-        assert!(
-            verify(&token, "alice", k.jwks(), &auds(), now).is_err(),
-            "{what} must be refused"
-        );
+        let result = verify(&token, "alice", k.jwks(), ISS, &auds(), now);
+        assert!(result.is_err(), "{what} must be refused");
     }
     // And the good one, to show the cases above fail for their own reason.
-    verify(&good, "alice", k.jwks(), &auds(), NOW).unwrap();
+    verify(&good, "alice", k.jwks(), ISS, &auds(), NOW).unwrap();
+}
+
+#[test]
+fn attack_a_real_identity_jwt_is_not_a_cockpit_password() {
+    let k = std::sync::Arc::new(keys());
+    let minter = crate::identity::TokenMinter::new(ISS.into(), k.clone());
+    let alice = User {
+        subject: "alice".into(),
+        email: Some("alice@example.com".into()),
+        email_verified: true,
+        name: None,
+        preferred_username: Some("alice".into()),
+        groups: vec![],
+    };
+    let (identity, _) = minter.mint(&alice, "sid", AUD, None, NOW);
+    assert!(
+        identity.len() <= PAM_MAX_TOKEN_BYTES,
+        "short enough to be tried"
+    );
+    let err = verify(&identity, "alice", k.jwks(), ISS, &auds(), NOW).unwrap_err();
+    assert!(matches!(err, VerifyError::WrongType(_)), "{err}");
+    // Root is refused even with a genuine token for it.
+    let (_, root) = token_of(&basic_credential(&k, ISS, "root", AUD, NOW).unwrap());
+    let err = verify(&root, "root", k.jwks(), ISS, &auds(), NOW).unwrap_err();
+    assert!(matches!(err, VerifyError::SystemAccount(_)), "{err}");
+}
+
+#[test]
+fn system_accounts_are_refused_by_uid() {
+    // uid 0 and the daemon accounts Debian always has.
+    for name in ["root", "daemon", "nobody"] {
+        assert!(
+            matches!(
+                check_account(name, DEFAULT_MIN_UID),
+                Err(VerifyError::SystemAccount(_))
+            ),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        check_account("no-such-user-here", DEFAULT_MIN_UID),
+        Err(VerifyError::NoSuchAccount(_))
+    ));
+    // daemon (uid 1) passes only when the admin lowers the bound explicitly.
+    assert!(check_account("daemon", 1).is_ok());
 }
 
 #[test]
@@ -132,11 +231,11 @@ fn the_token_fits_pams_limit_or_is_refused_clearly() {
     // A long but realistic host and a 32-character account still fit.
     let host = format!("{}.example.com:8443", "cockpit-".repeat(6));
     let account = "a".repeat(32);
-    let (_, token) = token_of(&basic_credential(&k, &account, &host, NOW).unwrap());
+    let (_, token) = token_of(&basic_credential(&k, ISS, &account, &host, NOW).unwrap());
     assert!(token.len() <= PAM_MAX_TOKEN_BYTES, "{} bytes", token.len());
-    verify(&token, &account, k.jwks(), &[host], NOW).unwrap();
+    verify(&token, &account, k.jwks(), ISS, &[host], NOW).unwrap();
     // An absurd host name cannot fit, and says so.
-    let err = basic_credential(&k, "alice", &"x".repeat(400), NOW).unwrap_err();
+    let err = basic_credential(&k, ISS, "alice", &"x".repeat(400), NOW).unwrap_err();
     assert!(err.to_string().contains("511"), "{err}");
 }
 
@@ -145,7 +244,7 @@ fn account_mapping() {
     let user = |email: &str, verified: Option<bool>, username: Option<&str>| User {
         subject: "s".into(),
         email: Some(email.into()),
-        email_verified: verified,
+        email_verified: verified == Some(true),
         name: None,
         preferred_username: username.map(str::to_string),
         groups: vec![],
@@ -182,9 +281,38 @@ fn account_mapping() {
         AccountMapping::Table([("alice@example.com".to_string(), "alice".to_string())].into());
     assert_eq!(
         by(table.clone())
-            .account_for(&user("Alice@Example.com", None, None))
+            .account_for(&user("Alice@Example.com", Some(true), None))
             .as_deref(),
         Some("alice")
+    );
+    // Only a verified email maps (finding 5 of the review).
+    assert_eq!(
+        by(table.clone()).account_for(&user("alice@example.com", None, None)),
+        None
+    );
+    // The default maps the IdP's stable subject, and never to root.
+    let subject = |sub: &str| User {
+        subject: sub.into(),
+        ..user("x@y", Some(true), Some("alice"))
+    };
+    assert_eq!(
+        by(AccountMapping::Subject)
+            .account_for(&subject("carol"))
+            .as_deref(),
+        Some("carol")
+    );
+    assert_eq!(
+        by(AccountMapping::Subject).account_for(&subject("root")),
+        None
+    );
+    assert_eq!(
+        by(AccountMapping::PreferredUsername).account_for(&user("x@y", Some(true), Some("root"))),
+        None
+    );
+    assert_eq!(
+        by(AccountMapping::Subject).account_for(&subject("8c1f0a2e-uuid")),
+        None,
+        "a sub that is not an account name maps to nothing"
     );
     assert_eq!(
         by(table).account_for(&user("bob@example.com", None, Some("bob"))),
@@ -234,8 +362,8 @@ fn account_names() {
 #[test]
 fn a_token_is_accepted_once_with_a_replay_dir() {
     let k = keys();
-    let (_, token) = token_of(&basic_credential(&k, "alice", AUD, NOW).unwrap());
-    let verified = verify(&token, "alice", k.jwks(), &auds(), NOW).unwrap();
+    let (_, token) = token_of(&basic_credential(&k, ISS, "alice", AUD, NOW).unwrap());
+    let verified = verify(&token, "alice", k.jwks(), ISS, &auds(), NOW).unwrap();
     let dir = std::env::temp_dir().join(format!(
         "portcullis-replay-{}",
         crate::crypto::random_token(6)
@@ -246,9 +374,10 @@ fn a_token_is_accepted_once_with_a_replay_dir() {
         Err(VerifyError::Replayed)
     ));
     let other = verify(
-        &token_of(&basic_credential(&k, "alice", AUD, NOW).unwrap()).1,
+        &token_of(&basic_credential(&k, ISS, "alice", AUD, NOW).unwrap()).1,
         "alice",
         k.jwks(),
+        ISS,
         &auds(),
         NOW,
     )
@@ -265,7 +394,7 @@ fn refusals_name_the_algorithm() {
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
         URL_SAFE_NO_PAD.encode("{}")
     );
-    let err = verify(&none, "alice", k.jwks(), &auds(), NOW).unwrap_err();
+    let err = verify(&none, "alice", k.jwks(), ISS, &auds(), NOW).unwrap_err();
     assert_eq!(
         err.to_string(),
         r#"token rejected: algorithm "none" is not ES256"#

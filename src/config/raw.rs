@@ -31,6 +31,7 @@ pub struct RawIdp {
     pub client_secret_file: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub groups_claim: Option<String>,
+    pub assume_email_verified: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,7 +62,7 @@ pub struct RawRole {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawCockpit {
-    /// `preferred_username` (default) or `email_local_part`.
+    /// `subject` (default), `email_local_part` or `preferred_username`.
     pub account: Option<String>,
     /// Explicit email → account table; when given, only these users have an account.
     pub accounts: Option<std::collections::BTreeMap<String, String>>,

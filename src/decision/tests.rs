@@ -29,7 +29,7 @@ fn user(email: &str, groups: &[&str]) -> User {
     User {
         subject: email.split('@').next().unwrap().into(),
         email: Some(email.into()),
-        email_verified: Some(true),
+        email_verified: true,
         name: None,
         preferred_username: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
@@ -81,9 +81,52 @@ async fn unauthenticated_browser_is_redirected_with_return_url() {
     };
     assert_eq!(r.status, 302);
     let loc = &r.headers.iter().find(|(k, _)| *k == "location").unwrap().1;
+    // The hop will be bound to this browser: the nonce goes into a host-only cookie on the
+    // route host, its hash along to the auth host.
+    let cookie = &r
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "set-cookie")
+        .unwrap()
+        .1;
+    let nonce = cookie
+        .strip_prefix("__Host-_portcullis_hop=")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("{cookie}"));
+    assert!(
+        cookie.contains("; Path=/;") && cookie.contains("Secure") && cookie.contains("HttpOnly")
+    );
     assert_eq!(
         loc,
-        "https://auth.localhost:8443/.portcullis/sign_in?rd=https%3A%2F%2Fapp.localhost%3A8443%2Fa%3Fb%3D1"
+        &format!(
+            "https://auth.localhost:8443/.portcullis/sign_in?rd=https%3A%2F%2Fapp.localhost%3A8443%2Fa%3Fb%3D1&hb={}",
+            hop_binding(nonce)
+        )
+    );
+    // A browser that already holds a nonce keeps it (two tabs signing in at once).
+    let again = h
+        .decide(
+            "app.localhost:8443",
+            "/",
+            &[
+                ("accept", BROWSER),
+                ("cookie", &format!("__Host-_portcullis_hop={nonce}")),
+            ],
+            NOW,
+        )
+        .await;
+    let Decision::Respond(r) = again else {
+        panic!("{again:?}")
+    };
+    let cookie = &r
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "set-cookie")
+        .unwrap()
+        .1;
+    assert!(
+        cookie.starts_with(&format!("__Host-_portcullis_hop={nonce};")),
+        "{cookie}"
     );
 }
 

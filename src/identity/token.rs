@@ -57,6 +57,11 @@ impl TokenMinter {
         }
     }
 
+    /// The `iss` of every token portcullis signs: the auth host's origin.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     pub fn keys(&self) -> &SigningKeys {
         &self.keys
     }
@@ -175,7 +180,7 @@ mod tests {
         User {
             subject: "alice".into(),
             email: Some("alice@example.com".into()),
-            email_verified: Some(true),
+            email_verified: true,
             name: Some("Alice".into()),
             preferred_username: Some("alice".into()),
             groups: vec![],

@@ -97,7 +97,7 @@ mod tests {
         let user = User {
             subject: "s".into(),
             email: None,
-            email_verified: None,
+            email_verified: false,
             name: None,
             preferred_username: None,
             groups: vec![],

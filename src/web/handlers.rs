@@ -11,13 +11,16 @@ use url::Url;
 use super::WebError;
 use crate::app::{App, now};
 use crate::crypto::{constant_time_eq, random_token};
+use crate::decision::hop_binding;
 use crate::pages;
-use crate::session::{CookieJar, Session, SessionId, set_cookie};
+use crate::session::{CookieJar, Session, SessionId};
 
 /// How long a sign-in may take at the IdP.
 const CSRF_TTL_SECS: u64 = 600;
 /// How long the hop from the auth host to a route host may take.
 const HOP_TTL_SECS: u64 = 60;
+/// How long the auth host accepts the continuation of a route host's sign-out.
+const SIGN_OUT_TTL_SECS: u64 = 60;
 
 /// A sign-in in flight, sealed into the CSRF cookie on the auth host.
 #[derive(Serialize, Deserialize)]
@@ -26,16 +29,28 @@ struct Csrf {
     nonce: String,
     pkce: String,
     rd: Option<String>,
+    /// The hop binding (hash of the route host's nonce) that came with `rd`.
+    hb: Option<String>,
     exp: u64,
 }
 
-/// The hop from the auth host to a route host, sealed and bound to that host.
+/// The hop from the auth host to a route host, sealed and bound to that host and to the
+/// browser that started the sign-in (`hb`, the hash of its nonce cookie on that host).
 #[derive(Serialize, Deserialize)]
 struct Hop {
     sid: SessionId,
     rd: String,
+    hb: String,
     exp: u64,
     jti: String,
+}
+
+/// A route host's sign-out, continued on the auth host: only by the browser whose auth-host
+/// session it names, so a link from someone else's sign-out signs nobody out.
+#[derive(Serialize, Deserialize)]
+struct SignOutContinuation {
+    sid: SessionId,
+    exp: u64,
 }
 
 /// Which of our hosts a request is for.
@@ -67,10 +82,6 @@ fn cookie_header(headers: &HeaderMap) -> String {
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn csrf_cookie_name(app: &App) -> String {
-    format!("{}_csrf", app.cookies.name())
 }
 
 fn redirect_with_cookies(location: &str, cookies: &[String]) -> Response {
@@ -132,36 +143,53 @@ pub async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 #[derive(Deserialize)]
 pub struct SignInQuery {
     rd: Option<String>,
+    hb: Option<String>,
 }
 
+/// A hop binding as [`hop_binding`] makes it: a SHA-256 in base64url.
+fn is_binding(hb: &str) -> bool {
+    hb.len() == 43
+        && hb
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+const NOT_OURS: WebError =
+    WebError::BadRequest("The return address is not an application served here.");
+
 /// Starts a sign-in on the auth host, or, if the auth host already has a session, hops
-/// straight to the route host.
+/// straight to the route host. On a route host, gives the browser its hop nonce first and
+/// sends it on to the auth host: every hop is bound to the browser that asked for it.
 pub async fn sign_in(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<SignInQuery>,
 ) -> Result<Response, WebError> {
-    let (Host::Auth, _) = host_of(&app, &headers)? else {
-        return Err(WebError::NotFound);
-    };
+    let (host, authority) = host_of(&app, &headers)?;
+    if let Host::Route = host {
+        return route_sign_in(&app, &headers, &authority, q.rd.as_deref());
+    }
     let now = now();
     let rd = match q.rd.as_deref() {
-        Some(rd) => Some(
-            app.routes
-                .return_url(rd)
-                .ok_or(WebError::BadRequest(
-                    "The return address is not an application served here.",
-                ))?
-                .0
-                .to_string(),
-        ),
+        Some(rd) => Some(app.routes.return_url(rd).ok_or(NOT_OURS)?.0),
         None => None,
     };
+    let hb = q.hb.filter(|hb| is_binding(hb));
+    if let (Some(rd), None) = (&rd, &hb) {
+        // Not started on the route host (an API client's sign_in_url, a bookmark): let the
+        // route host bind the browser first.
+        let mut url = Url::parse(&rd.origin().ascii_serialization()).map_err(|_| NOT_OURS)?;
+        url.set_path("/.portcullis/sign_in");
+        url.query_pairs_mut().append_pair("rd", rd.as_str());
+        return Ok(Redirect::to(url.as_str()).into_response());
+    }
+    let rd = rd.map(String::from);
     if let Some(session) = app
         .session_from_cookie(&cookie_header(&headers), &app.auth_authority, now)
         .await?
     {
-        return Ok(Redirect::to(&landing(&app, &session, rd.as_deref(), now)).into_response());
+        let location = landing(&app, &session, rd.as_deref(), hb.as_deref(), now);
+        return Ok(Redirect::to(&location).into_response());
     }
     if !app.oidc.is_ready() {
         return Err(WebError::IdpNotReady);
@@ -172,38 +200,70 @@ pub async fn sign_in(
         nonce: start.nonce,
         pkce: start.pkce_verifier,
         rd,
+        hb,
         exp: now + CSRF_TTL_SECS,
     };
     let sealed = app.csrf.seal(&csrf, b"csrf");
-    let cookie = set_cookie(
-        &csrf_cookie_name(&app),
-        &sealed,
-        "/.portcullis/",
-        CSRF_TTL_SECS,
-        app.cookies.secure(),
-    );
+    let cookie = app
+        .cookies
+        .helper(app.cookies.csrf_name(), &sealed, CSRF_TTL_SECS);
     Ok(redirect_with_cookies(start.url.as_str(), &[cookie]))
 }
 
+/// `GET /.portcullis/sign_in?rd=URL` on a route host: sets the hop nonce cookie and
+/// continues to the auth host with its hash.
+fn route_sign_in(
+    app: &App,
+    headers: &HeaderMap,
+    authority: &str,
+    rd: Option<&str>,
+) -> Result<Response, WebError> {
+    let rd = match rd {
+        Some(rd) => app
+            .routes
+            .return_url(rd)
+            .filter(|(u, _)| crate::config::authority_of(u) == authority)
+            .ok_or(NOT_OURS)?
+            .0
+            .to_string(),
+        None => {
+            let index = app
+                .routes
+                .by_authority(authority)
+                .ok_or(WebError::NotFound)?;
+            format!("{}/", app.routes.get(index).origin())
+        }
+    };
+    let (nonce, cookie) = app.hop_nonce(&cookie_header(headers));
+    Ok(redirect_with_cookies(
+        &app.sign_in_url(&rd, Some(&nonce)),
+        &[cookie],
+    ))
+}
+
 /// Where a signed-in user goes next: through the hop to the route host, or to the user page.
-fn landing(app: &App, session: &Session, rd: Option<&str>, now: u64) -> String {
-    let Some((url, index)) = rd.and_then(|rd| app.routes.return_url(rd)) else {
-        return app
-            .auth_url
-            .join("/.portcullis/")
-            .expect("static path")
-            .into();
+fn landing(app: &App, session: &Session, rd: Option<&str>, hb: Option<&str>, now: u64) -> String {
+    let user_page = || {
+        let mut url = app.auth_url.clone();
+        url.set_path("/.portcullis/");
+        url.to_string()
+    };
+    let (Some((url, index)), Some(hb)) = (rd.and_then(|rd| app.routes.return_url(rd)), hb) else {
+        return user_page();
     };
     let route = app.routes.get(index);
     let hop = Hop {
         sid: session.id,
         rd: url.into(),
+        hb: hb.to_string(),
         exp: now + HOP_TTL_SECS,
         jti: random_token(16),
     };
     let token = app.hop.seal(&hop, route.authority.as_bytes());
-    let mut target = Url::parse(&format!("{}/.portcullis/callback", route.origin()))
-        .expect("route origins are valid URLs");
+    let Ok(mut target) = Url::parse(&route.origin()) else {
+        return user_page();
+    };
+    target.set_path("/.portcullis/callback");
     target.query_pairs_mut().append_pair("hop", &token);
     target.into()
 }
@@ -227,9 +287,9 @@ pub async fn oauth2_callback(
     let now = now();
     let cookies = cookie_header(&headers);
     let jar = crate::session::CookieJar::new(&cookies);
-    let name = csrf_cookie_name(&app);
+    let name = app.cookies.csrf_name();
     let csrf: Csrf = jar
-        .get_all(&name)
+        .get_all(name)
         .find_map(|v| app.csrf.open::<Csrf>(v, b"csrf").ok())
         .filter(|c| c.exp > now)
         .ok_or(WebError::BadRequest(
@@ -254,6 +314,17 @@ pub async fn oauth2_callback(
             "This sign-in answer does not belong to this browser's sign-in attempt.",
         ));
     }
+    // One answer per sign-in attempt: a replayed callback (with a copied CSRF cookie) never
+    // reaches the IdP's token endpoint.
+    if !app
+        .store
+        .claim_once(&format!("state:{}", csrf.state), csrf.exp)
+        .await?
+    {
+        return Err(WebError::BadRequest(
+            "This sign-in answer was already used. Please open the application again.",
+        ));
+    }
     let (user, id_token) = app
         .oidc
         .finish(&code, &csrf.pkce, &csrf.nonce)
@@ -267,7 +338,7 @@ pub async fn oauth2_callback(
     let mut cookies = vec![
         app.cookies
             .issue(session.id, &app.auth_authority, session.expires_at, now),
-        set_cookie(&name, "", "/.portcullis/", 0, app.cookies.secure()),
+        app.cookies.helper(name, "", 0),
     ];
     // The ID token is needed only for `id_token_hint` at sign-out, which starts on the auth
     // host: keep it in the browser rather than in every session record.
@@ -277,7 +348,7 @@ pub async fn oauth2_callback(
         session.expires_at,
         now,
     ));
-    let location = landing(&app, &session, csrf.rd.as_deref(), now);
+    let location = landing(&app, &session, csrf.rd.as_deref(), csrf.hb.as_deref(), now);
     app.store.put(session).await?;
     Ok(redirect_with_cookies(&location, &cookies))
 }
@@ -306,6 +377,20 @@ pub async fn hop_callback(
         .and_then(|h| app.hop.open::<Hop>(h, authority.as_bytes()).ok())
         .filter(|h| h.exp > now)
         .ok_or(EXPIRED)?;
+    // The hop must come back to the browser that started the sign-in on this host: a link
+    // asked for by someone else (to swap their session into this browser) is refused here,
+    // before anything about this browser's own session changes.
+    let jar_header = cookie_header(&headers);
+    let bound = CookieJar::new(&jar_header)
+        .get_all(app.cookies.hop_name())
+        .any(|nonce| constant_time_eq(hop_binding(nonce).as_bytes(), hop.hb.as_bytes()));
+    if !bound {
+        tracing::warn!("refused a hop that another browser asked for");
+        return Err(WebError::Forbidden(
+            "This sign-in link was started in another browser, so it cannot sign you in here. \
+             If you did not click a link someone sent you, open the application again.",
+        ));
+    }
     if !app.store.claim_once(&hop.jti, hop.exp).await? {
         return Err(EXPIRED);
     }
@@ -313,55 +398,153 @@ pub async fn hop_callback(
         .routes
         .return_url(&hop.rd)
         .filter(|(u, _)| crate::config::authority_of(u) == authority)
-        .ok_or(WebError::BadRequest(
-            "The return address is not an application served here.",
-        ))?;
+        .ok_or(NOT_OURS)?;
     let session = app.store.get(&hop.sid, now).await?.ok_or(EXPIRED)?;
-    let cookie = app
-        .cookies
-        .issue(session.id, &authority, session.expires_at, now);
-    Ok(redirect_with_cookies(rd.as_str(), &[cookie]))
+    let cookies = [
+        app.cookies
+            .issue(session.id, &authority, session.expires_at, now),
+        app.cookies.helper(app.cookies.hop_name(), "", 0),
+    ];
+    Ok(redirect_with_cookies(rd.as_str(), &cookies))
 }
 
-/// Signs out: on a route host, revokes the session and continues on the auth host; on the
-/// auth host, revokes, clears the cookie and ends the IdP session (RP-initiated logout).
+#[derive(Deserialize)]
+pub struct SignOutQuery {
+    t: Option<String>,
+}
+
+/// Whether a state-changing request comes from one of our own pages (the same origin), by
+/// the browser's `Sec-Fetch-Site`, else its `Origin`. A client that sends neither is not a
+/// browser, so not a cross-site request forgery.
+fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    get("origin").is_none_or(|o| o.eq_ignore_ascii_case(origin))
+}
+
+/// The public origin of one of our hosts.
+fn origin_of(app: &App, host: &Host, authority: &str) -> String {
+    let scheme = match host {
+        Host::Auth => app.auth_url.scheme(),
+        Host::Route => app
+            .routes
+            .by_authority(authority)
+            .map(|i| app.routes.get(i).from.scheme())
+            .unwrap_or("https"),
+    };
+    format!("{scheme}://{authority}")
+}
+
+/// `GET /.portcullis/sign_out` changes nothing (any page can make a browser GET it): it
+/// asks, with a form that POSTs back. The one exception is the auth host continuing the
+/// sign-out that this very browser's session just made on a route host.
+pub async fn sign_out_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<SignOutQuery>,
+) -> Result<Response, WebError> {
+    let (host, authority) = host_of(&app, &headers)?;
+    let now = now();
+    if let (Host::Auth, Some(t)) = (&host, q.t.as_deref()) {
+        let sent = cookie_header(&headers);
+        let mine = app
+            .sign_out
+            .open::<SignOutContinuation>(t, authority.as_bytes())
+            .ok()
+            .filter(|c| c.exp > now)
+            .is_some_and(|c| {
+                app.cookies
+                    .session_ids(&sent, &authority, now)
+                    .any(|sid| sid == c.sid)
+            });
+        if mine {
+            return finish_sign_out(&app, &sent, &authority, now).await;
+        }
+    }
+    let action = format!(
+        "{}/.portcullis/sign_out",
+        origin_of(&app, &host, &authority)
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        pages::sign_out_confirm(&action),
+    )
+        .into_response())
+}
+
+/// `POST /.portcullis/sign_out`, from our own pages only: on a route host, revokes the
+/// session and continues on the auth host; on the auth host, revokes, clears the cookies
+/// and ends the IdP session (RP-initiated logout).
 pub async fn sign_out(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
-    let now = now();
-    let sent_cookies = cookie_header(&headers);
-    let session = app
-        .session_from_cookie(&sent_cookies, &authority, now)
-        .await?;
-    if let Some(s) = &session {
-        app.store.remove(&s.id).await?;
-        app.tokens.forget_session(s.id);
-        tracing::info!(user = s.user.display(), "signed out");
+    if !same_origin(&headers, &origin_of(&app, &host, &authority)) {
+        tracing::warn!(host = authority, "refused a cross-site sign-out");
+        return Err(WebError::Forbidden(
+            "Sign-out must be started from this site's own sign-out button.",
+        ));
     }
-    let mut clear = vec![app.cookies.clear()];
-    let location = match host {
-        Host::Route => app
-            .auth_url
-            .join("/.portcullis/sign_out")
-            .expect("static path")
-            .to_string(),
-        Host::Auth => {
-            // Sent even when the session is already gone (a route host revoked it on its way
-            // here), so that the IdP's session still ends with the hint.
-            let hint = CookieJar::new(&sent_cookies)
-                .get_all(app.cookies.id_token_name())
-                .find_map(|v| app.cookies.open_id_token(v, &authority, now));
-            clear.push(app.cookies.clear_id_token());
-            match app.oidc.end_session_url(hint.as_ref().map(|t| t.expose())) {
-                Some(url) => url.into(),
-                None => app
-                    .auth_url
-                    .join("/.portcullis/signed_out")
-                    .expect("static path")
-                    .into(),
+    let now = now();
+    let sent = cookie_header(&headers);
+    match host {
+        Host::Auth => finish_sign_out(&app, &sent, &authority, now).await,
+        Host::Route => {
+            let session = app.session_from_cookie(&sent, &authority, now).await?;
+            let mut next = app.auth_url.clone();
+            next.set_path("/.portcullis/sign_out");
+            if let Some(s) = &session {
+                revoke(&app, s).await?;
+                let t = app.sign_out.seal(
+                    &SignOutContinuation {
+                        sid: s.id,
+                        exp: now + SIGN_OUT_TTL_SECS,
+                    },
+                    app.auth_authority.as_bytes(),
+                );
+                next.query_pairs_mut().append_pair("t", &t);
             }
+            Ok(redirect_with_cookies(next.as_str(), &[app.cookies.clear()]))
+        }
+    }
+}
+
+async fn revoke(app: &App, s: &Session) -> Result<(), WebError> {
+    app.store.remove(&s.id).await?;
+    app.tokens.forget_session(s.id);
+    tracing::info!(user = s.user.display(), "signed out");
+    Ok(())
+}
+
+/// The auth host's part of a sign-out: revoke (if a route host has not already), clear the
+/// auth host's cookies and end the IdP session, with the ID token as `id_token_hint`.
+async fn finish_sign_out(
+    app: &App,
+    sent_cookies: &str,
+    authority: &str,
+    now: u64,
+) -> Result<Response, WebError> {
+    if let Some(s) = app
+        .session_from_cookie(sent_cookies, authority, now)
+        .await?
+    {
+        revoke(app, &s).await?;
+    }
+    // Sent even when the session is already gone (a route host revoked it on its way
+    // here), so that the IdP's session still ends with the hint.
+    let hint = CookieJar::new(sent_cookies)
+        .get_all(app.cookies.id_token_name())
+        .find_map(|v| app.cookies.open_id_token(v, authority, now));
+    let clear = [app.cookies.clear(), app.cookies.clear_id_token()];
+    let location = match app.oidc.end_session_url(hint.as_ref().map(|t| t.expose())) {
+        Some(url) => url.to_string(),
+        None => {
+            let mut url = app.auth_url.clone();
+            url.set_path("/.portcullis/signed_out");
+            url.to_string()
         }
     };
     Ok(redirect_with_cookies(&location, &clear))
@@ -393,19 +576,13 @@ pub async fn user_page(
 ) -> Result<Response, WebError> {
     let (session, authority) = current_session(&app, &headers).await?;
     let Some(s) = session else {
-        let rd = app
-            .routes
-            .by_authority(&authority)
-            .map(|i| format!("{}/", app.routes.get(i).origin()));
-        let url = match rd {
-            Some(rd) => app.sign_in_url(&rd),
-            None => app
-                .auth_url
-                .join("/.portcullis/sign_in")
-                .expect("static path")
-                .into(),
-        };
-        return Ok(Redirect::to(&url).into_response());
+        // On a route host, sign in through the hop bound to this browser.
+        if app.routes.by_authority(&authority).is_some() {
+            return route_sign_in(&app, &headers, &authority, None);
+        }
+        let mut url = app.auth_url.clone();
+        url.set_path("/.portcullis/sign_in");
+        return Ok(Redirect::to(url.as_str()).into_response());
     };
     let u = &s.user;
     let rows = [
@@ -416,11 +593,14 @@ pub async fn user_page(
         ("Groups", u.groups.join(", ")),
         ("Session", s.public_id()),
     ];
-    let scheme = match app.routes.by_authority(&authority) {
-        Some(i) => app.routes.get(i).from.scheme(),
-        None => app.auth_url.scheme(),
+    let host = match app.routes.by_authority(&authority) {
+        Some(_) => Host::Route,
+        None => Host::Auth,
     };
-    let sign_out = format!("{scheme}://{authority}/.portcullis/sign_out");
+    let sign_out = format!(
+        "{}/.portcullis/sign_out",
+        origin_of(&app, &host, &authority)
+    );
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         pages::user_info(&rows, &sign_out),

@@ -54,6 +54,14 @@ impl Browser {
         Self { client, jar }
     }
 
+    /// Another handle on the same client and cookie jar.
+    pub(super) fn share(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            jar: self.jar.clone(),
+        }
+    }
+
     /// A GET request (with the browser's default headers); add headers before sending.
     pub fn get(&self, url: &str) -> RequestBuilder {
         self.client.get(url)
@@ -159,6 +167,27 @@ impl Browser {
         let url = Url::parse(url).expect("valid URL");
         self.jar
             .add_cookie_str(&format!("{name}={value}; Path=/; Secure"), &url);
+    }
+
+    /// Every cookie value this browser holds for the test hosts on `port`, on the paths our
+    /// cookies use: what the log scan of [`super::Stack`] looks for.
+    pub fn all_cookie_values(&self, port: u16) -> Vec<String> {
+        let mut values = Vec::new();
+        for host in HOSTS {
+            for path in ["/", "/.portcullis/sign_out"] {
+                let url = Url::parse(&format!("https://{host}:{port}{path}")).expect("valid URL");
+                if let Some(header) = self.jar.cookies(&url) {
+                    let header = header.to_str().unwrap_or_default();
+                    values.extend(
+                        header
+                            .split("; ")
+                            .filter_map(|pair| pair.split_once('='))
+                            .map(|(_, v)| v.to_string()),
+                    );
+                }
+            }
+        }
+        values
     }
 
     /// The `Cookie` header this browser would send to `url`.

@@ -83,12 +83,19 @@ pub struct PamBlock {
 
 impl PamBlock {
     /// Writes the block: `pam_listfile` (disallowed users) and then
-    /// `pam_exec ... BIN pam-verify --jwks JWKS --audience AUD...`.
-    pub fn write(_lock: &PamLock, bin: &Path, jwks: &Path, audiences: &[String]) -> Self {
+    /// `pam_exec ... BIN pam-verify --jwks JWKS --issuer ISS --audience AUD...`.
+    pub fn write(
+        _lock: &PamLock,
+        bin: &Path,
+        jwks: &Path,
+        issuer: &str,
+        audiences: &[String],
+    ) -> Self {
         let mut args = vec![
             PAM_BLOCK.to_string(),
             bin.display().to_string(),
             jwks.display().to_string(),
+            issuer.to_string(),
         ];
         args.extend(audiences.iter().cloned());
         pam_script("cockpit_pam_write", &args);
@@ -401,6 +408,7 @@ impl CockpitStack {
             &lock,
             &bin,
             &jwks,
+            &stack.origin("auth"),
             &[stack.authority("cockpit"), stack.authority("apps")],
         );
         Self {
@@ -506,13 +514,19 @@ pub fn open_socket(url: &str, cookie: &str, origin: &str) -> serde_json::Value {
     )
 }
 
-/// Tokens made with jose by tests/support/cockpit_tokens.mjs, case name → token.
+/// The issuer of the Cockpit tokens in the process tests (the pam fixture's authenticate_url).
+pub const TEST_ISSUER: &str = "https://auth.localhost:8443";
+
+/// Tokens made with jose by tests/support/cockpit_tokens.mjs, case name → token, issued by
+/// [`TEST_ISSUER`].
 pub fn jose_tokens(key: &Path, audience: &str, account: &str) -> BTreeMap<String, String> {
     let v = node_json(
         "cockpit_tokens.mjs",
         &[
             "--key".into(),
             key.display().to_string(),
+            "--issuer".into(),
+            TEST_ISSUER.into(),
             "--audience".into(),
             audience.into(),
             "--account".into(),
@@ -522,17 +536,21 @@ pub fn jose_tokens(key: &Path, audience: &str, account: &str) -> BTreeMap<String
     serde_json::from_value(v).expect("cockpit_tokens.mjs prints an object of strings")
 }
 
-/// Runs `BIN pam-verify --jwks JWKS --audience AUD...` the way pam_exec does: `PAM_USER` in
-/// the environment (when given) and the token on stdin.
+/// Runs `BIN pam-verify --jwks JWKS --issuer ISS --audience AUD...` the way pam_exec does:
+/// `PAM_USER` in the environment (when given) and the token on stdin.
 pub fn pam_verify(
     bin: &Path,
     jwks: &Path,
+    issuer: &str,
     audiences: &[&str],
     pam_user: Option<&str>,
     stdin: &[u8],
 ) -> Output {
     let mut cmd = Command::new(bin);
-    cmd.arg("pam-verify").arg("--jwks").arg(jwks);
+    cmd.arg("pam-verify")
+        .arg("--jwks")
+        .arg(jwks)
+        .args(["--issuer", issuer]);
     for aud in audiences {
         cmd.args(["--audience", aud]);
     }

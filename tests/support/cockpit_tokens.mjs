@@ -3,11 +3,16 @@
 // process tests. Signed with `jose` (panva), not our Rust code, so the verifier is checked
 // against an independent implementation of the token format.
 //
-//   node tests/support/cockpit_tokens.mjs --key SIGNING_KEY.pem --audience AUD --account NAME
+//   node tests/support/cockpit_tokens.mjs --key SIGNING_KEY.pem --issuer ISS --audience AUD --account NAME
 //
 // Prints one JSON object on stdout, case name -> token:
-//   valid             ES256, kid = RFC 7638 thumbprint of the key, aud, sub = account, iat now,
-//                     exp = iat + 60, short jti (the shape portcullis issues)
+//   valid             ES256, typ cockpit+jwt, kid = RFC 7638 thumbprint of the key, iss,
+//                     aud = cockpit:AUD, sub = account, iat now, exp = iat + 60, short jti
+//                     (the shape portcullis issues)
+//   identity_jwt      an identity JWT's shape: typ JWT, aud = AUD (token confusion)
+//   bare_aud          typ cockpit+jwt but aud = AUD without the cockpit: form
+//   no_typ            the valid claims without typ
+//   wrong_iss         iss is another origin
 //   wrong_signature   same header (same kid) and claims, signed by another P-256 key
 //   wrong_aud         aud is another host
 //   expired           iat and exp ten minutes ago
@@ -31,15 +36,16 @@ try {
   ({ values: opts } = parseArgs({
     options: {
       key: { type: 'string' },
+      issuer: { type: 'string' },
       audience: { type: 'string' },
       account: { type: 'string' },
     },
   }));
-  for (const name of ['key', 'audience', 'account']) {
+  for (const name of ['key', 'issuer', 'audience', 'account']) {
     if (!opts[name]) throw new Error(`--${name} is required`);
   }
 } catch (err) {
-  console.error(`usage: cockpit_tokens.mjs --key PEM --audience AUD --account NAME: ${err.message}`);
+  console.error(`usage: cockpit_tokens.mjs --key PEM --issuer ISS --audience AUD --account NAME: ${err.message}`);
   process.exit(1);
 }
 
@@ -54,14 +60,15 @@ const { privateKey: otherKey } = await jose.generateKeyPair('ES256');
 const now = Math.floor(Date.now() / 1000);
 const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 const claims = (over = {}) => ({
-  aud: opts.audience,
+  iss: opts.issuer,
+  aud: `cockpit:${opts.audience}`,
   sub: opts.account,
   iat: now,
   exp: now + 60,
   jti: randomBytes(9).toString('base64url'),
   ...over,
 });
-const es256 = (payload, signer = key, header = { alg: 'ES256', typ: 'JWT', kid }) =>
+const es256 = (payload, signer = key, header = { alg: 'ES256', typ: 'cockpit+jwt', kid }) =>
   new jose.SignJWT(payload).setProtectedHeader(header).sign(signer);
 
 const valid = await es256(claims());
@@ -69,15 +76,19 @@ const spki = createPublicKey(key).export({ type: 'spki', format: 'pem' });
 const tokens = {
   valid,
   wrong_signature: await es256(claims(), otherKey),
-  wrong_aud: await es256(claims({ aud: 'evil.localhost:8443' })),
+  wrong_aud: await es256(claims({ aud: 'cockpit:evil.localhost:8443' })),
+  identity_jwt: await es256(claims({ aud: opts.audience }), key, { alg: 'ES256', typ: 'JWT', kid }),
+  bare_aud: await es256(claims({ aud: opts.audience })),
+  no_typ: await es256(claims(), key, { alg: 'ES256', kid }),
+  wrong_iss: await es256(claims({ iss: 'https://evil.localhost:8443' })),
   expired: await es256(claims({ iat: now - 660, exp: now - 600 })),
   iat_in_future: await es256(claims({ iat: now + 600, exp: now + 660 })),
   wrong_account: await es256(claims({ sub: 'root' })),
-  alg_none: `${b64({ alg: 'none', typ: 'JWT', kid })}.${b64(claims())}.`,
+  alg_none: `${b64({ alg: 'none', typ: 'cockpit+jwt', kid })}.${b64(claims())}.`,
   hs256_public_key: await new jose.SignJWT(claims())
-    .setProtectedHeader({ alg: 'HS256', typ: 'JWT', kid })
+    .setProtectedHeader({ alg: 'HS256', typ: 'cockpit+jwt', kid })
     .sign(Buffer.from(spki)),
-  no_kid: await es256(claims(), key, { alg: 'ES256', typ: 'JWT' }),
+  no_kid: await es256(claims(), key, { alg: 'ES256', typ: 'cockpit+jwt' }),
   truncated: valid.slice(0, -10),
 };
 console.log(JSON.stringify(tokens));

@@ -406,6 +406,8 @@ impl StackBuilder {
             dir,
             ports,
             config,
+            secrets: secrets.clone(),
+            browsers: Mutex::new(Vec::new()),
             ca_pem: fs::read(&certs.ca).unwrap(),
             echo_log: PathBuf::new(),
             procs: Vec::new(),
@@ -453,7 +455,8 @@ impl StackBuilder {
             .arg("serve")
             .arg("-c")
             .arg(&stack.config)
-            .env("RUST_LOG", "debug");
+            // Every level, so that the log scan at the end sees every line there is.
+            .env("RUST_LOG", "trace");
         stack.spawn("portcullis", portcullis);
         let healthz = format!("http://127.0.0.1:{}/healthz", ports.http);
         stack
@@ -627,6 +630,9 @@ pub struct Stack {
     pub dir: PathBuf,
     pub ports: Ports,
     pub config: PathBuf,
+    secrets: Secrets,
+    /// Every browser handed out, for the log scan at the end (their cookies are secrets).
+    browsers: Mutex<Vec<Browser>>,
     ca_pem: Vec<u8>,
     echo_log: PathBuf,
     procs: Vec<Proc>,
@@ -664,7 +670,91 @@ impl Stack {
 
     /// A new browser with an empty cookie jar.
     pub fn browser(&self) -> Browser {
-        Browser::new(self.ports.envoy, &self.ca_pem)
+        let browser = Browser::new(self.ports.envoy, &self.ca_pem);
+        self.browsers.lock().unwrap().push(browser.share());
+        browser
+    }
+
+    /// Every secret value this test saw: the config's secrets, every cookie the browsers
+    /// hold, and every identity JWT, credential and cookie the upstream received.
+    fn secrets_seen(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        for file in [&self.secrets.cookie_secret, &self.secrets.client_secret] {
+            seen.push(
+                fs::read_to_string(file)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            );
+        }
+        let key = fs::read_to_string(&self.secrets.signing_key).unwrap_or_default();
+        seen.extend(
+            key.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_string),
+        );
+        for b in self.browsers.lock().unwrap().iter() {
+            seen.extend(b.all_cookie_values(self.ports.envoy));
+        }
+        for r in self.echo_requests() {
+            for (name, value) in &r.headers {
+                if name.contains("jwt") || name == "authorization" {
+                    seen.push(value.clone());
+                    // Basic credentials: the decoded token too.
+                    if let Some(b64) = value.strip_prefix("Basic ")
+                        && let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64)
+                    {
+                        seen.push(String::from_utf8_lossy(&raw).into_owned());
+                    }
+                }
+                if name == "cookie" {
+                    seen.extend(
+                        value
+                            .split([';', ','])
+                            .filter_map(|p| p.split_once('='))
+                            .map(|(_, v)| v.trim().to_string()),
+                    );
+                }
+            }
+        }
+        // Short values ("dark", "1") are not secrets and would match by chance.
+        seen.retain(|s| s.len() >= 16);
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    /// Fails the test if any portcullis log line (the suite runs it at `RUST_LOG=trace`)
+    /// contains a secret value the test saw.
+    fn logs_hold_no_secrets(&self) -> Result<(), String> {
+        let secrets = self.secrets_seen();
+        let mut problems = Vec::new();
+        for p in self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("portcullis"))
+        {
+            let log = fs::read_to_string(&p.log).unwrap_or_default();
+            for line in log.lines() {
+                if let Some(s) = secrets.iter().find(|s| line.contains(s.as_str())) {
+                    problems.push(format!(
+                        "{}: a secret ({}…, {} bytes) in: {line}",
+                        p.log.display(),
+                        &s[..8],
+                        s.len()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} log line(s) carry secrets (checked {} values):\n{}",
+            problems.len(),
+            secrets.len(),
+            problems.join("\n")
+        ))
     }
 
     /// Every request the echo upstream has received so far, in order.
@@ -722,7 +812,8 @@ impl Stack {
             .arg("serve")
             .arg("-c")
             .arg(&self.config)
-            .env("RUST_LOG", "debug");
+            // Every level, so that the log scan at the end sees every line there is.
+            .env("RUST_LOG", "trace");
         self.spawn("portcullis", portcullis);
         let probe = probe_client();
         let healthz = format!("http://127.0.0.1:{}/healthz", self.ports.http);
@@ -879,6 +970,15 @@ impl Drop for Stack {
         // Last started, first stopped: Envoy, portcullis, echo, IdP.
         for p in self.procs.iter_mut().rev() {
             p.stop();
+        }
+        let leaked = if std::thread::panicking() {
+            Ok(())
+        } else {
+            self.logs_hold_no_secrets()
+        };
+        if let Err(problems) = leaked {
+            self.dump_logs();
+            panic!("{problems}\n(kept {} for inspection)", self.dir.display());
         }
         if std::thread::panicking() {
             self.dump_logs();
