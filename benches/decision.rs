@@ -113,7 +113,7 @@ fn alice() -> User {
     User {
         subject: "alice".into(),
         email: Some("alice@example.com".into()),
-        email_verified: Some(true),
+        email_verified: true,
         name: Some("Alice Example".into()),
         preferred_username: Some("alice".into()),
         groups: vec!["admins".into()],

@@ -113,7 +113,7 @@ fn user(i: usize) -> User {
     User {
         subject: exact(uuid),
         email: Some(exact(format!("user{i:06}@example.com"))),
-        email_verified: Some(true),
+        email_verified: true,
         name: Some(exact(format!("User {i:06} Example"))),
         preferred_username: Some(exact(format!("user{i:06}"))),
         groups: vec!["staff".into(), exact(format!("team-{}", i % 50))],
