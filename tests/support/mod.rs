@@ -880,6 +880,20 @@ impl Stack {
             .unwrap_or_else(|e| panic!("verify_jwt.mjs output is not JSON ({e}): {stdout}"))
     }
 
+    /// Whether `token` verifies against the served JWKS for `audience` (jose, like
+    /// [`Stack::verify_jwt`], but a refusal is an answer, not a panic).
+    pub async fn jwt_verifies(&self, token: &str, audience: &str) -> bool {
+        let jwks = self.jwks_file().await;
+        run(Command::new("node")
+            .current_dir(repo())
+            .arg("tests/support/verify_jwt.mjs")
+            .arg("--jwks-file")
+            .arg(&jwks)
+            .args(["--token", token, "--audience", audience]))
+        .status
+        .success()
+    }
+
     /// Prints the tail of every process's log to stderr.
     pub fn dump_logs(&self) {
         eprintln!("==== stack files in {} ====", self.dir.display());
