@@ -257,9 +257,19 @@ impl ClientOps for CoreClientSet {
         let token: openidconnect::core::CoreIdToken = id_token
             .parse()
             .map_err(|e: serde_json::Error| OidcError::IdToken(e.to_string()))?;
-        token
+        let claims = token
             .claims(&self.id_token_verifier(), &Nonce::new(nonce.to_string()))
             .map_err(|e| OidcError::IdToken(error_chain(&e)))?;
+        // OIDC Core 3.1.3.7 step 5, which openidconnect leaves unchecked: a token whose
+        // authorized party is another client was not issued to us.
+        if let Some(azp) = claims.authorized_party()
+            && azp != self.client_id()
+        {
+            return Err(OidcError::IdToken(format!(
+                "authorized party `{}` is not this client",
+                azp.as_str()
+            )));
+        }
         Ok(())
     }
 }
@@ -310,6 +320,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod attack_tests;
 
 #[cfg(test)]
 mod tests {
