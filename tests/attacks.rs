@@ -115,11 +115,15 @@ async fn attack_hop_link_from_another_browser_does_not_swap_the_session() {
         seen_as(&stack, &attacker).await.as_deref(),
         Some("bob@example.com")
     );
+    // Used once: the nonce is spent with it, and the hop's id is claimed.
     let replay = send(attacker.get(&link)).await;
-    assert_eq!(
-        replay.status(),
-        StatusCode::BAD_REQUEST,
-        "a hop is used once"
+    assert!(
+        matches!(
+            replay.status(),
+            StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN
+        ),
+        "a hop is used once: {}",
+        replay.status()
     );
 }
 
