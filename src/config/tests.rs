@@ -200,3 +200,46 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn security_relevant_values_are_refused_or_defaulted_safely() {
+    let f = Fixture::new();
+    // A prefix that upstreams would read differently would make every request ambiguous.
+    for prefix in ["/admin;x/", "/admin./", "/%61dmin/"] {
+        let yaml = VALID.replace(
+            "https://apps.localhost:8443/admin/",
+            &format!("https://apps.localhost:8443{prefix}"),
+        );
+        assert!(
+            paths(f.parse(&yaml)).contains(&"routes[2].from".to_string()),
+            "{prefix}"
+        );
+    }
+    // root is never a Cockpit account, not even by an explicit table.
+    let root = VALID.replace(
+        "    policy: { groups: [admins] }\n",
+        "    policy: { groups: [admins] }\n    cockpit: { accounts: { alice@example.com: root } }\n",
+    );
+    assert!(
+        paths(f.parse(&root)).contains(&"routes[1].cockpit.accounts.alice@example.com".to_string())
+    );
+    // The Cockpit mapping defaults to the IdP's stable subject; preferred_username is opt-in.
+    let default = VALID.replace(
+        "    policy: { groups: [admins] }\n",
+        "    policy: { groups: [admins] }\n    cockpit: {}\n",
+    );
+    let c = f.parse(&default).unwrap();
+    let cockpit = c.routes.iter().find_map(|r| r.cockpit.as_ref()).unwrap();
+    assert_eq!(cockpit.account, crate::cockpit::AccountMapping::Subject);
+    // A missing email_verified is unverified unless the admin says otherwise.
+    assert!(!f.parse(VALID).unwrap().idp.assume_email_verified);
+    let assume = VALID.replace(
+        "  client_id: portcullis\n",
+        "  client_id: portcullis\n  assume_email_verified: true\n",
+    );
+    assert!(f.parse(&assume).unwrap().idp.assume_email_verified);
+    // Prefixed routes get their own audience; whole-host routes keep the bare host.
+    let c = f.parse(VALID).unwrap();
+    assert_eq!(c.routes[0].audience(), "apps.localhost:8443/admin");
+    assert_eq!(c.routes[1].audience(), "app.localhost:8443");
+}
