@@ -82,6 +82,9 @@ enum Command {
         /// configured listen addresses; the ports stay those of the config.
         #[arg(long)]
         portcullis_host: Option<String>,
+        /// CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
+        #[arg(long, default_value = crate::envoy::DEFAULT_UPSTREAM_CA_FILE)]
+        upstream_ca_file: PathBuf,
     },
 }
 
@@ -137,6 +140,7 @@ pub fn run() -> ExitCode {
             tls_cert,
             tls_key,
             portcullis_host,
+            upstream_ca_file,
         } => match config::load(&config) {
             Ok(c) => {
                 let opts = crate::envoy::EnvoyOptions {
@@ -145,6 +149,7 @@ pub fn run() -> ExitCode {
                     tls_cert: &tls_cert,
                     tls_key: &tls_key,
                     portcullis_host: portcullis_host.as_deref(),
+                    upstream_ca_file: &upstream_ca_file,
                 };
                 print!("{}", crate::envoy::bootstrap_yaml(&c, &opts));
                 ExitCode::SUCCESS

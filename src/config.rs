@@ -86,6 +86,17 @@ pub struct Route {
     pub cockpit: Option<CockpitSettings>,
     /// Adds a `role` claim derived from groups to the identity JWT.
     pub role: Option<RoleMapping>,
+    /// How Envoy verifies an HTTPS upstream (`to`).
+    pub tls: UpstreamTls,
+}
+
+/// Certificate verification of an HTTPS upstream. The default verifies against the system
+/// CAs; skipping verification is an explicit, per-route opt-in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA bundle that replaces the system CAs for this upstream.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
 }
 
 /// Derives a `role` claim from groups: first matching group wins, else the default.
@@ -299,7 +310,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         );
     }
     let routes = match routes {
-        Some(r) if !r.is_empty() => validate_routes(r, authenticate_url.as_ref(), errors),
+        Some(r) if !r.is_empty() => validate_routes(r, authenticate_url.as_ref(), base, errors),
         _ => {
             errors.push("routes", "missing (at least one route is required)");
             Vec::new()
@@ -449,7 +460,12 @@ fn validate_cookie(raw: raw::RawCookie, base: &Path, errors: &mut Errors) -> Opt
     })
 }
 
-fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) -> Vec<Route> {
+fn validate_routes(
+    raw: Vec<RawRoute>,
+    auth: Option<&Url>,
+    base: &Path,
+    errors: &mut Errors,
+) -> Vec<Route> {
     let mut routes: Vec<Route> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let at = |field: &str| format!("routes[{i}].{field}");
@@ -460,6 +476,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             policy,
             cockpit,
             role,
+            tls,
         } = r;
         let from = match from {
             Some(f) => parse_route_from(&f, &at("from"), errors),
@@ -495,6 +512,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             }
         };
         let cockpit = cockpit.and_then(|c| validate_cockpit(c, &at("cockpit"), errors));
+        let tls = validate_upstream_tls(tls, to.as_ref(), base, &at("tls"), errors);
         let role = role.and_then(|r| validate_role(r, &at("role"), errors));
         let (Some(from), Some(to), Some(policy)) = (from, to, policy) else {
             continue;
@@ -538,11 +556,56 @@ fn validate_routes(raw: Vec<RawRoute>, auth: Option<&Url>, errors: &mut Errors) 
             policy,
             cockpit,
             role,
+            tls,
         });
     }
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
     routes
+}
+
+fn validate_upstream_tls(
+    raw: Option<raw::RawUpstreamTls>,
+    to: Option<&Url>,
+    base: &Path,
+    path: &str,
+    errors: &mut Errors,
+) -> UpstreamTls {
+    let Some(raw::RawUpstreamTls {
+        ca_file,
+        insecure_skip_verify,
+    }) = raw
+    else {
+        return UpstreamTls::default();
+    };
+    if to.is_some_and(|u| u.scheme() != "https") {
+        errors.push(path, "only for an https `to`");
+    }
+    let insecure_skip_verify = insecure_skip_verify.unwrap_or(false);
+    if insecure_skip_verify && ca_file.is_some() {
+        errors.push(path, "set ca_file or insecure_skip_verify, not both");
+    }
+    let ca_file = ca_file.and_then(|f| {
+        let p = resolve(base, &f);
+        match std::fs::read_to_string(&p) {
+            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Some(p),
+            Ok(_) => {
+                errors.push(
+                    format!("{path}.ca_file"),
+                    format!("{f}: no PEM certificate in it"),
+                );
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{path}.ca_file"), format!("{f}: cannot read: {e}"));
+                None
+            }
+        }
+    });
+    UpstreamTls {
+        ca_file,
+        insecure_skip_verify,
+    }
 }
 
 fn validate_role(raw: raw::RawRole, path: &str, errors: &mut Errors) -> Option<RoleMapping> {

@@ -21,7 +21,28 @@ pub struct EnvoyOptions<'a> {
     /// Host name Envoy reaches portcullis at (e.g. a compose service name), with the ports
     /// of `server.grpc_address` / `server.http_address`. Default: those addresses as they are.
     pub portcullis_host: Option<&'a str>,
+    /// The system CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
+    pub upstream_ca_file: &'a Path,
 }
+
+/// Debian's and Ubuntu's CA bundle (`ca-certificates`); Fedora's is
+/// /etc/pki/tls/certs/ca-bundle.crt.
+pub const DEFAULT_UPSTREAM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Client-sent headers that upstreams trust for their idea of the request's host, client,
+/// scheme or path, removed before every upstream. X-Forwarded-For and X-Forwarded-Proto are
+/// Envoy's own (`use_remote_address`), and X-Real-IP and X-Forwarded-Host are set again from
+/// what Envoy saw. X-Original-URL and X-Rewrite-URL make some frameworks (IIS, Symfony) serve
+/// another path than the one the route was decided on.
+const UNTRUSTED_FORWARDING_HEADERS: [&str; 7] = [
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+];
 
 const AUTHZ_CLUSTER: &str = "portcullis_authz";
 const HTTP_CLUSTER: &str = "portcullis_http";
@@ -53,12 +74,17 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
         portcullis(config.server.grpc_address, AUTHZ_CLUSTER, true),
         portcullis(config.server.http_address, HTTP_CLUSTER, false),
     ];
+    // One cluster per upstream and TLS setting: routes to the same `to` share it.
     let mut upstream_names: BTreeMap<String, String> = BTreeMap::new();
     for route in &config.routes {
-        let key = route.to.as_str().to_string();
+        let key = upstream_key(route);
         if !upstream_names.contains_key(&key) {
             let name = format!("upstream_{}", upstream_names.len());
-            clusters.push(cluster_for_url(&name, &route.to));
+            let mut cluster = cluster_for_url(&name, &route.to);
+            if route.to.scheme() == "https" {
+                cluster["transport_socket"] = upstream_tls(route, opts.upstream_ca_file);
+            }
+            clusters.push(cluster);
             upstream_names.insert(key, name);
         }
     }
@@ -83,16 +109,18 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
             to_portcullis_http("/.well-known/portcullis/"),
         ];
         for r in routes {
+            // Case-insensitive, as portcullis matches it: `/ADMIN` is the admin route, for
+            // the upstreams (case-insensitive file systems, IIS) that would serve it as such.
             let path_match = if r.path_prefix.is_empty() {
                 json!({"prefix": "/"})
             } else {
-                json!({"path_separated_prefix": r.path_prefix})
+                json!({"path_separated_prefix": r.path_prefix, "case_sensitive": false})
             };
             entries.push(json!({
                 "name": r.name,
                 "match": path_match,
                 "route": {
-                    "cluster": upstream_names[r.to.as_str()],
+                    "cluster": upstream_names[&upstream_key(r)],
                     // Long-lived requests (WebSockets, streaming) must not be cut by a route timeout.
                     "timeout": "0s",
                 },
@@ -146,12 +174,25 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "ingress",
                             "use_remote_address": true,
+                            // CGI, WSGI, Rack and PHP read `X_Portcullis_Jwt_Assertion` as the
+                            // identity header: such headers are dropped before anything sees
+                            // them. Dropped rather than refused, since a few real clients send
+                            // one by accident, and dropping loses nothing any route relies on.
+                            "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
                             // Path-prefix routes are only safe on normalized paths.
                             "normalize_path": true,
                             "merge_slashes": true,
                             "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
                             "upgrade_configs": [{"upgrade_type": "websocket"}],
-                            "route_config": {"name": "portcullis", "virtual_hosts": virtual_hosts},
+                            "route_config": {
+                                "name": "portcullis",
+                                "virtual_hosts": virtual_hosts,
+                                "request_headers_to_remove": UNTRUSTED_FORWARDING_HEADERS,
+                                "request_headers_to_add": [
+                                    {"header": {"key": "x-real-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                                    {"header": {"key": "x-forwarded-host", "value": "%REQ(:AUTHORITY)%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                                ],
+                            },
                             "http_filters": [
                                 {
                                     "name": "envoy.filters.http.ext_authz",
@@ -253,7 +294,7 @@ fn cluster_for_url(name: &str, url: &Url) -> Value {
         .to_string();
     let port = url.port_or_known_default().unwrap_or(80);
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-    let mut c = json!({
+    json!({
         "name": name,
         "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "2s",
@@ -261,15 +302,41 @@ fn cluster_for_url(name: &str, url: &Url) -> Value {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
         },
-    });
-    if url.scheme() == "https" {
-        c["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
+    })
+}
+
+fn upstream_key(route: &Route) -> String {
+    format!("{} {:?}", route.to, route.tls)
+}
+
+/// TLS to an HTTPS upstream: the certificate is verified (the system CAs or the route's
+/// `tls.ca_file`, and a subject alternative name for the upstream's host), with SNI for
+/// names. Only `tls.insecure_skip_verify: true` leaves verification out.
+fn upstream_tls(route: &Route, system_ca: &Path) -> Value {
+    let host = route
+        .to
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_string();
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let mut context = json!({});
+    if !route.tls.insecure_skip_verify {
+        let ca = route.tls.ca_file.as_deref().unwrap_or(system_ca);
+        context["common_tls_context"] = json!({
+            "validation_context": {
+                "trusted_ca": {"filename": ca.display().to_string()},
+                "match_typed_subject_alt_names": [{
+                    "san_type": if is_ip { "IP_ADDRESS" } else { "DNS" },
+                    "matcher": {"exact": host},
+                }],
             },
         });
     }
-    c
+    if !is_ip {
+        context["sni"] = json!(host);
+    }
+    context["@type"] =
+        json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }

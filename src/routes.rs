@@ -160,6 +160,7 @@ mod tests {
             policy: Policy::AnyAuthenticatedUser,
             cockpit: None,
             role: None,
+            tls: Default::default(),
         }
     }
 

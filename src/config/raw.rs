@@ -50,6 +50,14 @@ pub struct RawRoute {
     pub policy: Option<RawPolicy>,
     pub cockpit: Option<RawCockpit>,
     pub role: Option<RawRole>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// How Envoy verifies an HTTPS upstream.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// A `role` claim derived from groups (for Grafana's `role_attribute_path`).
