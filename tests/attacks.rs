@@ -557,3 +557,69 @@ async fn attack_oversized_and_malformed_values_get_clear_answers() {
     );
     assert!(stack.echo_requests().is_empty());
 }
+
+/// HTTPS upstreams are verified: a certificate from a CA the route does not trust is never
+/// used (the test CA is not a system CA); trusting it by `tls.ca_file`, or skipping the
+/// check by the explicit `insecure_skip_verify`, works.
+#[tokio::test]
+async fn attack_an_https_upstream_with_an_untrusted_certificate_is_not_used() {
+    let other_ca = support::temp_dir("other-ca").join("ca.pem");
+    // A CA that did not sign the upstream's certificate: the system bundle's first one.
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+        .expect("the system CA bundle (Debian's ca-certificates)");
+    let first = bundle
+        .split_inclusive("-----END CERTIFICATE-----")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&other_ca, first).unwrap();
+    let stack = Stack::builder()
+        .tls_echo()
+        .route("verified", "apps", "{ any_authenticated_user: true }")
+        .route_upstream("verified", "https://127.0.0.1:{echo_tls}")
+        .route("own-ca", "grafana", "{ any_authenticated_user: true }")
+        .route_upstream("own-ca", "https://127.0.0.1:{echo_tls}")
+        .route_option("own-ca", "tls: { ca_file: \"{ca}\" }")
+        .route("skip", "cockpit", "{ any_authenticated_user: true }")
+        .route_upstream("skip", "https://127.0.0.1:{echo_tls}")
+        .route_option("skip", "tls: { insecure_skip_verify: true }")
+        .route("wrong-ca", "apps", "{ any_authenticated_user: true }")
+        .route_path("wrong-ca", "/wrong")
+        .route_upstream("wrong-ca", "https://127.0.0.1:{echo_tls}")
+        .route_option(
+            "wrong-ca",
+            &format!("tls: {{ ca_file: \"{}\" }}", other_ca.display()),
+        )
+        .start()
+        .await;
+    let alice = stack.browser();
+    sign_in(&stack, &alice, "alice").await;
+    let before = calls(&stack);
+    let (response, visited) = alice.follow(&stack.url("apps", "/v")).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "system CAs do not trust the test CA: {}",
+        list(&visited)
+    );
+    let (response, _) = alice.follow(&stack.url("apps", "/wrong/v")).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a ca_file that did not sign the upstream's certificate"
+    );
+    assert_eq!(
+        calls(&stack),
+        before,
+        "the untrusted upstream was sent a request"
+    );
+    for label in ["grafana", "cockpit"] {
+        let (response, visited) = alice.follow(&stack.url(label, "/v")).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{label}: {}",
+            list(&visited)
+        );
+    }
+}

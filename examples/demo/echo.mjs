@@ -6,16 +6,19 @@
 // upstream: the identity JWT header present, session cookie and spoofed headers stripped.
 //
 //   node examples/demo/echo.mjs --port 9200 [--host 127.0.0.1] [--log FILE]
+//                               [--tls-cert PEM --tls-key PEM]
 //
 // --port 0 picks a free port. Prints "ready port=NNNN" once listening; exits 0 on SIGTERM/SIGINT.
 // --log FILE appends the same JSON, one line per request (WebSocket upgrades included).
+// --tls-cert/--tls-key serve HTTPS instead (the tests' check that Envoy verifies upstreams).
 // WebSocket upgrades are accepted (101): the server sends the echo JSON as the first text
 // message, then echoes every text/binary message back, and answers ping and close.
 // Only node: built-ins, so it runs before/without `npm install`.
 
 import { createHash } from 'node:crypto';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 const { values: opts } = parseArgs({
@@ -23,6 +26,8 @@ const { values: opts } = parseArgs({
     port: { type: 'string', default: '9200' },
     host: { type: 'string', default: '127.0.0.1' },
     log: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
   },
 });
 
@@ -40,7 +45,10 @@ function describe(req) {
   return record;
 }
 
-const server = http.createServer((req, res) => {
+const tls = opts['tls-cert'] && opts['tls-key']
+  ? { cert: readFileSync(opts['tls-cert']), key: readFileSync(opts['tls-key']) }
+  : null;
+const server = (tls ? (h) => https.createServer(tls, h) : (h) => http.createServer(h))((req, res) => {
   const body = JSON.stringify(describe(req));
   req.resume(); // drain any request body
   res.writeHead(200, {

@@ -243,3 +243,47 @@ fn security_relevant_values_are_refused_or_defaulted_safely() {
     assert_eq!(c.routes[0].audience(), "apps.localhost:8443/admin");
     assert_eq!(c.routes[1].audience(), "app.localhost:8443");
 }
+
+#[test]
+fn upstream_tls_settings_are_checked() {
+    let f = Fixture::new();
+    let with = |tls: &str, to: &str| {
+        VALID.replacen(
+            "    to: http://127.0.0.1:9200\n    policy: { any_authenticated_user: true }\n",
+            &format!(
+                "    to: {to}\n    policy: {{ any_authenticated_user: true }}\n    tls: {tls}\n"
+            ),
+            1,
+        )
+    };
+    let https = "https://10.0.0.5:8443";
+    for (tls, to, path) in [
+        (
+            "{ insecure_skip_verify: true }",
+            "http://127.0.0.1:9200",
+            "routes[0].tls",
+        ),
+        ("{ ca_file: missing.pem }", https, "routes[0].tls.ca_file"),
+        ("{ ca_file: client }", https, "routes[0].tls.ca_file"),
+        (
+            "{ ca_file: x, insecure_skip_verify: true }",
+            https,
+            "routes[0].tls",
+        ),
+    ] {
+        let p = paths(f.parse(&with(tls, to)));
+        assert!(p.iter().any(|x| x == path), "{tls} {to}: {p:?}");
+    }
+    // Verified by default; skipping is the explicit opt-in.
+    let c = f
+        .parse(&with("{ insecure_skip_verify: true }", https))
+        .unwrap();
+    let route = c.routes.iter().find(|r| r.name == "app").unwrap();
+    assert!(route.tls.insecure_skip_verify);
+    let c = f.parse(VALID).unwrap();
+    assert!(
+        c.routes
+            .iter()
+            .all(|r| r.tls == crate::config::UpstreamTls::default())
+    );
+}

@@ -299,6 +299,8 @@ pub struct StackBuilder {
     routes: Vec<RouteSpec>,
     /// Serve `server.jwks_address` on [`Ports::jwks`].
     jwks_listener: bool,
+    /// Also start the echo upstream over HTTPS (test CA certificate) on [`Ports::echo_tls`].
+    tls_echo: bool,
     /// Top-level YAML lines appended to the config.
     config_extra: Vec<String>,
 }
@@ -363,6 +365,14 @@ impl StackBuilder {
         self
     }
 
+    /// Also starts the echo upstream over HTTPS, with the test CA's certificate, on
+    /// [`Ports::echo_tls`]; a route's `to` may then say `https://127.0.0.1:{echo_tls}`, and a
+    /// route option `{ca}` for the test CA's file.
+    pub fn tls_echo(mut self) -> Self {
+        self.tls_echo = true;
+        self
+    }
+
     /// Sets `server.jwks_address` to 127.0.0.1:[`Ports::jwks`] (the standalone JWKS listener).
     pub fn jwks_listener(mut self) -> Self {
         self.jwks_listener = true;
@@ -397,6 +407,7 @@ impl StackBuilder {
             grpc: free_port(),
             http: free_port(),
             jwks: free_port(),
+            echo_tls: free_port(),
         };
         let secrets = write_secrets(&dir);
         let config = dir.join("portcullis.yaml");
@@ -439,6 +450,18 @@ impl StackBuilder {
             .arg("--log")
             .arg(&stack.echo_log);
         stack.spawn("echo", echo);
+        if self.tls_echo {
+            let mut echo = Command::new("node");
+            echo.arg("examples/demo/echo.mjs")
+                .args(["--port", &ports.echo_tls.to_string()])
+                .arg("--log")
+                .arg(&stack.echo_log)
+                .arg("--tls-cert")
+                .arg(&certs.cert)
+                .arg("--tls-key")
+                .arg(&certs.key);
+            stack.spawn("echo-tls", echo);
+        }
 
         let probe = probe_client();
         let discovery = format!("{}/.well-known/openid-configuration", stack.idp_origin());
@@ -537,10 +560,13 @@ routes:
                 r.host,
                 p.envoy,
                 r.path,
-                r.to.as_deref().unwrap_or(&echo),
+                r.to.as_deref()
+                    .unwrap_or(&echo)
+                    .replace("{echo_tls}", &p.echo_tls.to_string()),
                 r.policy
             ));
             for line in &r.extra {
+                let line = line.replace("{ca}", &certs().ca.display().to_string());
                 yaml.push_str(&format!("    {line}\n"));
             }
         }
@@ -570,6 +596,8 @@ pub struct Ports {
     pub http: u16,
     /// The standalone JWKS listener's port (configured only with [`StackBuilder::jwks_listener`]).
     pub jwks: u16,
+    /// The HTTPS echo's port (started only with [`StackBuilder::tls_echo`]).
+    pub echo_tls: u16,
 }
 
 /// One request as the echo upstream saw it.
