@@ -633,3 +633,166 @@ pub async fn user_json(
             .into_response(),
     })
 }
+
+#[cfg(test)]
+mod attack_tests {
+    //! The hop and sign-out edges in process: the axum router driven with `oneshot`, with
+    //! tokens sealed here so that expiry and binding can be set exactly.
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::tests::{Fixture, VALID};
+    use crate::session::{MemoryStore, SessionStore};
+
+    const APP: &str = "app.localhost:8443";
+
+    async fn setup() -> (Arc<App>, Fixture, Session) {
+        let fixture = Fixture::new();
+        let app = Arc::new(App::new(
+            fixture.parse(VALID).unwrap(),
+            Arc::new(MemoryStore::default()) as Arc<dyn SessionStore>,
+        ));
+        let user = crate::identity::User {
+            subject: "bob".into(),
+            email: Some("bob@example.com".into()),
+            email_verified: true,
+            name: None,
+            preferred_username: None,
+            groups: vec![],
+        };
+        let session = Session::new(user, now(), 3600);
+        app.store.put(session.clone()).await.unwrap();
+        (app, fixture, session)
+    }
+
+    fn hop(app: &App, sid: SessionId, nonce: &str, exp: u64) -> String {
+        let hop = Hop {
+            sid,
+            rd: format!("https://{APP}/"),
+            hb: hop_binding(nonce),
+            exp,
+            jti: random_token(16),
+        };
+        app.hop.seal(&hop, APP.as_bytes())
+    }
+
+    async fn get(
+        app: &Arc<App>,
+        host: &str,
+        uri: &str,
+        cookie: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::get(uri).header("host", host);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let response = super::super::router(app.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn attack_hop_expired_foreign_or_replayed_is_refused() {
+        let (app, _f, session) = setup().await;
+        let nonce = random_token(16);
+        let cookie = format!("{}={nonce}", app.cookies.hop_name());
+        let uri = |token: &str| format!("/.portcullis/callback?hop={token}");
+
+        // Expired a second ago, with the right nonce.
+        let expired = hop(&app, session.id, &nonce, now() - 1);
+        let (status, headers, _) = get(&app, APP, &uri(&expired), Some(&cookie)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(headers.get("set-cookie").is_none(), "nothing changes");
+
+        // Bound to another browser's nonce, or with no nonce cookie at all.
+        let fresh = hop(&app, session.id, &nonce, now() + 60);
+        let other = format!("{}={}", app.cookies.hop_name(), random_token(16));
+        for c in [Some(other.as_str()), None] {
+            let (status, headers, body) = get(&app, APP, &uri(&fresh), c).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{c:?}");
+            assert!(body.contains("another browser"), "{body}");
+            assert!(
+                headers.get("set-cookie").is_none(),
+                "the victim's cookies are untouched"
+            );
+        }
+        // On another route host.
+        let (status, _, _) = get(&app, "admin.localhost:8443", &uri(&fresh), Some(&cookie)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Control: the right browser gets its session cookie, once.
+        let (status, headers, _) = get(&app, APP, &uri(&fresh), Some(&cookie)).await;
+        assert!(status.is_redirection(), "{status}");
+        let set: Vec<_> = headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert!(
+            set.iter().any(|c| c.starts_with("__Host-_portcullis=")),
+            "{set:?}"
+        );
+        assert!(
+            set.iter()
+                .any(|c| c.starts_with("__Host-_portcullis_hop=;")),
+            "the nonce is spent: {set:?}"
+        );
+        let (status, _, _) = get(&app, APP, &uri(&fresh), Some(&cookie)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "replayed");
+    }
+
+    #[tokio::test]
+    async fn attack_sign_out_continuation_of_another_session_signs_nobody_out() {
+        let (app, _f, session) = setup().await;
+        let auth = app.auth_authority.clone();
+        let cookie = app
+            .cookies
+            .issue(session.id, &auth, session.expires_at, now());
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        let seal = |sid: SessionId, exp: u64| {
+            app.sign_out
+                .seal(&SignOutContinuation { sid, exp }, auth.as_bytes())
+        };
+        for (what, t) in [
+            ("another session's", seal(SessionId::random(), now() + 60)),
+            ("expired", seal(session.id, now() - 1)),
+            ("garbage", "x".repeat(50)),
+        ] {
+            let (status, _, body) = get(
+                &app,
+                &auth,
+                &format!("/.portcullis/sign_out?t={t}"),
+                Some(&cookie),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{what}: the confirmation page");
+            assert!(body.contains("method=\"post\""), "{what}");
+            assert!(
+                app.store.get(&session.id, now()).await.unwrap().is_some(),
+                "{what}: still signed in"
+            );
+        }
+        // Control: this session's own continuation finishes the sign-out.
+        let t = seal(session.id, now() + 60);
+        let (status, _, _) = get(
+            &app,
+            &auth,
+            &format!("/.portcullis/sign_out?t={t}"),
+            Some(&cookie),
+        )
+        .await;
+        assert!(status.is_redirection(), "{status}");
+        assert!(app.store.get(&session.id, now()).await.unwrap().is_none());
+    }
+}
