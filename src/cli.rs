@@ -26,6 +26,11 @@ enum Command {
     Serve {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
+        /// Once every listener is bound and serving, write their addresses here as JSON
+        /// (`{"grpc": "127.0.0.1:9100", "http": ...}`); with port 0 in the config, this is
+        /// how a supervisor or a test learns the ports.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a config file; report every problem and exit 64 if there are any.
     CheckConfig {
@@ -92,7 +97,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, ready_file } => serve(config, ready_file),
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(c) => {
                 println!("config OK: {} routes", c.routes.len());
@@ -165,7 +170,7 @@ fn config_failed(errors: &config::ConfigErrors) -> ExitCode {
     ExitCode::from(EXIT_CONFIG as u8)
 }
 
-fn serve(path: PathBuf) -> ExitCode {
+fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
     // Validate everything before any port is bound.
     let config = match config::load(&path) {
         Ok(c) => c,
@@ -189,6 +194,12 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(file) = &ready_file
+            && let Err(e) = listeners.write_ready_file(file)
+        {
+            eprintln!("error: cannot write the ready file {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
         match crate::server::serve(config, listeners, crate::server::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -24,6 +24,27 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
+impl Listeners {
+    /// Writes the bound addresses as JSON to `path`, atomically (a temporary file renamed
+    /// into place), so a reader never sees a partial file. Connections made after this
+    /// point queue in the kernel until the servers accept them.
+    pub fn write_ready_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string());
+        let mut ready = serde_json::Map::new();
+        ready.insert("grpc".into(), addr(&self.grpc)?.into());
+        ready.insert("http".into(), addr(&self.http)?.into());
+        if let Some(l) = &self.jwks {
+            ready.insert("jwks".into(), addr(l)?.into());
+        }
+        if let Some(l) = &self.metrics {
+            ready.insert("metrics".into(), addr(l)?.into());
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::Value::Object(ready).to_string())?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
 /// Binds every listener. Separate from [`serve`] so a bind failure is reported before
 /// anything runs.
 pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
