@@ -5,8 +5,10 @@
 //! cargo bench --bench decision -- decide  # a filter
 //! ```
 //!
-//! * `decide_*`: `App::decide` for one request: cookie decrypt, session lookup, policy,
-//!   cached identity JWT, cookie stripping (target: <= 5 µs median with a cached JWT).
+//! * `decide_*`: the authorizer's `check` for one request: route selection, cookie decrypt,
+//!   session lookup, the decision, cached identity JWT, cookie stripping (target: <= 5 µs
+//!   median with a cached JWT).
+//! * `decide_pure`: the decision alone (`core::decide`), route and session in hand.
 //! * `check_handler_*`: the whole gRPC handler without the transport: `CheckRequest` →
 //!   decision → `CheckResponse`.
 //! * `jwt_mint`: one ES256 identity JWT (what a cache miss costs).
@@ -28,12 +30,12 @@ use std::task::{Context, Poll, Waker};
 use divan::{Bencher, black_box};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-use portcullis::app::App;
-use portcullis::authz::AuthzService;
-use portcullis::decision::{Decision, Request};
-use portcullis::identity::{User, generate_pkcs8_pem};
-use portcullis::policy::Verdict;
-use portcullis::session::{MemoryStore, Session, SessionStore};
+use portcullis::app::{App, Parts};
+use portcullis::authorizer::Action;
+use portcullis::core::clock::ManualClock;
+use portcullis::core::{Outcome, OutcomeKind, Request, Session, User, Verdict, decide};
+use portcullis::ext_authz::AuthzService;
+use portcullis::identity::generate_pkcs8_pem;
 
 fn main() {
     divan::main();
@@ -86,10 +88,11 @@ impl Drop for Files {
 fn app_from(yaml: &str) -> App {
     let files = Files::new();
     let config = portcullis::config::parse(yaml, &files.0).unwrap_or_else(|e| panic!("{e}"));
-    App::new(
-        config,
-        Arc::new(MemoryStore::default()) as Arc<dyn SessionStore>,
-    )
+    let parts = Parts {
+        clock: Arc::new(ManualClock::at(NOW)),
+        ..Parts::new(&config)
+    };
+    App::with_parts(config, parts)
 }
 
 const CONFIG: &str = r#"
@@ -126,7 +129,7 @@ fn signed_in() -> (App, String) {
     let app = app_from(CONFIG);
     let session = Session::new(alice(), NOW, 8 * 3600);
     let set_cookie = app
-        .cookies
+        .cookies()
         .issue(session.id, AUTHORITY, session.expires_at, NOW);
     block_on(app.store.put(session)).expect("memory store put");
     let ours = set_cookie
@@ -176,9 +179,35 @@ fn decide_allow_cached_jwt(bencher: Bencher) {
     let headers = headers(Some(&cookie));
     let req = request(&headers);
     // The first call signs and caches the JWT; every timed call reuses it.
-    let first = block_on(app.decide(&req, NOW));
-    assert!(matches!(first, Decision::Allow(_)), "{first:?}");
-    bencher.bench_local(|| block_on(app.decide(black_box(&req), NOW)));
+    let first = block_on(app.authorizer.check(&req));
+    assert!(matches!(first.action, Action::Forward(_)), "{first:?}");
+    bencher.bench_local(|| block_on(app.authorizer.check(black_box(&req))));
+}
+
+/// The decision alone: route and session in hand, no cookie, store or token.
+#[divan::bench]
+fn decide_pure(bencher: Bencher) {
+    let app = app_from(CONFIG);
+    let route = app
+        .routes()
+        .select(Some("app"), "https", AUTHORITY, "/dashboard")
+        .expect("route matches");
+    let session = Session::new(alice(), NOW, 3600);
+    let headers = headers(None);
+    let req = request(&headers);
+    assert!(matches!(
+        decide(route, Some(&session), &req, NOW),
+        Outcome::Allow(_)
+    ));
+    bencher.bench_local(|| {
+        decide(
+            black_box(route),
+            Some(black_box(&session)),
+            black_box(&req),
+            NOW,
+        )
+        .kind()
+    });
 }
 
 /// No cookie, browser `Accept`: the 302 to sign in.
@@ -187,12 +216,13 @@ fn decide_redirect_to_sign_in(bencher: Bencher) {
     let app = app_from(CONFIG);
     let headers = headers(None);
     let req = request(&headers);
-    let first = block_on(app.decide(&req, NOW));
+    let first = block_on(app.authorizer.check(&req));
     assert!(
-        matches!(&first, Decision::Respond(r) if r.status == 302),
+        first.kind == OutcomeKind::SignInRequired
+            && matches!(&first.action, Action::Respond(r) if r.status == 302),
         "{first:?}"
     );
-    bencher.bench_local(|| block_on(app.decide(black_box(&req), NOW)));
+    bencher.bench_local(|| block_on(app.authorizer.check(black_box(&req))));
 }
 
 /// Only the first part of the decision: cookie decrypt and session lookup.
@@ -200,11 +230,16 @@ fn decide_redirect_to_sign_in(bencher: Bencher) {
 fn session_from_cookie(bencher: Bencher) {
     let (app, cookie) = signed_in();
     assert!(
-        block_on(app.session_from_cookie(&cookie, AUTHORITY, NOW))
+        block_on(app.authorizer.session_from_cookie(&cookie, AUTHORITY, NOW))
             .expect("memory store")
             .is_some()
     );
-    bencher.bench_local(|| block_on(app.session_from_cookie(black_box(&cookie), AUTHORITY, NOW)));
+    bencher.bench_local(|| {
+        block_on(
+            app.authorizer
+                .session_from_cookie(black_box(&cookie), AUTHORITY, NOW),
+        )
+    });
 }
 
 fn check_request_for(cookie: Option<&str>) -> CheckRequest {
@@ -259,7 +294,7 @@ fn jwt_mint(bencher: Bencher) {
     let app = app_from(CONFIG);
     let user = alice();
     bencher.bench_local(|| {
-        app.minter.mint(
+        app.tokens().minter().mint(
             black_box(&user),
             "pUbLiCsEsSiOnId0123456",
             AUTHORITY,
@@ -293,12 +328,12 @@ routes:
     app_from(&yaml)
 }
 
-fn evaluate(app: &App, hint: Option<&str>, authority: &str, user: &User) -> Verdict {
-    let index = app
-        .routes
+fn evaluate<'a>(app: &'a App, hint: Option<&str>, authority: &str, user: &User) -> Verdict<'a> {
+    app.routes()
         .select(hint, "https", authority, "/some/page?x=1")
-        .expect("route matches");
-    app.routes.get(index).policy.evaluate(Some(user))
+        .expect("route matches")
+        .policy
+        .evaluate(Some(user))
 }
 
 mod policy_100_routes_1000_emails {
@@ -320,7 +355,7 @@ mod policy_100_routes_1000_emails {
         let u = user("User0999.r099@Example.com");
         assert_eq!(
             evaluate(&app, Some("r099"), "app099.example.com", &u),
-            Verdict::Allow
+            Verdict::Allow(portcullis::core::Reason::Email("user0999.r099@example.com"))
         );
         bencher.bench_local(|| evaluate(&app, black_box(Some("r099")), "app099.example.com", &u));
     }

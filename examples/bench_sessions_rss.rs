@@ -23,9 +23,12 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis::app::App;
+use portcullis::app::Parts;
+use portcullis::authorizer::TokenSource;
+use portcullis::core::{Session, SessionId, User};
 use portcullis::crypto::random_token;
-use portcullis::identity::{User, generate_pkcs8_pem};
-use portcullis::session::{MemoryStore, Session, SessionId, SessionStore};
+use portcullis::identity::generate_pkcs8_pem;
+use portcullis::session::{MemoryStore, SessionStore};
 
 const NOW: u64 = 1_800_000_000;
 
@@ -203,7 +206,11 @@ routes:
     let config = portcullis::config::parse(yaml, &dir).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Arc::new(MemoryStore::default());
-    let app = App::new(config, store.clone() as Arc<dyn SessionStore>);
+    let parts = Parts {
+        store: store.clone() as Arc<dyn SessionStore>,
+        ..Parts::new(&config)
+    };
+    let app = App::with_parts(config, parts);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -242,11 +249,8 @@ routes:
                     .await
                     .expect("memory store get")
                     .expect("session is live");
-                let r = app.routes.get(0);
-                let t = app.tokens.get_or_mint(s.id, 0, NOW, || {
-                    app.minter
-                        .mint(&s.user, &s.public_id(), &r.authority, None, NOW)
-                });
+                let r = app.routes().iter().next().expect("one route");
+                let t = app.tokens().identity_token(&s, r, NOW);
                 jwt_bytes += t.len();
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 if i < 1000 {

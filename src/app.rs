@@ -1,90 +1,171 @@
-//! The state both edges share: routes, cookies, sessions, signing. Built once from a
-//! validated [`Config`].
+//! The state both edges share, built once from a validated [`Config`]: the authorizer
+//! (routes, cookies, sessions, tokens), the identity provider, the sealers of the sign-in
+//! flow, the fixed URLs and the metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use url::Url;
 
-use crate::config::{Config, authority_of};
+use crate::authorizer::Authorizer;
+use crate::config::Config;
+use crate::core::{Clock, RouteTable, SystemClock, authority_of};
 use crate::crypto::{Purpose, Sealer};
-use crate::identity::{TokenCache, TokenMinter};
-use crate::oidc::Oidc;
-use crate::routes::RouteTable;
-use crate::session::{CookieCodec, SessionStore};
+use crate::identity::TokenMinter;
+use crate::metrics::Metrics;
+use crate::oidc::{IdentityProvider, OpenIdConnect};
+use crate::session::{CookieCodec, MemoryStore, SessionStore};
+use crate::tokens::Tokens;
+
+/// The authorizer as the server runs it.
+pub type AppAuthorizer = Authorizer<Arc<dyn SessionStore>, Tokens, Arc<dyn Clock>>;
 
 pub struct App {
-    pub routes: RouteTable,
-    /// Public origin of the auth host.
-    pub auth_url: Url,
+    pub authorizer: AppAuthorizer,
+    pub store: Arc<dyn SessionStore>,
+    pub idp: Arc<dyn IdentityProvider>,
+    pub clock: Arc<dyn Clock>,
+    pub urls: Urls,
+    /// `host[:port]` of the auth host.
     pub auth_authority: String,
-    pub cookies: CookieCodec,
     pub csrf: Sealer,
     pub hop: Sealer,
     /// Seals the continuation of a sign-out from a route host to the auth host.
     pub sign_out: Sealer,
-    pub store: Arc<dyn SessionStore>,
-    pub minter: TokenMinter,
-    pub tokens: TokenCache,
-    /// Lowercase, as Envoy presents header names.
-    pub identity_header: String,
     pub session_lifetime: Duration,
-    pub oidc: Oidc,
-    /// The JWKS document, serialized once, and its ETag.
-    pub jwks_json: String,
-    pub jwks_etag: String,
-    pub metrics: crate::metrics::Metrics,
+    pub jwks: JwksDocument,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The auth host's fixed URLs, parsed once.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    /// The auth host's origin, e.g. `https://auth.example.com/`.
+    pub auth: Url,
+    pub sign_in: Url,
+    /// The OIDC redirect URI.
+    pub oauth2_callback: Url,
+    pub sign_out: Url,
+    /// Where the IdP sends the browser after logout.
+    pub signed_out: Url,
+    /// The user page.
+    pub user_page: Url,
+}
+
+impl Urls {
+    pub fn new(auth: &Url) -> Self {
+        let at = |path: &str| {
+            let mut url = auth.clone();
+            url.set_path(path);
+            url
+        };
+        Self {
+            auth: auth.clone(),
+            sign_in: at("/.portcullis/sign_in"),
+            oauth2_callback: at("/.portcullis/oauth2/callback"),
+            sign_out: at("/.portcullis/sign_out"),
+            signed_out: at("/.portcullis/signed_out"),
+            user_page: at("/.portcullis/"),
+        }
+    }
+}
+
+/// The JWKS, serialized once, and its ETag.
+#[derive(Debug, Clone)]
+pub struct JwksDocument {
+    pub json: String,
+    pub etag: String,
+}
+
+/// What an [`App`] is built with besides its config: tests swap each for a fake.
+pub struct Parts {
+    pub store: Arc<dyn SessionStore>,
+    pub clock: Arc<dyn Clock>,
+    pub idp: Arc<dyn IdentityProvider>,
+}
+
+impl Parts {
+    /// The parts `portcullis serve` runs with: sessions in memory, the system clock, and the
+    /// configured OpenID Connect provider.
+    pub fn new(config: &Config) -> Self {
+        let urls = Urls::new(&config.authenticate_url);
+        Self {
+            store: Arc::new(MemoryStore::default()),
+            clock: Arc::new(SystemClock),
+            idp: Arc::new(OpenIdConnect::new(
+                config.idp.clone(),
+                &urls.oauth2_callback,
+                &urls.signed_out,
+            )),
+        }
+    }
 }
 
 impl App {
-    pub fn new(config: Config, store: Arc<dyn SessionStore>) -> Self {
+    /// The app with the [`Parts::new`] defaults.
+    pub fn new(config: Config) -> Self {
+        let parts = Parts::new(&config);
+        Self::with_parts(config, parts)
+    }
+
+    pub fn with_parts(config: Config, parts: Parts) -> Self {
         let Config {
             server: _,
             authenticate_url,
-            idp,
+            idp: _,
             cookie,
             signing_keys,
             identity_header,
             routes,
         } = config;
-        let auth_authority = authority_of(&authenticate_url);
+        let Parts { store, clock, idp } = parts;
+        let urls = Urls::new(&authenticate_url);
         let issuer = authenticate_url.as_str().trim_end_matches('/').to_string();
-        let redirect_uri = authenticate_url
-            .join("/.portcullis/oauth2/callback")
-            .expect("static path joins");
-        let post_logout = authenticate_url
-            .join("/.portcullis/signed_out")
-            .expect("static path joins");
-        let jwks_json = serde_json::to_string(signing_keys.jwks()).expect("JWKS serializes");
-        let jwks_etag = format!(
-            "\"{}\"",
-            &crate::crypto::sha256_b64(jwks_json.as_bytes())[..22]
+        let json = serde_json::to_string(signing_keys.jwks()).expect("JWKS serializes");
+        let etag = format!("\"{}\"", &crate::crypto::sha256_b64(json.as_bytes())[..22]);
+        let metrics = Arc::new(Metrics::default());
+        let tokens = Tokens::new(
+            TokenMinter::new(issuer, Arc::new(signing_keys)),
+            metrics.tokens_signed(),
+        );
+        let authorizer = Authorizer::new(
+            RouteTable::new(routes.into_iter().map(|r| r.route).collect()),
+            Arc::new(CookieCodec::new(&cookie)),
+            &identity_header,
+            urls.sign_in.clone(),
+            store.clone(),
+            tokens,
+            clock.clone(),
         );
         Self {
-            routes: RouteTable::new(routes),
-            auth_url: authenticate_url,
-            auth_authority,
+            authorizer,
+            store,
+            idp,
+            clock,
+            auth_authority: authority_of(&authenticate_url),
+            urls,
             csrf: Sealer::derive(&cookie.secret, Purpose::Csrf),
             hop: Sealer::derive(&cookie.secret, Purpose::Hop),
             sign_out: Sealer::derive(&cookie.secret, Purpose::SignOut),
-            cookies: CookieCodec::new(&cookie),
-            store,
-            minter: TokenMinter::new(issuer, Arc::new(signing_keys)),
-            tokens: TokenCache::default(),
-            identity_header: identity_header.to_ascii_lowercase(),
             session_lifetime: cookie.lifetime,
-            oidc: Oidc::new(idp, redirect_uri, post_logout),
-            jwks_json,
-            jwks_etag,
-            metrics: crate::metrics::Metrics::default(),
+            jwks: JwksDocument { json, etag },
+            metrics,
         }
     }
-}
 
-/// Unix time in seconds.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    pub fn routes(&self) -> &RouteTable {
+        self.authorizer.routes()
+    }
+
+    pub fn cookies(&self) -> &CookieCodec {
+        self.authorizer.cookies()
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        self.authorizer.tokens()
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
 }

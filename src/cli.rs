@@ -187,7 +187,7 @@ fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listeners = match crate::server::bind(&config).await {
+        let listeners = match crate::server::bind(&config.server).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot bind {e}");
@@ -200,7 +200,9 @@ fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
             eprintln!("error: cannot write the ready file {}: {e}", file.display());
             return ExitCode::FAILURE;
         }
-        match crate::server::serve(config, listeners, crate::server::shutdown_signal()).await {
+        let grace = config.server.shutdown_grace;
+        let app = std::sync::Arc::new(crate::app::App::new(config));
+        match crate::server::serve(app, listeners, grace, crate::server::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -15,7 +15,6 @@
 //! its own `typ` ([`COCKPIT_TOKEN_TYP`]) and an audience of the form `cockpit:HOST`
 //! ([`cockpit_audience`]), which no identity JWT carries; the verifier requires both.
 
-use std::collections::HashMap;
 use std::io::Read;
 
 use base64::Engine;
@@ -23,7 +22,7 @@ use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Jwks, SigningKeys, User};
+use crate::identity::{Jwks, SigningKeys};
 
 /// Linux-PAM passes at most this many bytes of a password to a module.
 pub const PAM_MAX_TOKEN_BYTES: usize = 511;
@@ -40,61 +39,6 @@ pub const DEFAULT_MIN_UID: u32 = 1000;
 /// carry a bare authority (and path), never this form.
 pub fn cockpit_audience(authority: &str) -> String {
     format!("cockpit:{authority}")
-}
-
-/// How a Cockpit route maps a signed-in user to a local account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CockpitSettings {
-    /// Path Cockpit is served under (`UrlRoot`), without a trailing slash; empty for `/`.
-    pub url_root: String,
-    pub account: AccountMapping,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccountMapping {
-    /// The IdP's `sub`, which OpenID Connect makes unique and stable (the default).
-    Subject,
-    /// The `preferred_username` claim: an explicit opt-in, since OpenID Connect says it is
-    /// neither unique nor stable (a user who can rename themselves picks their account).
-    PreferredUsername,
-    /// The part of the (verified) email before `@`.
-    EmailLocalPart,
-    /// An explicit table, email (lowercase) → account. Users not in it have no account.
-    Table(HashMap<String, String>),
-}
-
-impl CockpitSettings {
-    /// The local account for `user`, if the mapping gives one that is a plausible Unix name.
-    /// Never `root`, whatever the mapping says (pam-verify also refuses system accounts).
-    pub fn account_for(&self, user: &User) -> Option<String> {
-        let account = match &self.account {
-            AccountMapping::Subject => user.subject.clone(),
-            AccountMapping::PreferredUsername => user.preferred_username.clone()?,
-            AccountMapping::EmailLocalPart => user.verified_email()?.split('@').next()?.to_string(),
-            AccountMapping::Table(table) => table
-                .get(&user.verified_email()?.to_ascii_lowercase())?
-                .clone(),
-        };
-        (is_unix_account_name(&account) && account != "root").then_some(account)
-    }
-
-    /// Whether this request is Cockpit's login request, the only one that gets credentials.
-    pub fn is_login(&self, method: &str, path: &str) -> bool {
-        let path = path.split('?').next().unwrap_or(path);
-        method == "GET" && path.strip_prefix(self.url_root.as_str()) == Some("/cockpit/login")
-    }
-}
-
-/// Conservative Unix account names: what `useradd` accepts by default, nothing that could
-/// confuse PAM, a shell or a log line.
-pub fn is_unix_account_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && name.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase()
-                || b == b'_'
-                || (i > 0 && (b.is_ascii_digit() || b == b'-' || b == b'.'))
-        })
 }
 
 /// Claims of a Cockpit login token.
@@ -385,7 +329,7 @@ pub fn pam_verify_main(
         &jwks,
         issuer,
         audiences,
-        crate::app::now(),
+        crate::core::unix_now(),
     )?;
     check_account(&pam_user, min_uid)?;
     if let Some(dir) = replay_dir {

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
+use crate::core::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
+use crate::core::{Policy, RoleMapping, Route, authority_of};
 use crate::identity::{SigningKeys, public_jwk_from_pem};
-use crate::policy::Policy;
 use crate::secret::{SecretBytes, SecretString};
 use raw::{RawConfig, RawPolicy, RawRoute};
 
@@ -37,7 +37,7 @@ pub struct Config {
     pub signing_keys: SigningKeys,
     /// Header that carries the identity JWT upstream (as configured, e.g. `X-Portcullis-Jwt-Assertion`).
     pub identity_header: String,
-    pub routes: Vec<Route>,
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,24 +70,21 @@ pub struct CookieConfig {
     pub secure: bool,
 }
 
-/// One protected (or public) application.
+/// One route as configured: the domain's [`Route`], and where Envoy sends its requests.
 #[derive(Debug, Clone)]
-pub struct Route {
-    pub name: String,
-    /// The public URL as configured.
-    pub from: Url,
-    /// `host[:port]` as browsers send it in `Host` (port omitted when it is the scheme's default).
-    pub authority: String,
-    /// Path prefix without a trailing slash; empty for the whole host.
-    pub path_prefix: String,
+pub struct RouteConfig {
+    pub route: Route,
     pub to: Url,
-    pub policy: Policy,
-    /// Set on Cockpit routes: single sign-on into Cockpit's PAM login.
-    pub cockpit: Option<CockpitSettings>,
-    /// Adds a `role` claim derived from groups to the identity JWT.
-    pub role: Option<RoleMapping>,
     /// How Envoy verifies an HTTPS upstream (`to`).
     pub tls: UpstreamTls,
+}
+
+impl std::ops::Deref for RouteConfig {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.route
+    }
 }
 
 /// Certificate verification of an HTTPS upstream. The default verifies against the system
@@ -97,50 +94,6 @@ pub struct UpstreamTls {
     /// CA bundle that replaces the system CAs for this upstream.
     pub ca_file: Option<PathBuf>,
     pub insecure_skip_verify: bool,
-}
-
-/// Derives a `role` claim from groups: first matching group wins, else the default.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleMapping {
-    pub from_groups: Vec<(String, String)>,
-    pub default: Option<String>,
-}
-
-impl RoleMapping {
-    pub fn role_for(&self, groups: &[String]) -> Option<&str> {
-        self.from_groups
-            .iter()
-            .find(|(g, _)| groups.iter().any(|ug| ug == g))
-            .map(|(_, r)| r.as_str())
-            .or(self.default.as_deref())
-    }
-}
-
-impl Route {
-    /// The origin (`scheme://authority`) of the route.
-    pub fn origin(&self) -> String {
-        format!("{}://{}", self.from.scheme(), self.authority)
-    }
-
-    /// The `aud` of this route's identity JWTs: the authority, and the path prefix when
-    /// there is one, so that a token minted for `host/a` does not verify at `host/b`.
-    pub fn audience(&self) -> String {
-        format!("{}{}", self.authority, self.path_prefix)
-    }
-
-    /// Whether `path` (which may carry a query) is under this route's prefix. Letter case
-    /// does not count: upstreams on case-insensitive file systems or frameworks would serve
-    /// `/ADMIN` as `/admin`, so it must be decided as `/admin`.
-    pub fn matches_path(&self, path: &str) -> bool {
-        let prefix = self.path_prefix.as_bytes();
-        if prefix.is_empty() {
-            return true;
-        }
-        let path = path.as_bytes();
-        path.len() >= prefix.len()
-            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
-            && matches!(path.get(prefix.len()), None | Some(b'/' | b'?'))
-    }
 }
 
 /// One problem found in the config file.
@@ -465,8 +418,8 @@ fn validate_routes(
     auth: Option<&Url>,
     base: &Path,
     errors: &mut Errors,
-) -> Vec<Route> {
-    let mut routes: Vec<Route> = Vec::new();
+) -> Vec<RouteConfig> {
+    let mut routes: Vec<RouteConfig> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let at = |field: &str| format!("routes[{i}].{field}");
         let RawRoute {
@@ -521,7 +474,7 @@ fn validate_routes(
         let path_prefix = from.path().trim_end_matches('/').to_string();
         // A prefix that upstreams would read differently (`;`, trailing dots, encoded
         // letters) would make every request under it ambiguous, and so refused.
-        if crate::routes::canonical_path(&path_prefix) != path_prefix.to_ascii_lowercase() {
+        if crate::core::route::canonical_path(&path_prefix) != path_prefix.to_ascii_lowercase() {
             errors.push(
                 at("from"),
                 format!("the path {path_prefix:?} must be plain: no ';', encoded letters, or segments ending in '.' or ' '"),
@@ -547,17 +500,10 @@ fn validate_routes(
         {
             errors.push(at("from"), "a route cannot use the authenticate_url host");
         }
-        routes.push(Route {
-            name,
-            from,
-            authority,
-            path_prefix,
-            to,
-            policy,
-            cockpit,
-            role,
-            tls,
-        });
+        let mut route = Route::new(name, from, policy);
+        route.cockpit = cockpit;
+        route.role = role;
+        routes.push(RouteConfig { route, to, tls });
     }
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
@@ -778,15 +724,6 @@ fn parse_route_from(value: &str, path: &str, errors: &mut Errors) -> Option<Url>
             errors.push(path, format!("{value:?} is not a URL: {e}"));
             None
         }
-    }
-}
-
-/// `host[:port]` of a URL, port omitted when it is the scheme's default.
-pub fn authority_of(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::config::{Config, Route};
+use crate::config::{Config, RouteConfig};
 
 /// Where Envoy listens and finds its certificate.
 pub struct EnvoyOptions<'a> {
@@ -89,14 +89,14 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
         }
     }
 
-    let auth_authority = crate::config::authority_of(&config.authenticate_url);
+    let auth_authority = crate::core::authority_of(&config.authenticate_url);
     let mut virtual_hosts = vec![json!({
         "name": "auth",
         "domains": domains(&auth_authority, config.authenticate_url.scheme()),
         "routes": [to_portcullis_http("/")],
     })];
     // Group routes by host, keeping the config's most-specific-first order.
-    let mut hosts: Vec<(&str, Vec<&Route>)> = Vec::new();
+    let mut hosts: Vec<(&str, Vec<&RouteConfig>)> = Vec::new();
     for route in &config.routes {
         match hosts.iter_mut().find(|(a, _)| *a == route.authority) {
             Some((_, rs)) => rs.push(route),
@@ -221,7 +221,7 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
     })
 }
 
-fn routes_scheme<'a>(routes: &'a [Route], authority: &str) -> &'a str {
+fn routes_scheme<'a>(routes: &'a [RouteConfig], authority: &str) -> &'a str {
     routes
         .iter()
         .find(|r| r.authority == authority)
@@ -305,14 +305,14 @@ fn cluster_for_url(name: &str, url: &Url) -> Value {
     })
 }
 
-fn upstream_key(route: &Route) -> String {
+fn upstream_key(route: &RouteConfig) -> String {
     format!("{} {:?}", route.to, route.tls)
 }
 
 /// TLS to an HTTPS upstream: the certificate is verified (the system CAs or the route's
 /// `tls.ca_file`, and a subject alternative name for the upstream's host), with SNI for
 /// names. Only `tls.insecure_skip_verify: true` leaves verification out.
-fn upstream_tls(route: &Route, system_ca: &Path) -> Value {
+fn upstream_tls(route: &RouteConfig, system_ca: &Path) -> Value {
     let host = route
         .to
         .host_str()

@@ -1,21 +1,30 @@
 //! portcullis: OpenID Connect single sign-on in front of any web app, with Envoy as the
 //! data plane. See README.md for the architecture.
+//!
+//! Layers, each depending only on those above it (a test keeps it so, `tests/modules.rs`):
+//! - `secret`, `crypto`, `pages`: leaves.
+//! - [`core`]: the domain and the decision, pure.
+//! - `config`, `identity`, `session`, `cockpit`, `oidc`, `metrics`: building blocks.
+//! - [`authorizer`] (the work around the decision), `tokens`, [`app`] (the shared state).
+//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP); then `server`, `envoy`, `cli`.
 
 pub mod app;
-pub mod authz;
+pub mod authorizer;
 pub mod cli;
 pub mod cockpit;
 pub mod config;
+pub mod core;
 pub mod crypto;
-pub mod decision;
 pub mod envoy;
+pub mod ext_authz;
 pub mod identity;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
-pub mod policy;
-pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod tokens;
 pub mod web;

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::decision::Decision;
+use crate::core::OutcomeKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -26,7 +26,7 @@ pub struct Metrics {
     pub sign_ins: Counter,
     pub sign_in_failures: Counter,
     pub sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
-    pub tokens_signed: Counter<u64, AtomicU64>,
+    tokens_signed: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -78,21 +78,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe_check(&self, decision: &Decision, elapsed: Duration) {
+    /// Counts one decision by its kind, and times it.
+    pub fn observe_check(&self, kind: OutcomeKind, elapsed: Duration) {
         self.check_duration.observe(elapsed.as_secs_f64());
-        let outcome = match decision {
-            Decision::Allow(_) => "allow",
-            Decision::Respond(r) => match r.status {
-                302 => "redirect",
-                401 => "unauthenticated",
-                403 => "forbidden",
-                404 => "no_route",
-                _ => "error",
-            },
-        };
         self.decisions
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: kind.as_str(),
+            })
             .inc();
+    }
+
+    /// The counter of identity JWTs signed, for the token source to count with.
+    pub fn tokens_signed(&self) -> Counter {
+        self.tokens_signed.clone()
     }
 
     /// The text exposition format.
@@ -107,30 +105,20 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Response;
 
     #[test]
     fn decisions_are_counted_by_outcome_and_timed() {
         let m = Metrics::default();
-        m.observe_check(
-            &Decision::Allow(Default::default()),
-            Duration::from_micros(20),
-        );
-        m.observe_check(
-            &Decision::Respond(Response::redirect("x".into())),
-            Duration::from_micros(20),
-        );
-        m.observe_check(
-            &Decision::Respond(Response::redirect("x".into())),
-            Duration::from_micros(20),
-        );
+        m.observe_check(OutcomeKind::Allow, Duration::from_micros(20));
+        m.observe_check(OutcomeKind::SignInRequired, Duration::from_micros(20));
+        m.observe_check(OutcomeKind::SignInRequired, Duration::from_micros(20));
         let text = m.encode();
         assert!(
             text.contains(r#"portcullis_check_decisions_total{outcome="allow"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"portcullis_check_decisions_total{outcome="redirect"} 2"#),
+            text.contains(r#"portcullis_check_decisions_total{outcome="sign_in_required"} 2"#),
             "{text}"
         );
         assert!(

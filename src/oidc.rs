@@ -5,17 +5,19 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreIdToken};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse, reqwest,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndSessionUrl, IssuerUrl, LogoutRequest,
+    Nonce, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout,
+    RedirectUrl, Scope, TokenResponse, reqwest,
 };
 use url::Url;
 
 use crate::config::IdpConfig;
-use crate::identity::User;
+use crate::core::User;
 use crate::secret::SecretString;
 
 /// Why a sign-in could not proceed.
@@ -39,21 +41,56 @@ pub struct AuthStart {
     pub pkce_verifier: String,
 }
 
-struct Provider {
-    metadata: CoreProviderMetadata,
-    end_session: Option<Url>,
+/// A finished sign-in: who it was, and the ID token (for `id_token_hint` at sign-out).
+pub struct SignedIn {
+    pub user: User,
+    pub id_token: SecretString,
 }
 
-pub struct Oidc {
+/// The identity provider, as the HTTP edge uses it. [`OpenIdConnect`] is the real one;
+/// tests use a fake (`crate::testing::FakeIdp`).
+#[async_trait]
+pub trait IdentityProvider: Send + Sync + 'static {
+    /// Whether sign-ins can start (discovery has succeeded).
+    fn is_ready(&self) -> bool;
+
+    /// Runs until the provider is ready; the server spawns it at startup.
+    async fn discover_until_ready(&self) {}
+
+    /// Starts a sign-in: the authorization URL with fresh `state`, `nonce` and PKCE.
+    fn start(&self) -> Result<AuthStart, OidcError>;
+
+    /// Finishes a sign-in: exchanges the code and validates the ID token.
+    async fn finish(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<SignedIn, OidcError>;
+
+    /// The RP-initiated logout URL at the provider, if it has one.
+    fn end_session_url(&self, id_token_hint: Option<&SecretString>) -> Option<Url>;
+}
+
+/// What discovery found, and the client configured from it (built once, not per sign-in).
+struct Provider {
+    end_session: Option<EndSessionUrl>,
+    client: CoreClientSet,
+}
+
+/// The OpenID Connect relying party against a real provider.
+pub struct OpenIdConnect {
     config: IdpConfig,
-    redirect_uri: Url,
-    post_logout_redirect_uri: Url,
+    redirect_uri: RedirectUrl,
+    post_logout_redirect_uri: PostLogoutRedirectUrl,
     http: reqwest::Client,
     provider: RwLock<Option<Arc<Provider>>>,
 }
 
-impl Oidc {
-    pub fn new(config: IdpConfig, redirect_uri: Url, post_logout_redirect_uri: Url) -> Self {
+impl OpenIdConnect {
+    /// A relying party that signs in through `redirect_uri` and asks the provider to send
+    /// the browser to `post_logout_redirect_uri` after logout.
+    pub fn new(config: IdpConfig, redirect_uri: &Url, post_logout_redirect_uri: &Url) -> Self {
         let http = reqwest::Client::builder()
             // Following redirects from the IdP's endpoints would open an SSRF path.
             .redirect(reqwest::redirect::Policy::none())
@@ -62,15 +99,13 @@ impl Oidc {
             .expect("the HTTP client configuration is static");
         Self {
             config,
-            redirect_uri,
-            post_logout_redirect_uri,
+            redirect_uri: RedirectUrl::from_url(redirect_uri.clone()),
+            post_logout_redirect_uri: PostLogoutRedirectUrl::from_url(
+                post_logout_redirect_uri.clone(),
+            ),
             http,
             provider: RwLock::new(None),
         }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.provider().is_some()
     }
 
     fn provider(&self) -> Option<Arc<Provider>> {
@@ -80,35 +115,42 @@ impl Oidc {
             .clone()
     }
 
-    /// Fetches the discovery document and JWKS once.
+    /// Fetches the discovery document (with its RP-initiated logout metadata) and the JWKS.
     pub async fn discover(&self) -> Result<(), String> {
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| e.to_string())?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
             .await
             .map_err(|e| error_chain(&e))?;
-        // end_session_endpoint is not part of the core metadata type; read it separately.
-        let end_session = self.end_session_endpoint().await;
-        *self.provider.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Provider {
-            metadata,
-            end_session,
-        }));
+        let provider = Provider {
+            end_session: metadata.additional_metadata().end_session_endpoint.clone(),
+            client: self.client_from(metadata),
+        };
+        *self.provider.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
         Ok(())
     }
 
-    async fn end_session_endpoint(&self) -> Option<Url> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            self.config.issuer.trim_end_matches('/')
-        );
-        let body = self.http.get(url).send().await.ok()?.bytes().await.ok()?;
-        let doc: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        Url::parse(doc.get("end_session_endpoint")?.as_str()?).ok()
+    fn client_from(&self, metadata: ProviderMetadataWithLogout) -> CoreClientSet {
+        CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.config.client_id.clone()),
+            Some(ClientSecret::new(
+                self.config.client_secret.expose().to_string(),
+            )),
+        )
+        .set_redirect_uri(self.redirect_uri.clone())
+    }
+}
+
+#[async_trait]
+impl IdentityProvider for OpenIdConnect {
+    fn is_ready(&self) -> bool {
+        self.provider().is_some()
     }
 
     /// Discovers the IdP, retrying with capped exponential backoff until it answers. Runs in
     /// the background so portcullis serves (and Envoy's checks for signed-in users keep
     /// working) while the IdP is still starting.
-    pub async fn discover_until_ready(&self) {
+    async fn discover_until_ready(&self) {
         let mut delay = Duration::from_millis(250);
         loop {
             match self.discover().await {
@@ -125,23 +167,10 @@ impl Oidc {
         }
     }
 
-    fn client(&self, provider: &Provider) -> Result<CoreClientSet, OidcError> {
-        Ok(CoreClient::from_provider_metadata(
-            provider.metadata.clone(),
-            ClientId::new(self.config.client_id.clone()),
-            Some(ClientSecret::new(
-                self.config.client_secret.expose().to_string(),
-            )),
-        )
-        .set_redirect_uri(RedirectUrl::from_url(self.redirect_uri.clone())))
-    }
-
-    /// Starts a sign-in: the authorization URL with fresh `state`, `nonce` and PKCE S256.
-    pub fn start(&self) -> Result<AuthStart, OidcError> {
+    fn start(&self) -> Result<AuthStart, OidcError> {
         let provider = self.provider().ok_or(OidcError::NotReady)?;
-        let client = self.client(&provider)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let (url, state, nonce) = client.authorize(&self.config.scopes, challenge);
+        let (url, state, nonce) = provider.client.authorize(&self.config.scopes, challenge);
         Ok(AuthStart {
             url,
             state: state.secret().clone(),
@@ -150,23 +179,23 @@ impl Oidc {
         })
     }
 
-    /// Finishes a sign-in: exchanges the code and validates the ID token.
-    pub async fn finish(
+    async fn finish(
         &self,
         code: &str,
         pkce_verifier: &str,
         nonce: &str,
-    ) -> Result<(User, SecretString), OidcError> {
+    ) -> Result<SignedIn, OidcError> {
         let provider = self.provider().ok_or(OidcError::NotReady)?;
-        let client = self.client(&provider)?;
-        let id_token = client.exchange(code, pkce_verifier, &self.http).await?;
-        let verified = client.verify(&id_token, nonce);
-        if let Err(e) = verified {
+        let id_token = provider
+            .client
+            .exchange(code, pkce_verifier, &self.http)
+            .await?;
+        if let Err(e) = provider.client.verify(&id_token, nonce) {
             // The IdP may have rotated its keys since discovery: refresh once and retry.
             tracing::info!(error = %e, "ID token did not verify; refreshing the IdP's keys");
             self.discover().await.map_err(OidcError::IdToken)?;
             let provider = self.provider().ok_or(OidcError::NotReady)?;
-            self.client(&provider)?.verify(&id_token, nonce)?;
+            provider.client.verify(&id_token, nonce)?;
         }
         let user = user_from_verified_token(
             &id_token,
@@ -174,24 +203,25 @@ impl Oidc {
             self.config.assume_email_verified,
         )
         .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
-        Ok((user, SecretString::new(id_token)))
+        Ok(SignedIn {
+            user,
+            id_token: SecretString::new(id_token),
+        })
     }
 
-    /// RP-initiated logout URL at the IdP, if it supports it.
-    pub fn end_session_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
-        let mut url = self.provider()?.end_session.clone()?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(hint) = id_token_hint {
-                q.append_pair("id_token_hint", hint);
-            }
-            q.append_pair("client_id", &self.config.client_id);
-            q.append_pair(
-                "post_logout_redirect_uri",
-                self.post_logout_redirect_uri.as_str(),
-            );
+    fn end_session_url(&self, id_token_hint: Option<&SecretString>) -> Option<Url> {
+        let endpoint = self.provider()?.end_session.clone()?;
+        let mut request = LogoutRequest::from(endpoint);
+        // A hint that no longer parses as a JWT is left out rather than sent broken.
+        if let Some(hint) = id_token_hint.and_then(|h| h.expose().parse::<CoreIdToken>().ok()) {
+            request = request.set_id_token_hint(&hint);
         }
-        Some(url)
+        Some(
+            request
+                .set_client_id(ClientId::new(self.config.client_id.clone()))
+                .set_post_logout_redirect_uri(self.post_logout_redirect_uri.clone())
+                .http_get_url(),
+        )
     }
 }
 

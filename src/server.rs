@@ -1,5 +1,7 @@
-//! Runs the two servers (gRPC ext_authz and HTTP) over one shared [`App`], with one
-//! graceful shutdown for both.
+//! Runs the servers (gRPC ext_authz, HTTP, and the optional JWKS and metrics listeners)
+//! over one shared [`App`], with one graceful shutdown for all. [`bind`] and [`serve`] are
+//! separate, mini-redis style: `main` binds the configured addresses and passes the
+//! SIGTERM future; tests bind port 0 and pass any future.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,10 +11,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{App, now};
-use crate::authz::{AuthorizationServer, AuthzService};
-use crate::config::Config;
-use crate::session::{MemoryStore, SessionStore};
+use crate::app::App;
+use crate::config::ServerConfig;
+use crate::ext_authz::{AuthorizationServer, AuthzService};
 
 pub mod grpc_io;
 
@@ -47,23 +48,19 @@ impl Listeners {
 
 /// Binds every listener. Separate from [`serve`] so a bind failure is reported before
 /// anything runs.
-pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-    let grpc = TcpListener::bind(config.server.grpc_address)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("server.grpc_address {}: {e}", config.server.grpc_address),
-            )
-        })?;
-    let http = TcpListener::bind(config.server.http_address)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("server.http_address {}: {e}", config.server.http_address),
-            )
-        })?;
+pub async fn bind(config: &ServerConfig) -> std::io::Result<Listeners> {
+    let grpc = TcpListener::bind(config.grpc_address).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("server.grpc_address {}: {e}", config.grpc_address),
+        )
+    })?;
+    let http = TcpListener::bind(config.http_address).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("server.http_address {}: {e}", config.http_address),
+        )
+    })?;
     let optional = |addr: Option<SocketAddr>, key: &'static str| async move {
         match addr {
             Some(addr) => TcpListener::bind(addr)
@@ -73,8 +70,8 @@ pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
             None => Ok(None),
         }
     };
-    let jwks = optional(config.server.jwks_address, "server.jwks_address").await?;
-    let metrics = optional(config.server.metrics_address, "server.metrics_address").await?;
+    let jwks = optional(config.jwks_address, "server.jwks_address").await?;
+    let metrics = optional(config.metrics_address, "server.metrics_address").await?;
     Ok(Listeners {
         grpc,
         http,
@@ -83,15 +80,13 @@ pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
     })
 }
 
-/// Serves until `shutdown` resolves, then drains for at most the configured grace period.
+/// Serves `app` until `shutdown` resolves, then drains for at most `grace`.
 pub async fn serve(
-    config: Config,
+    app: Arc<App>,
     listeners: Listeners,
+    grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let grace = config.server.shutdown_grace;
-    let store: Arc<MemoryStore> = Arc::new(MemoryStore::default());
-    let app = Arc::new(App::new(config, store.clone() as Arc<dyn SessionStore>));
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
@@ -102,7 +97,7 @@ pub async fn serve(
 
     let discovery = {
         let app = app.clone();
-        tokio::spawn(async move { app.oidc.discover_until_ready().await })
+        tokio::spawn(async move { app.idp.discover_until_ready().await })
     };
     let sweeper = {
         let app = app.clone();
@@ -110,8 +105,9 @@ pub async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                store.sweep(now()).await;
-                app.tokens.prune(now());
+                let now = app.now();
+                app.store.sweep(now).await;
+                app.tokens().prune(now);
             }
         })
     };
@@ -195,3 +191,6 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests;

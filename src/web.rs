@@ -3,6 +3,8 @@
 //! one place, [`WebError::into_response`]; internals are logged, never returned.
 
 mod handlers;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

@@ -2,6 +2,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::EncodingKey;
 
 use super::*;
+use crate::core::User;
 use crate::identity::generate_pkcs8_pem;
 
 const NOW: u64 = 1_800_000_000;
@@ -237,126 +238,6 @@ fn the_token_fits_pams_limit_or_is_refused_clearly() {
     // An absurd host name cannot fit, and says so.
     let err = basic_credential(&k, ISS, "alice", &"x".repeat(400), NOW).unwrap_err();
     assert!(err.to_string().contains("511"), "{err}");
-}
-
-#[test]
-fn account_mapping() {
-    let user = |email: &str, verified: Option<bool>, username: Option<&str>| User {
-        subject: "s".into(),
-        email: Some(email.into()),
-        email_verified: verified == Some(true),
-        name: None,
-        preferred_username: username.map(str::to_string),
-        groups: vec![],
-    };
-    let by = |account| CockpitSettings {
-        url_root: String::new(),
-        account,
-    };
-    assert_eq!(
-        by(AccountMapping::PreferredUsername)
-            .account_for(&user("a@x", None, Some("alice")))
-            .as_deref(),
-        Some("alice")
-    );
-    assert_eq!(
-        by(AccountMapping::PreferredUsername).account_for(&user("a@x", None, None)),
-        None
-    );
-    assert_eq!(
-        by(AccountMapping::PreferredUsername).account_for(&user("a@x", None, Some("root;rm"))),
-        None
-    );
-    assert_eq!(
-        by(AccountMapping::EmailLocalPart)
-            .account_for(&user("alice@x", Some(true), None))
-            .as_deref(),
-        Some("alice")
-    );
-    assert_eq!(
-        by(AccountMapping::EmailLocalPart).account_for(&user("alice@x", Some(false), None)),
-        None
-    );
-    let table =
-        AccountMapping::Table([("alice@example.com".to_string(), "alice".to_string())].into());
-    assert_eq!(
-        by(table.clone())
-            .account_for(&user("Alice@Example.com", Some(true), None))
-            .as_deref(),
-        Some("alice")
-    );
-    // Only a verified email maps (finding 5 of the review).
-    assert_eq!(
-        by(table.clone()).account_for(&user("alice@example.com", None, None)),
-        None
-    );
-    // The default maps the IdP's stable subject, and never to root.
-    let subject = |sub: &str| User {
-        subject: sub.into(),
-        ..user("x@y", Some(true), Some("alice"))
-    };
-    assert_eq!(
-        by(AccountMapping::Subject)
-            .account_for(&subject("carol"))
-            .as_deref(),
-        Some("carol")
-    );
-    assert_eq!(
-        by(AccountMapping::Subject).account_for(&subject("root")),
-        None
-    );
-    assert_eq!(
-        by(AccountMapping::PreferredUsername).account_for(&user("x@y", Some(true), Some("root"))),
-        None
-    );
-    assert_eq!(
-        by(AccountMapping::Subject).account_for(&subject("8c1f0a2e-uuid")),
-        None,
-        "a sub that is not an account name maps to nothing"
-    );
-    assert_eq!(
-        by(table).account_for(&user("bob@example.com", None, Some("bob"))),
-        None
-    );
-}
-
-#[test]
-fn only_the_login_request_is_the_login() {
-    let root = CockpitSettings {
-        url_root: String::new(),
-        account: AccountMapping::PreferredUsername,
-    };
-    let sub = CockpitSettings {
-        url_root: "/admin".into(),
-        account: AccountMapping::PreferredUsername,
-    };
-    assert!(root.is_login("GET", "/cockpit/login"));
-    assert!(root.is_login("GET", "/cockpit/login?x=1"));
-    assert!(!root.is_login("POST", "/cockpit/login"));
-    assert!(!root.is_login("GET", "/cockpit/socket"));
-    assert!(!root.is_login("GET", "/cockpit/login/x"));
-    assert!(!root.is_login("GET", "/admin/cockpit/login"));
-    assert!(sub.is_login("GET", "/admin/cockpit/login"));
-    assert!(!sub.is_login("GET", "/cockpit/login"));
-}
-
-#[test]
-fn account_names() {
-    for ok in ["alice", "a", "_svc", "bob-2", "x.y"] {
-        assert!(is_unix_account_name(ok), "{ok}");
-    }
-    for bad in [
-        "",
-        "Alice",
-        "1abc",
-        "-x",
-        "a b",
-        "a:b",
-        "root\n",
-        &"a".repeat(33),
-    ] {
-        assert!(!is_unix_account_name(bad), "{bad}");
-    }
 }
 
 #[test]

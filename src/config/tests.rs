@@ -1,61 +1,5 @@
 use super::*;
-use crate::identity::generate_pkcs8_pem;
-
-/// A directory with valid secret files, removed on drop.
-pub(crate) struct Fixture {
-    pub dir: PathBuf,
-}
-
-impl Fixture {
-    pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-config-test-{}-{}",
-            std::process::id(),
-            crate::crypto::random_token(6)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("key.pem"), generate_pkcs8_pem()).unwrap();
-        std::fs::write(dir.join("cookie"), "0123456789abcdef0123456789abcdef\n").unwrap();
-        std::fs::write(dir.join("client"), "s3cret\n").unwrap();
-        Self { dir }
-    }
-
-    pub fn parse(&self, yaml: &str) -> Result<Config, ConfigErrors> {
-        parse(yaml, &self.dir)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-pub(crate) const VALID: &str = r#"
-authenticate_url: https://auth.localhost:8443
-idp:
-  issuer: http://127.0.0.1:9000
-  client_id: portcullis
-  client_secret_file: client
-  scopes: [openid, email, profile, groups]
-cookie:
-  secret_file: cookie
-  lifetime: 1h
-signing_key_file: key.pem
-routes:
-  - name: app
-    from: https://app.localhost:8443
-    to: http://127.0.0.1:9200
-    policy: { any_authenticated_user: true }
-  - name: admin
-    from: https://admin.localhost:8443
-    to: http://127.0.0.1:9200
-    policy: { groups: [admins] }
-  - name: sub
-    from: https://apps.localhost:8443/admin/
-    to: http://127.0.0.1:9300
-    policy: { emails: [alice@example.com], domains: [corp.example] }
-"#;
+pub(crate) use crate::testing::{CONFIG as VALID, ConfigDir as Fixture};
 
 fn paths(result: Result<Config, ConfigErrors>) -> Vec<String> {
     result
@@ -230,7 +174,10 @@ fn security_relevant_values_are_refused_or_defaulted_safely() {
     );
     let c = f.parse(&default).unwrap();
     let cockpit = c.routes.iter().find_map(|r| r.cockpit.as_ref()).unwrap();
-    assert_eq!(cockpit.account, crate::cockpit::AccountMapping::Subject);
+    assert_eq!(
+        cockpit.account,
+        crate::core::cockpit::AccountMapping::Subject
+    );
     // A missing email_verified is unverified unless the admin says otherwise.
     assert!(!f.parse(VALID).unwrap().idp.assume_email_verified);
     let assume = VALID.replace(

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
-use super::{SigningKeys, User};
-use crate::session::SessionId;
+use super::SigningKeys;
+use crate::core::{RouteId, SessionId, User};
 
 /// Lifetime of an identity JWT.
 pub const TOKEN_TTL_SECS: u64 = 300;
@@ -111,8 +111,8 @@ struct CacheInner {
     prune_at: usize,
 }
 
-/// (session id, route index): plain bytes, so a lookup allocates nothing.
-type CacheKey = (SessionId, usize);
+/// (session id, route): plain bytes, so a lookup allocates nothing.
+type CacheKey = (SessionId, RouteId);
 
 /// The smallest size at which an insert prunes.
 const PRUNE_FLOOR: usize = 4096;
@@ -122,7 +122,7 @@ impl TokenCache {
     pub fn get_or_mint(
         &self,
         sid: SessionId,
-        route: usize,
+        route: RouteId,
         now: u64,
         mint: impl FnOnce() -> (String, u64),
     ) -> Arc<str> {
@@ -222,7 +222,7 @@ mod tests {
         let sid = SessionId::random();
         let mut mints = 0;
         let mut get = |now: u64| {
-            cache.get_or_mint(sid, 0, now, || {
+            cache.get_or_mint(sid, RouteId(0), now, || {
                 mints += 1;
                 (format!("t{mints}"), now + TOKEN_TTL_SECS)
             })
@@ -240,7 +240,9 @@ mod tests {
     fn cache_prunes_expired_tokens_without_scanning_on_every_miss() {
         let cache = TokenCache::default();
         let insert = |now: u64| {
-            cache.get_or_mint(SessionId::random(), 0, now, || ("t".into(), now + 10));
+            cache.get_or_mint(SessionId::random(), RouteId(0), now, || {
+                ("t".into(), now + 10)
+            });
         };
         // Fill to the floor with tokens that will have expired by `later`.
         for _ in 0..PRUNE_FLOOR {

@@ -1,5 +1,5 @@
 //! Attacks on ID token verification, run in-process against a client built exactly as
-//! `Oidc::client` builds it (from provider metadata holding a test P-256 JWKS).
+//! `OpenIdConnect::client_from` builds it (from provider metadata holding a test P-256 JWKS).
 //!
 //! Every refusal asserts the reason it was refused for, and `control_*` tests show that a
 //! correct token passes, so a refusal cannot come from a broken fixture.
@@ -10,16 +10,17 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use openidconnect::core::{
-    CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProviderMetadata,
-    CoreResponseType, CoreSubjectIdentifierType,
+    CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreResponseType,
+    CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AuthUrl, EmptyAdditionalProviderMetadata, IssuerUrl, JsonWebKeySetUrl, ResponseTypes,
+    AuthUrl, EmptyAdditionalProviderMetadata, IssuerUrl, JsonWebKeySetUrl, LogoutProviderMetadata,
+    ProviderMetadataWithLogout, ResponseTypes,
 };
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{ClientOps, CoreClientSet, Oidc, OidcError, Provider, user_from_verified_token};
+use super::{ClientOps, CoreClientSet, OidcError, OpenIdConnect, user_from_verified_token};
 use crate::config::IdpConfig;
 use crate::identity::{SigningKeys, generate_pkcs8_pem};
 use crate::secret::SecretString;
@@ -45,17 +46,20 @@ impl Idp {
         let keys = SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap();
         let jwk: CoreJsonWebKey =
             serde_json::from_value(serde_json::to_value(&keys.jwks().keys[0]).unwrap()).unwrap();
-        let metadata = CoreProviderMetadata::new(
+        let metadata = ProviderMetadataWithLogout::new(
             IssuerUrl::new(ISSUER.to_string()).unwrap(),
             AuthUrl::new(format!("{ISSUER}/protocol/openid-connect/auth")).unwrap(),
             JsonWebKeySetUrl::new(format!("{ISSUER}/protocol/openid-connect/certs")).unwrap(),
             vec![ResponseTypes::new(vec![CoreResponseType::Code])],
             vec![CoreSubjectIdentifierType::Public],
             algs,
-            EmptyAdditionalProviderMetadata {},
+            LogoutProviderMetadata {
+                end_session_endpoint: None,
+                additional_metadata: EmptyAdditionalProviderMetadata {},
+            },
         )
         .set_jwks(CoreJsonWebKeySet::new(vec![jwk]));
-        let oidc = Oidc::new(
+        let oidc = OpenIdConnect::new(
             IdpConfig {
                 issuer: ISSUER.to_string(),
                 client_id: CLIENT_ID.to_string(),
@@ -64,14 +68,10 @@ impl Idp {
                 groups_claim: "groups".into(),
                 assume_email_verified: false,
             },
-            Url::parse("https://auth.example/callback").unwrap(),
-            Url::parse("https://auth.example/").unwrap(),
+            &Url::parse("https://auth.example/callback").unwrap(),
+            &Url::parse("https://auth.example/").unwrap(),
         );
-        let provider = Provider {
-            metadata,
-            end_session: None,
-        };
-        let client = oidc.client(&provider).unwrap();
+        let client = oidc.client_from(metadata);
         Self { keys, client }
     }
 
@@ -312,7 +312,7 @@ fn attack_id_token_expired() {
 }
 
 /// openidconnect 4.1 does NOT check `iat`: its default `iat_verifier_fn` accepts any issue
-/// time, and `Oidc::client` does not set one. A token the IdP signed with an `iat` ten years
+/// time, and `OpenIdConnect::client_from` does not set one. A token the IdP signed with an `iat` ten years
 /// ahead (and a valid `exp`) therefore verifies. No assertion on the outcome: this only
 /// documents the behaviour and checks the call does not panic. The signature, `exp` and the
 /// single-use `nonce` still bound such a token, so this is not treated as a weakness.

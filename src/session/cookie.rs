@@ -6,7 +6,7 @@ use crate::config::CookieConfig;
 use crate::crypto::{Purpose, Sealer};
 use crate::secret::SecretString;
 
-use super::SessionId;
+use crate::core::SessionId;
 
 /// What a session cookie carries.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

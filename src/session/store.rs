@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 
-use super::{Session, SessionId};
+use crate::core::{Session, SessionId};
 
 #[derive(Debug, thiserror::Error)]
 #[error("session store unavailable: {0}")]
@@ -25,6 +25,21 @@ pub trait SessionStore: Send + Sync + 'static {
     /// How many sessions are stored, when the store can tell cheaply (for metrics).
     fn count(&self) -> Option<usize> {
         None
+    }
+}
+
+/// The one thing a decision needs from a store: the live session behind an id. Small, so
+/// that the authorizer can be tested against a fake, and generic, so that the hot path is
+/// statically dispatched when the store's type is known.
+#[async_trait]
+pub trait SessionLookup: Send + Sync + 'static {
+    async fn session(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError>;
+}
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionLookup for Arc<S> {
+    async fn session(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
+        self.get(id, now).await
     }
 }
 
@@ -91,7 +106,7 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::User;
+    use crate::core::User;
 
     fn session(now: u64, life: u64) -> Session {
         let user = User {

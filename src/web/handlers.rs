@@ -6,14 +6,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use super::WebError;
-use crate::app::{App, now};
+use crate::app::App;
+use crate::authorizer::hop_binding;
+use crate::core::{Route, Session, SessionId, authority_of};
 use crate::crypto::{constant_time_eq, random_token};
-use crate::decision::hop_binding;
 use crate::pages;
-use crate::session::{CookieJar, Session, SessionId};
+use crate::session::CookieJar;
 
 /// How long a sign-in may take at the IdP.
 const CSRF_TTL_SECS: u64 = 600;
@@ -54,12 +54,13 @@ struct SignOutContinuation {
 }
 
 /// Which of our hosts a request is for.
-enum Host {
+enum Host<'a> {
     Auth,
-    Route,
+    /// A route host, by (the first of) its routes.
+    Route(&'a Route),
 }
 
-fn host_of(app: &App, headers: &HeaderMap) -> Result<(Host, String), WebError> {
+fn host_of<'a>(app: &'a App, headers: &HeaderMap) -> Result<(Host<'a>, String), WebError> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -68,8 +69,8 @@ fn host_of(app: &App, headers: &HeaderMap) -> Result<(Host, String), WebError> {
     if host == app.auth_authority {
         return Ok((Host::Auth, host));
     }
-    match app.routes.by_authority(&host) {
-        Some(_) => Ok((Host::Route, host)),
+    match app.routes().by_authority(&host) {
+        Some(route) => Ok((Host::Route(route), host)),
         None => Err(WebError::NotFound),
     }
 }
@@ -121,21 +122,21 @@ pub async fn not_found() -> WebError {
 pub async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let cache = [
         (header::CACHE_CONTROL, "max-age=60"),
-        (header::ETAG, app.jwks_etag.as_str()),
+        (header::ETAG, app.jwks.etag.as_str()),
     ];
     let unchanged = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|tag| tag.trim() == app.jwks_etag || tag.trim() == "*");
+        .any(|tag| tag.trim() == app.jwks.etag || tag.trim() == "*");
     if unchanged {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
     (
         cache,
         [(header::CONTENT_TYPE, "application/json")],
-        app.jwks_json.clone(),
+        app.jwks.json.clone(),
     )
         .into_response()
 }
@@ -166,35 +167,37 @@ pub async fn sign_in(
     Query(q): Query<SignInQuery>,
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
-    if let Host::Route = host {
-        return route_sign_in(&app, &headers, &authority, q.rd.as_deref());
+    if let Host::Route(route) = host {
+        return route_sign_in(&app, &headers, route, &authority, q.rd.as_deref());
     }
-    let now = now();
+    let now = app.now();
     let rd = match q.rd.as_deref() {
-        Some(rd) => Some(app.routes.return_url(rd).ok_or(NOT_OURS)?.0),
+        Some(rd) => Some(app.routes().return_url(rd).ok_or(NOT_OURS)?.0),
         None => None,
     };
     let hb = q.hb.filter(|hb| is_binding(hb));
     if let (Some(rd), None) = (&rd, &hb) {
         // Not started on the route host (an API client's sign_in_url, a bookmark): let the
         // route host bind the browser first.
-        let mut url = Url::parse(&rd.origin().ascii_serialization()).map_err(|_| NOT_OURS)?;
+        let mut url = rd.clone();
         url.set_path("/.portcullis/sign_in");
-        url.query_pairs_mut().append_pair("rd", rd.as_str());
+        url.set_fragment(None);
+        url.query_pairs_mut().clear().append_pair("rd", rd.as_str());
         return Ok(Redirect::to(url.as_str()).into_response());
     }
     let rd = rd.map(String::from);
     if let Some(session) = app
+        .authorizer
         .session_from_cookie(&cookie_header(&headers), &app.auth_authority, now)
         .await?
     {
         let location = landing(&app, &session, rd.as_deref(), hb.as_deref(), now);
         return Ok(Redirect::to(&location).into_response());
     }
-    if !app.oidc.is_ready() {
+    if !app.idp.is_ready() {
         return Err(WebError::IdpNotReady);
     }
-    let start = app.oidc.start()?;
+    let start = app.idp.start()?;
     let csrf = Csrf {
         state: start.state,
         nonce: start.nonce,
@@ -205,8 +208,8 @@ pub async fn sign_in(
     };
     let sealed = app.csrf.seal(&csrf, b"csrf");
     let cookie = app
-        .cookies
-        .helper(app.cookies.csrf_name(), &sealed, CSRF_TTL_SECS);
+        .cookies()
+        .helper(app.cookies().csrf_name(), &sealed, CSRF_TTL_SECS);
     Ok(redirect_with_cookies(start.url.as_str(), &[cookie]))
 }
 
@@ -215,43 +218,32 @@ pub async fn sign_in(
 fn route_sign_in(
     app: &App,
     headers: &HeaderMap,
+    route: &Route,
     authority: &str,
     rd: Option<&str>,
 ) -> Result<Response, WebError> {
     let rd = match rd {
         Some(rd) => app
-            .routes
+            .routes()
             .return_url(rd)
-            .filter(|(u, _)| crate::config::authority_of(u) == authority)
+            .filter(|(u, _)| authority_of(u) == authority)
             .ok_or(NOT_OURS)?
             .0
             .to_string(),
-        None => {
-            let index = app
-                .routes
-                .by_authority(authority)
-                .ok_or(WebError::NotFound)?;
-            format!("{}/", app.routes.get(index).origin())
-        }
+        None => format!("{}/", route.origin()),
     };
-    let (nonce, cookie) = app.hop_nonce(&cookie_header(headers));
+    let (nonce, cookie) = app.authorizer.hop_nonce(&cookie_header(headers));
     Ok(redirect_with_cookies(
-        &app.sign_in_url(&rd, Some(&nonce)),
+        &app.authorizer.sign_in_url(&rd, Some(&nonce)),
         &[cookie],
     ))
 }
 
 /// Where a signed-in user goes next: through the hop to the route host, or to the user page.
 fn landing(app: &App, session: &Session, rd: Option<&str>, hb: Option<&str>, now: u64) -> String {
-    let user_page = || {
-        let mut url = app.auth_url.clone();
-        url.set_path("/.portcullis/");
-        url.to_string()
+    let (Some((url, route)), Some(hb)) = (rd.and_then(|rd| app.routes().return_url(rd)), hb) else {
+        return app.urls.user_page.to_string();
     };
-    let (Some((url, index)), Some(hb)) = (rd.and_then(|rd| app.routes.return_url(rd)), hb) else {
-        return user_page();
-    };
-    let route = app.routes.get(index);
     let hop = Hop {
         sid: session.id,
         rd: url.into(),
@@ -260,9 +252,7 @@ fn landing(app: &App, session: &Session, rd: Option<&str>, hb: Option<&str>, now
         jti: random_token(16),
     };
     let token = app.hop.seal(&hop, route.authority.as_bytes());
-    let Ok(mut target) = Url::parse(&route.origin()) else {
-        return user_page();
-    };
+    let mut target = route.from.clone();
     target.set_path("/.portcullis/callback");
     target.query_pairs_mut().append_pair("hop", &token);
     target.into()
@@ -284,10 +274,10 @@ pub async fn oauth2_callback(
     let (Host::Auth, _) = host_of(&app, &headers)? else {
         return Err(WebError::NotFound);
     };
-    let now = now();
+    let now = app.now();
     let cookies = cookie_header(&headers);
-    let jar = crate::session::CookieJar::new(&cookies);
-    let name = app.cookies.csrf_name();
+    let jar = CookieJar::new(&cookies);
+    let name = app.cookies().csrf_name();
     let csrf: Csrf = jar
         .get_all(name)
         .find_map(|v| app.csrf.open::<Csrf>(v, b"csrf").ok())
@@ -325,25 +315,25 @@ pub async fn oauth2_callback(
             "This sign-in answer was already used. Please open the application again.",
         ));
     }
-    let (user, id_token) = app
-        .oidc
+    let signed_in = app
+        .idp
         .finish(&code, &csrf.pkce, &csrf.nonce)
         .await
         .inspect_err(|_| {
             app.metrics.sign_in_failures.inc();
         })?;
     app.metrics.sign_ins.inc();
-    tracing::info!(user = user.display(), "signed in");
-    let session = Session::new(user, now, app.session_lifetime.as_secs());
+    tracing::info!(user = signed_in.user.display(), "signed in");
+    let session = Session::new(signed_in.user, now, app.session_lifetime.as_secs());
     let mut cookies = vec![
-        app.cookies
+        app.cookies()
             .issue(session.id, &app.auth_authority, session.expires_at, now),
-        app.cookies.helper(name, "", 0),
+        app.cookies().helper(name, "", 0),
     ];
     // The ID token is needed only for `id_token_hint` at sign-out, which starts on the auth
     // host: keep it in the browser rather than in every session record.
-    cookies.extend(app.cookies.issue_id_token(
-        &id_token,
+    cookies.extend(app.cookies().issue_id_token(
+        &signed_in.id_token,
         &app.auth_authority,
         session.expires_at,
         now,
@@ -364,10 +354,10 @@ pub async fn hop_callback(
     headers: HeaderMap,
     Query(q): Query<HopQuery>,
 ) -> Result<Response, WebError> {
-    let (Host::Route, authority) = host_of(&app, &headers)? else {
+    let (Host::Route(_), authority) = host_of(&app, &headers)? else {
         return Err(WebError::NotFound);
     };
-    let now = now();
+    let now = app.now();
     const EXPIRED: WebError = WebError::BadRequest(
         "This sign-in link has expired or was already used. Please open the application again.",
     );
@@ -382,7 +372,7 @@ pub async fn hop_callback(
     // before anything about this browser's own session changes.
     let jar_header = cookie_header(&headers);
     let bound = CookieJar::new(&jar_header)
-        .get_all(app.cookies.hop_name())
+        .get_all(app.cookies().hop_name())
         .any(|nonce| constant_time_eq(hop_binding(nonce).as_bytes(), hop.hb.as_bytes()));
     if !bound {
         tracing::warn!("refused a hop that another browser asked for");
@@ -395,15 +385,15 @@ pub async fn hop_callback(
         return Err(EXPIRED);
     }
     let (rd, _) = app
-        .routes
+        .routes()
         .return_url(&hop.rd)
-        .filter(|(u, _)| crate::config::authority_of(u) == authority)
+        .filter(|(u, _)| authority_of(u) == authority)
         .ok_or(NOT_OURS)?;
     let session = app.store.get(&hop.sid, now).await?.ok_or(EXPIRED)?;
     let cookies = [
-        app.cookies
+        app.cookies()
             .issue(session.id, &authority, session.expires_at, now),
-        app.cookies.helper(app.cookies.hop_name(), "", 0),
+        app.cookies().helper(app.cookies().hop_name(), "", 0),
     ];
     Ok(redirect_with_cookies(rd.as_str(), &cookies))
 }
@@ -425,16 +415,11 @@ fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
 }
 
 /// The public origin of one of our hosts.
-fn origin_of(app: &App, host: &Host, authority: &str) -> String {
-    let scheme = match host {
-        Host::Auth => app.auth_url.scheme(),
-        Host::Route => app
-            .routes
-            .by_authority(authority)
-            .map(|i| app.routes.get(i).from.scheme())
-            .unwrap_or("https"),
-    };
-    format!("{scheme}://{authority}")
+fn origin_of(app: &App, host: &Host<'_>) -> String {
+    match host {
+        Host::Auth => app.urls.auth.origin().ascii_serialization(),
+        Host::Route(route) => route.origin().to_string(),
+    }
 }
 
 /// `GET /.portcullis/sign_out` changes nothing (any page can make a browser GET it): it
@@ -446,7 +431,7 @@ pub async fn sign_out_page(
     Query(q): Query<SignOutQuery>,
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
-    let now = now();
+    let now = app.now();
     if let (Host::Auth, Some(t)) = (&host, q.t.as_deref()) {
         let sent = cookie_header(&headers);
         let mine = app
@@ -455,7 +440,7 @@ pub async fn sign_out_page(
             .ok()
             .filter(|c| c.exp > now)
             .is_some_and(|c| {
-                app.cookies
+                app.cookies()
                     .session_ids(&sent, &authority, now)
                     .any(|sid| sid == c.sid)
             });
@@ -463,10 +448,7 @@ pub async fn sign_out_page(
             return finish_sign_out(&app, &sent, &authority, now).await;
         }
     }
-    let action = format!(
-        "{}/.portcullis/sign_out",
-        origin_of(&app, &host, &authority)
-    );
+    let action = format!("{}/.portcullis/sign_out", origin_of(&app, &host));
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         pages::sign_out_confirm(&action),
@@ -482,20 +464,22 @@ pub async fn sign_out(
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
-    if !same_origin(&headers, &origin_of(&app, &host, &authority)) {
+    if !same_origin(&headers, &origin_of(&app, &host)) {
         tracing::warn!(host = authority, "refused a cross-site sign-out");
         return Err(WebError::Forbidden(
             "Sign-out must be started from this site's own sign-out button.",
         ));
     }
-    let now = now();
+    let now = app.now();
     let sent = cookie_header(&headers);
     match host {
         Host::Auth => finish_sign_out(&app, &sent, &authority, now).await,
-        Host::Route => {
-            let session = app.session_from_cookie(&sent, &authority, now).await?;
-            let mut next = app.auth_url.clone();
-            next.set_path("/.portcullis/sign_out");
+        Host::Route(_) => {
+            let session = app
+                .authorizer
+                .session_from_cookie(&sent, &authority, now)
+                .await?;
+            let mut next = app.urls.sign_out.clone();
             if let Some(s) = &session {
                 revoke(&app, s).await?;
                 let t = app.sign_out.seal(
@@ -507,14 +491,17 @@ pub async fn sign_out(
                 );
                 next.query_pairs_mut().append_pair("t", &t);
             }
-            Ok(redirect_with_cookies(next.as_str(), &[app.cookies.clear()]))
+            Ok(redirect_with_cookies(
+                next.as_str(),
+                &[app.cookies().clear()],
+            ))
         }
     }
 }
 
 async fn revoke(app: &App, s: &Session) -> Result<(), WebError> {
     app.store.remove(&s.id).await?;
-    app.tokens.forget_session(s.id);
+    app.tokens().forget_session(s.id);
     tracing::info!(user = s.user.display(), "signed out");
     Ok(())
 }
@@ -528,6 +515,7 @@ async fn finish_sign_out(
     now: u64,
 ) -> Result<Response, WebError> {
     if let Some(s) = app
+        .authorizer
         .session_from_cookie(sent_cookies, authority, now)
         .await?
     {
@@ -536,18 +524,14 @@ async fn finish_sign_out(
     // Sent even when the session is already gone (a route host revoked it on its way
     // here), so that the IdP's session still ends with the hint.
     let hint = CookieJar::new(sent_cookies)
-        .get_all(app.cookies.id_token_name())
-        .find_map(|v| app.cookies.open_id_token(v, authority, now));
-    let clear = [app.cookies.clear(), app.cookies.clear_id_token()];
-    let location = match app.oidc.end_session_url(hint.as_ref().map(|t| t.expose())) {
-        Some(url) => url.to_string(),
-        None => {
-            let mut url = app.auth_url.clone();
-            url.set_path("/.portcullis/signed_out");
-            url.to_string()
-        }
-    };
-    Ok(redirect_with_cookies(&location, &clear))
+        .get_all(app.cookies().id_token_name())
+        .find_map(|v| app.cookies().open_id_token(v, authority, now));
+    let clear = [app.cookies().clear(), app.cookies().clear_id_token()];
+    let location = app
+        .idp
+        .end_session_url(hint.as_ref())
+        .unwrap_or_else(|| app.urls.signed_out.clone());
+    Ok(redirect_with_cookies(location.as_str(), &clear))
 }
 
 pub async fn signed_out() -> Response {
@@ -558,15 +542,16 @@ pub async fn signed_out() -> Response {
         .into_response()
 }
 
-async fn current_session(
-    app: &App,
+async fn current_session<'a>(
+    app: &'a App,
     headers: &HeaderMap,
-) -> Result<(Option<Arc<Session>>, String), WebError> {
-    let (_, authority) = host_of(app, headers)?;
+) -> Result<(Option<Arc<Session>>, Host<'a>, String), WebError> {
+    let (host, authority) = host_of(app, headers)?;
     let s = app
-        .session_from_cookie(&cookie_header(headers), &authority, now())
+        .authorizer
+        .session_from_cookie(&cookie_header(headers), &authority, app.now())
         .await?;
-    Ok((s, authority))
+    Ok((s, host, authority))
 }
 
 /// HTML page: who am I signed in as.
@@ -574,15 +559,13 @@ pub async fn user_page(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (session, authority) = current_session(&app, &headers).await?;
+    let (session, host, authority) = current_session(&app, &headers).await?;
     let Some(s) = session else {
         // On a route host, sign in through the hop bound to this browser.
-        if app.routes.by_authority(&authority).is_some() {
-            return route_sign_in(&app, &headers, &authority, None);
+        if let Host::Route(route) = host {
+            return route_sign_in(&app, &headers, route, &authority, None);
         }
-        let mut url = app.auth_url.clone();
-        url.set_path("/.portcullis/sign_in");
-        return Ok(Redirect::to(url.as_str()).into_response());
+        return Ok(Redirect::to(app.urls.sign_in.as_str()).into_response());
     };
     let u = &s.user;
     let rows = [
@@ -593,14 +576,7 @@ pub async fn user_page(
         ("Groups", u.groups.join(", ")),
         ("Session", s.public_id()),
     ];
-    let host = match app.routes.by_authority(&authority) {
-        Some(_) => Host::Route,
-        None => Host::Auth,
-    };
-    let sign_out = format!(
-        "{}/.portcullis/sign_out",
-        origin_of(&app, &host, &authority)
-    );
+    let sign_out = format!("{}/.portcullis/sign_out", origin_of(&app, &host));
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         pages::user_info(&rows, &sign_out),
@@ -613,7 +589,7 @@ pub async fn user_json(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (session, _) = current_session(&app, &headers).await?;
+    let (session, _, _) = current_session(&app, &headers).await?;
     Ok(match session {
         Some(s) => axum::Json(serde_json::json!({
             "sub": s.user.subject,
@@ -638,35 +614,18 @@ pub async fn user_json(
 mod attack_tests {
     //! The hop and sign-out edges in process: the axum router driven with `oneshot`, with
     //! tokens sealed here so that expiry and binding can be set exactly.
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use tower::ServiceExt;
 
     use super::*;
-    use crate::config::tests::{Fixture, VALID};
-    use crate::session::{MemoryStore, SessionStore};
+    use crate::testing::{CONFIG, TestApp, user};
 
     const APP: &str = "app.localhost:8443";
 
-    async fn setup() -> (Arc<App>, Fixture, Session) {
-        let fixture = Fixture::new();
-        let app = Arc::new(App::new(
-            fixture.parse(VALID).unwrap(),
-            Arc::new(MemoryStore::default()) as Arc<dyn SessionStore>,
-        ));
-        let user = crate::identity::User {
-            subject: "bob".into(),
-            email: Some("bob@example.com".into()),
-            email_verified: true,
-            name: None,
-            preferred_username: None,
-            groups: vec![],
-        };
-        let session = Session::new(user, now(), 3600);
-        app.store.put(session.clone()).await.unwrap();
-        (app, fixture, session)
+    async fn setup() -> (TestApp, Session) {
+        let t = TestApp::new(CONFIG);
+        let session = t.session(user("bob@example.com", &[])).await;
+        (t, session)
     }
 
     fn hop(app: &App, sid: SessionId, nonce: &str, exp: u64) -> String {
@@ -681,7 +640,7 @@ mod attack_tests {
     }
 
     async fn get(
-        app: &Arc<App>,
+        t: &TestApp,
         host: &str,
         uri: &str,
         cookie: Option<&str>,
@@ -690,36 +649,30 @@ mod attack_tests {
         if let Some(c) = cookie {
             req = req.header("cookie", c);
         }
-        let response = super::super::router(app.clone())
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
+        let a = t.send(req.body(Body::empty()).unwrap()).await;
+        (a.status, a.headers, a.body)
     }
 
     #[tokio::test]
     async fn attack_hop_expired_foreign_or_replayed_is_refused() {
-        let (app, _f, session) = setup().await;
+        let (t, session) = setup().await;
+        let app = &t.app;
+        let now = || t.app.now();
         let nonce = random_token(16);
-        let cookie = format!("{}={nonce}", app.cookies.hop_name());
+        let cookie = format!("{}={nonce}", app.cookies().hop_name());
         let uri = |token: &str| format!("/.portcullis/callback?hop={token}");
 
         // Expired a second ago, with the right nonce.
-        let expired = hop(&app, session.id, &nonce, now() - 1);
-        let (status, headers, _) = get(&app, APP, &uri(&expired), Some(&cookie)).await;
+        let expired = hop(app, session.id, &nonce, now() - 1);
+        let (status, headers, _) = get(&t, APP, &uri(&expired), Some(&cookie)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(headers.get("set-cookie").is_none(), "nothing changes");
 
         // Bound to another browser's nonce, or with no nonce cookie at all.
-        let fresh = hop(&app, session.id, &nonce, now() + 60);
-        let other = format!("{}={}", app.cookies.hop_name(), random_token(16));
+        let fresh = hop(app, session.id, &nonce, now() + 60);
+        let other = format!("{}={}", app.cookies().hop_name(), random_token(16));
         for c in [Some(other.as_str()), None] {
-            let (status, headers, body) = get(&app, APP, &uri(&fresh), c).await;
+            let (status, headers, body) = get(&t, APP, &uri(&fresh), c).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{c:?}");
             assert!(body.contains("another browser"), "{body}");
             assert!(
@@ -728,11 +681,11 @@ mod attack_tests {
             );
         }
         // On another route host.
-        let (status, _, _) = get(&app, "admin.localhost:8443", &uri(&fresh), Some(&cookie)).await;
+        let (status, _, _) = get(&t, "admin.localhost:8443", &uri(&fresh), Some(&cookie)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
 
         // Control: the right browser gets its session cookie, once.
-        let (status, headers, _) = get(&app, APP, &uri(&fresh), Some(&cookie)).await;
+        let (status, headers, _) = get(&t, APP, &uri(&fresh), Some(&cookie)).await;
         assert!(status.is_redirection(), "{status}");
         let set: Vec<_> = headers
             .get_all("set-cookie")
@@ -748,31 +701,33 @@ mod attack_tests {
                 .any(|c| c.starts_with("__Host-_portcullis_hop=;")),
             "the nonce is spent: {set:?}"
         );
-        let (status, _, _) = get(&app, APP, &uri(&fresh), Some(&cookie)).await;
+        let (status, _, _) = get(&t, APP, &uri(&fresh), Some(&cookie)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "replayed");
     }
 
     #[tokio::test]
     async fn attack_sign_out_continuation_of_another_session_signs_nobody_out() {
-        let (app, _f, session) = setup().await;
+        let (t, session) = setup().await;
+        let app = &t.app;
+        let now = || t.app.now();
         let auth = app.auth_authority.clone();
         let cookie = app
-            .cookies
+            .cookies()
             .issue(session.id, &auth, session.expires_at, now());
         let cookie = cookie.split(';').next().unwrap().to_string();
         let seal = |sid: SessionId, exp: u64| {
             app.sign_out
                 .seal(&SignOutContinuation { sid, exp }, auth.as_bytes())
         };
-        for (what, t) in [
+        for (what, token) in [
             ("another session's", seal(SessionId::random(), now() + 60)),
             ("expired", seal(session.id, now() - 1)),
             ("garbage", "x".repeat(50)),
         ] {
             let (status, _, body) = get(
-                &app,
+                &t,
                 &auth,
-                &format!("/.portcullis/sign_out?t={t}"),
+                &format!("/.portcullis/sign_out?t={token}"),
                 Some(&cookie),
             )
             .await;
@@ -784,11 +739,11 @@ mod attack_tests {
             );
         }
         // Control: this session's own continuation finishes the sign-out.
-        let t = seal(session.id, now() + 60);
+        let token = seal(session.id, now() + 60);
         let (status, _, _) = get(
-            &app,
+            &t,
             &auth,
-            &format!("/.portcullis/sign_out?t={t}"),
+            &format!("/.portcullis/sign_out?t={token}"),
             Some(&cookie),
         )
         .await;

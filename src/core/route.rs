@@ -1,8 +1,114 @@
-//! The route table: which configured route a request or a return URL belongs to.
+//! Routes and the route table: which configured application a request or a return URL
+//! belongs to, decided on the path as upstreams will read it.
 
 use url::Url;
 
-use crate::config::{Route, authority_of};
+use super::cockpit::CockpitSettings;
+use super::policy::Policy;
+
+/// A route's position in its [`RouteTable`]: a small key for per-route caches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub u32);
+
+/// One protected (or public) application, as the decision sees it. Where its requests go
+/// upstream is the Envoy config's business (`config::RouteConfig`).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Set by [`RouteTable::new`].
+    pub id: RouteId,
+    pub name: String,
+    /// The public URL as configured.
+    pub from: Url,
+    /// `host[:port]` as browsers send it in `Host` (port omitted when it is the scheme's default).
+    pub authority: String,
+    /// Path prefix without a trailing slash; empty for the whole host.
+    pub path_prefix: String,
+    pub policy: Policy,
+    /// Set on Cockpit routes: single sign-on into Cockpit's PAM login.
+    pub cockpit: Option<CockpitSettings>,
+    /// Adds a `role` claim derived from groups to the identity JWT.
+    pub role: Option<RoleMapping>,
+    origin: String,
+    audience: String,
+}
+
+/// Derives a `role` claim from groups: first matching group wins, else the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleMapping {
+    pub from_groups: Vec<(String, String)>,
+    pub default: Option<String>,
+}
+
+impl RoleMapping {
+    pub fn role_for(&self, groups: &[String]) -> Option<&str> {
+        self.from_groups
+            .iter()
+            .find(|(g, _)| groups.iter().any(|ug| ug == g))
+            .map(|(_, r)| r.as_str())
+            .or(self.default.as_deref())
+    }
+}
+
+impl Route {
+    /// A route for the public URL `from` (`scheme://host[:port][/prefix]`).
+    pub fn new(name: String, from: Url, policy: Policy) -> Self {
+        let authority = authority_of(&from);
+        let path_prefix = from.path().trim_end_matches('/').to_string();
+        let origin = format!("{}://{}", from.scheme(), authority);
+        let audience = format!("{authority}{path_prefix}");
+        Self {
+            id: RouteId::default(),
+            name,
+            from,
+            authority,
+            path_prefix,
+            policy,
+            cockpit: None,
+            role: None,
+            origin,
+            audience,
+        }
+    }
+
+    /// The origin (`scheme://authority`) of the route.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The scheme browsers use for this route.
+    pub fn scheme(&self) -> &str {
+        self.from.scheme()
+    }
+
+    /// The `aud` of this route's identity JWTs: the authority, and the path prefix when
+    /// there is one, so that a token minted for `host/a` does not verify at `host/b`.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Whether `path` (which may carry a query) is under this route's prefix. Letter case
+    /// does not count: upstreams on case-insensitive file systems or frameworks would serve
+    /// `/ADMIN` as `/admin`, so it must be decided as `/admin`.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let prefix = self.path_prefix.as_bytes();
+        if prefix.is_empty() {
+            return true;
+        }
+        let path = path.as_bytes();
+        path.len() >= prefix.len()
+            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && matches!(path.get(prefix.len()), None | Some(b'/' | b'?'))
+    }
+}
+
+/// `host[:port]` of a URL, port omitted when it is the scheme's default.
+pub fn authority_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
 
 /// Routes, most specific prefix first.
 #[derive(Debug)]
@@ -11,16 +117,26 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    /// The table of `routes`, sorted longest prefix first so that the first match is the
+    /// most specific, each given its [`RouteId`].
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.id = RouteId(u32::try_from(i).unwrap_or(u32::MAX));
+        }
         Self { routes }
-    }
-
-    pub fn get(&self, index: usize) -> &Route {
-        &self.routes[index]
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// The route for a request. Envoy names the route in `context_extensions` (`hint`);
@@ -36,41 +152,41 @@ impl RouteTable {
         scheme: &str,
         authority: &str,
         path: &str,
-    ) -> Result<usize, NoRoute> {
+    ) -> Result<&Route, NoRoute> {
         let authority = authority.to_ascii_lowercase();
-        let on_host = |r: &Route| r.authority == authority && r.from.scheme() == scheme;
-        let index = match hint {
+        let on_host = |r: &Route| r.authority == authority && r.scheme() == scheme;
+        let route = match hint {
             Some(name) => self
                 .routes
                 .iter()
-                .position(|r| r.name == name && on_host(r) && r.matches_path(path)),
+                .find(|r| r.name == name && on_host(r) && r.matches_path(path)),
             None => self
                 .routes
                 .iter()
-                .position(|r| on_host(r) && r.matches_path(path)),
+                .find(|r| on_host(r) && r.matches_path(path)),
         }
         .ok_or(NoRoute::Unknown)?;
         let canonical = canonical_path(path);
         let read_as = self
             .routes
             .iter()
-            .position(|r| on_host(r) && r.matches_path(&canonical));
-        if read_as != Some(index) {
+            .find(|r| on_host(r) && r.matches_path(&canonical));
+        if read_as.map(|r| r.id) != Some(route.id) {
             return Err(NoRoute::Ambiguous);
         }
-        Ok(index)
+        Ok(route)
     }
 
     /// The first route served on `authority` (for host-level pages like sign-out).
-    pub fn by_authority(&self, authority: &str) -> Option<usize> {
+    pub fn by_authority(&self, authority: &str) -> Option<&Route> {
         let authority = authority.to_ascii_lowercase();
-        self.routes.iter().position(|r| r.authority == authority)
+        self.routes.iter().find(|r| r.authority == authority)
     }
 
     /// Validates a return URL: it must be an absolute http(s) URL without credentials
-    /// that falls under a configured route. Returns the parsed URL and the route index.
+    /// that falls under a configured route. Returns the parsed URL and its route.
     /// Anything else (relative, scheme-relative, other hosts, look-alike hosts) is refused.
-    pub fn return_url(&self, raw: &str) -> Option<(Url, usize)> {
+    pub fn return_url(&self, raw: &str) -> Option<(Url, &Route)> {
         if raw.len() > 4096 || raw.chars().any(|c| c.is_control() || c == '\\') {
             return None;
         }
@@ -83,10 +199,10 @@ impl RouteTable {
             return None;
         }
         let authority = authority_of(&url);
-        let index = self
+        let route = self
             .select(None, url.scheme(), &authority, url.path())
             .ok()?;
-        Some((url, index))
+        Some((url, route))
     }
 }
 
@@ -146,22 +262,24 @@ pub fn canonical_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Route;
-    use crate::policy::Policy;
 
     fn route(name: &str, from: &str) -> Route {
-        let from = Url::parse(from).unwrap();
-        Route {
-            name: name.into(),
-            authority: authority_of(&from),
-            path_prefix: from.path().trim_end_matches('/').to_string(),
-            from,
-            to: Url::parse("http://127.0.0.1:1").unwrap(),
-            policy: Policy::AnyAuthenticatedUser,
-            cockpit: None,
-            role: None,
-            tls: Default::default(),
-        }
+        Route::new(
+            name.into(),
+            Url::parse(from).unwrap(),
+            Policy::AnyAuthenticatedUser,
+        )
+    }
+
+    /// The selected route's position in the table (`sub`, `app`, `apps`).
+    fn sel(
+        t: &RouteTable,
+        hint: Option<&str>,
+        scheme: &str,
+        authority: &str,
+        path: &str,
+    ) -> Result<u32, NoRoute> {
+        t.select(hint, scheme, authority, path).map(|r| r.id.0)
     }
 
     fn table() -> RouteTable {
@@ -175,39 +293,39 @@ mod tests {
     #[test]
     fn select_by_host_prefix_and_hint() {
         let t = table();
-        assert_eq!(t.select(None, "https", "app.localhost:8443", "/x"), Ok(1));
-        assert_eq!(t.select(None, "https", "APP.localhost:8443", "/x"), Ok(1));
+        assert_eq!(sel(&t, None, "https", "app.localhost:8443", "/x"), Ok(1));
+        assert_eq!(sel(&t, None, "https", "APP.localhost:8443", "/x"), Ok(1));
         assert_eq!(
-            t.select(None, "https", "apps.localhost:8443", "/admin/x"),
+            sel(&t, None, "https", "apps.localhost:8443", "/admin/x"),
             Ok(0)
         );
         assert_eq!(
-            t.select(None, "https", "apps.localhost:8443", "/admin"),
+            sel(&t, None, "https", "apps.localhost:8443", "/admin"),
             Ok(0)
         );
         assert_eq!(
-            t.select(None, "https", "apps.localhost:8443", "/administrator"),
+            sel(&t, None, "https", "apps.localhost:8443", "/administrator"),
             Ok(2)
         );
         assert_eq!(
-            t.select(None, "http", "app.localhost:8443", "/"),
+            sel(&t, None, "http", "app.localhost:8443", "/"),
             Err(NoRoute::Unknown)
         );
         assert_eq!(
-            t.select(None, "https", "app.localhost", "/"),
+            sel(&t, None, "https", "app.localhost", "/"),
             Err(NoRoute::Unknown)
         );
         assert_eq!(
-            t.select(Some("app"), "https", "app.localhost:8443", "/"),
+            sel(&t, Some("app"), "https", "app.localhost:8443", "/"),
             Ok(1)
         );
         // A hint naming a route on another host is a misconfiguration: fail closed.
         assert_eq!(
-            t.select(Some("app"), "https", "apps.localhost:8443", "/"),
+            sel(&t, Some("app"), "https", "apps.localhost:8443", "/"),
             Err(NoRoute::Unknown)
         );
         assert_eq!(
-            t.select(Some("nope"), "https", "app.localhost:8443", "/"),
+            sel(&t, Some("nope"), "https", "app.localhost:8443", "/"),
             Err(NoRoute::Unknown)
         );
     }
@@ -217,12 +335,12 @@ mod tests {
         let t = table();
         assert_eq!(
             t.return_url("https://app.localhost:8443/a?b=c")
-                .map(|x| x.1),
+                .map(|x| x.1.id.0),
             Some(1)
         );
         assert_eq!(
             t.return_url("https://apps.localhost:8443/admin/")
-                .map(|x| x.1),
+                .map(|x| x.1.id.0),
             Some(0)
         );
         for bad in [
@@ -289,12 +407,12 @@ mod tests {
             "/admin;x",
         ] {
             assert_eq!(
-                t.select(Some("apps"), "https", host, path),
+                sel(&t, Some("apps"), "https", host, path),
                 Err(NoRoute::Ambiguous),
                 "{path}"
             );
             assert_eq!(
-                t.select(None, "https", host, path),
+                sel(&t, None, "https", host, path),
                 Err(NoRoute::Ambiguous),
                 "{path}"
             );
@@ -305,11 +423,11 @@ mod tests {
         }
         // Letter case: the protected route decides, whichever route Envoy named.
         for path in ["/ADMIN/x", "/Admin", "/aDmIn?x=1"] {
-            assert_eq!(t.select(None, "https", host, path), Ok(0), "{path}");
-            assert_eq!(t.select(Some("sub"), "https", host, path), Ok(0), "{path}");
+            assert_eq!(sel(&t, None, "https", host, path), Ok(0), "{path}");
+            assert_eq!(sel(&t, Some("sub"), "https", host, path), Ok(0), "{path}");
             // Envoy named the lenient route for a path the strict one serves: fail closed.
             assert_eq!(
-                t.select(Some("apps"), "https", host, path),
+                sel(&t, Some("apps"), "https", host, path),
                 Err(NoRoute::Ambiguous),
                 "{path}"
             );
@@ -322,7 +440,7 @@ mod tests {
             ("/admin/a;b", Ok(0)),
             ("/administrator;x", Ok(2)),
         ] {
-            assert_eq!(t.select(None, "https", host, path), want, "{path}");
+            assert_eq!(sel(&t, None, "https", host, path), want, "{path}");
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::identity::User;
+use super::user::User;
 
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +26,35 @@ pub struct AllowList {
 
 /// The outcome of a policy for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
+pub enum Verdict<'a> {
+    /// Allowed, and by which rule (for the audit line and `policy explain`).
+    Allow(Reason<'a>),
     /// No (valid) session: the user must sign in first.
     SignInRequired,
     /// Signed in, but this user is not allowed here.
     Forbidden,
+}
+
+/// The rule of a policy that allowed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'a> {
+    Public,
+    AnyAuthenticatedUser,
+    Group(&'a str),
+    Email(&'a str),
+    Domain(&'a str),
+}
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Public => f.write_str("public"),
+            Reason::AnyAuthenticatedUser => f.write_str("any_authenticated_user"),
+            Reason::Group(g) => write!(f, "groups: {g}"),
+            Reason::Email(e) => write!(f, "emails: {e}"),
+            Reason::Domain(d) => write!(f, "domains: {d}"),
+        }
+    }
 }
 
 impl Policy {
@@ -49,38 +72,32 @@ impl Policy {
         })
     }
 
-    pub fn evaluate(&self, user: Option<&User>) -> Verdict {
+    pub fn evaluate<'a>(&'a self, user: Option<&User>) -> Verdict<'a> {
         match (self, user) {
-            (Policy::Public, _) => Verdict::Allow,
+            (Policy::Public, _) => Verdict::Allow(Reason::Public),
             (_, None) => Verdict::SignInRequired,
-            (Policy::AnyAuthenticatedUser, Some(_)) => Verdict::Allow,
-            (Policy::Allow(list), Some(user)) => {
-                if list.permits(user) {
-                    Verdict::Allow
-                } else {
-                    Verdict::Forbidden
-                }
-            }
+            (Policy::AnyAuthenticatedUser, Some(_)) => Verdict::Allow(Reason::AnyAuthenticatedUser),
+            (Policy::Allow(list), Some(user)) => match list.permits(user) {
+                Some(reason) => Verdict::Allow(reason),
+                None => Verdict::Forbidden,
+            },
         }
     }
 }
 
 impl AllowList {
-    fn permits(&self, user: &User) -> bool {
-        if user.groups.iter().any(|g| self.groups.contains(g)) {
-            return true;
+    /// The entry that lets `user` in, if any: groups first, then the verified email, then
+    /// its domain.
+    fn permits(&self, user: &User) -> Option<Reason<'_>> {
+        if let Some(g) = user.groups.iter().find_map(|g| self.groups.get(g)) {
+            return Some(Reason::Group(g));
         }
-        let Some(email) = user.verified_email() else {
-            return false;
-        };
-        let email = email.to_ascii_lowercase();
-        if self.emails.contains(&email) {
-            return true;
+        let email = user.verified_email()?.to_ascii_lowercase();
+        if let Some(e) = self.emails.get(&email) {
+            return Some(Reason::Email(e));
         }
-        match email.rsplit_once('@') {
-            Some((_, domain)) => self.domains.contains(domain),
-            None => false,
-        }
+        let (_, domain) = email.rsplit_once('@')?;
+        self.domains.get(domain).map(|d| Reason::Domain(d))
     }
 }
 
@@ -102,14 +119,17 @@ mod tests {
     #[test]
     fn public_and_any() {
         let u = user("a@x.com", None, &[]);
-        assert_eq!(Policy::Public.evaluate(None), Verdict::Allow);
+        assert_eq!(
+            Policy::Public.evaluate(None),
+            Verdict::Allow(Reason::Public)
+        );
         assert_eq!(
             Policy::AnyAuthenticatedUser.evaluate(None),
             Verdict::SignInRequired
         );
         assert_eq!(
             Policy::AnyAuthenticatedUser.evaluate(Some(&u)),
-            Verdict::Allow
+            Verdict::Allow(Reason::AnyAuthenticatedUser)
         );
     }
 
@@ -123,11 +143,11 @@ mod tests {
         assert_eq!(p.evaluate(None), Verdict::SignInRequired);
         assert_eq!(
             p.evaluate(Some(&user("alice@example.COM", Some(true), &[]))),
-            Verdict::Allow
+            Verdict::Allow(Reason::Email("alice@example.com"))
         );
         assert_eq!(
             p.evaluate(Some(&user("x@corp.example", Some(true), &[]))),
-            Verdict::Allow
+            Verdict::Allow(Reason::Domain("corp.example"))
         );
         // An email the IdP did not say is verified proves nothing either.
         assert_eq!(
@@ -144,7 +164,7 @@ mod tests {
         );
         assert_eq!(
             p.evaluate(Some(&user("bob@example.com", None, &["admins"]))),
-            Verdict::Allow
+            Verdict::Allow(Reason::Group("admins"))
         );
         assert_eq!(
             p.evaluate(Some(&user("bob@example.com", None, &["Admins"]))),

@@ -1,0 +1,409 @@
+//! The work around the decision, shared by every edge that asks "may this request pass?"
+//! (Envoy's ext_authz; a forward-auth endpoint can use the same): find the route and the
+//! session, ask [`decide`], then turn the outcome into header edits for the upstream or a
+//! response for the client. The session lookup, the token source and the clock are traits,
+//! so tests drive it with fakes, the way linkerd's policy server is generic over its index.
+
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::cockpit::TokenTooLong;
+use crate::core::decision::{CockpitStep, wants_html};
+use crate::core::{
+    Clock, Grant, Outcome, OutcomeKind, Refusal, Request, Route, RouteTable, Session, decide,
+};
+use crate::crypto::{random_token, sha256_b64};
+use crate::pages;
+use crate::session::{CookieCodec, CookieJar, SessionLookup, StoreError};
+
+/// How long a hop nonce cookie lives: as long as a sign-in may take.
+pub const HOP_NONCE_TTL_SECS: u64 = 600;
+/// A hop nonce is 16 random bytes in base64url.
+const HOP_NONCE_LEN: usize = 22;
+
+/// The tokens an allowed request carries upstream.
+pub trait TokenSource: Send + Sync + 'static {
+    /// The identity JWT for `session` on `route`.
+    fn identity_token(&self, session: &Session, route: &Route, now: u64) -> Arc<str>;
+    /// The `Authorization` value that logs `account` in to Cockpit on `route`.
+    fn cockpit_credential(
+        &self,
+        account: &str,
+        route: &Route,
+        now: u64,
+    ) -> Result<String, TokenTooLong>;
+}
+
+/// Finds the route and session of a request, decides, and renders the result.
+pub struct Authorizer<L, T, C> {
+    routes: RouteTable,
+    cookies: Arc<CookieCodec>,
+    /// Lowercase, as Envoy presents header names.
+    identity_header: String,
+    /// The auth host's `/.portcullis/sign_in`.
+    sign_in: Url,
+    lookup: L,
+    tokens: T,
+    clock: C,
+}
+
+/// What to do with one request, and the kind of outcome (for metrics and logs).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub kind: OutcomeKind,
+    pub action: Action,
+}
+
+/// What the proxy should do with the request. Its `Debug` shows header names and statuses
+/// only: the values are identity JWTs, credentials and cookies, which no log may contain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Forward upstream after applying these header edits.
+    Forward(HeaderEdits),
+    /// Answer the client directly.
+    Respond(Response),
+}
+
+/// Header edits on an allowed request.
+#[derive(Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Set, replacing any value the client sent.
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// A response to send to the client instead of forwarding.
+#[derive(PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl std::fmt::Debug for HeaderEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<&str> = self.set.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HeaderEdits")
+            .field("set", &set)
+            .field("remove", &self.remove)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| *k).collect();
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// Why a request is answered instead of forwarded: a refusal of the decision, or a failure
+/// of the work around it. Each becomes a response in exactly one place, [`Authorizer::respond`].
+#[derive(Debug)]
+enum Denial<'a> {
+    Refused(Refusal<'a>),
+    Store(StoreError),
+    CockpitToken(TokenTooLong),
+}
+
+impl Denial<'_> {
+    fn kind(&self) -> OutcomeKind {
+        match self {
+            Denial::Refused(r) => r.kind(),
+            Denial::Store(_) => OutcomeKind::StoreUnavailable,
+            Denial::CockpitToken(_) => OutcomeKind::CockpitTokenTooLong,
+        }
+    }
+}
+
+impl<L, T, C> Authorizer<L, T, C> {
+    /// An authorizer over `routes`. `sign_in` is the auth host's sign-in URL.
+    pub fn new(
+        routes: RouteTable,
+        cookies: Arc<CookieCodec>,
+        identity_header: &str,
+        sign_in: Url,
+        lookup: L,
+        tokens: T,
+        clock: C,
+    ) -> Self {
+        Self {
+            routes,
+            cookies,
+            identity_header: identity_header.to_ascii_lowercase(),
+            sign_in,
+            lookup,
+            tokens,
+            clock,
+        }
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    pub fn cookies(&self) -> &CookieCodec {
+        &self.cookies
+    }
+
+    pub fn tokens(&self) -> &T {
+        &self.tokens
+    }
+
+    /// The sign-in link on the auth host for `return_url`. With the route host's hop nonce,
+    /// its hash goes along (`hb`) to be sealed into the hop; without one (API clients), the
+    /// auth host first sends the browser to the route host to get one.
+    pub fn sign_in_url(&self, return_url: &str, hop_nonce: Option<&str>) -> String {
+        let mut url = self.sign_in.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("rd", return_url);
+            if let Some(nonce) = hop_nonce {
+                q.append_pair("hb", &hop_binding(nonce));
+            }
+        }
+        url.into()
+    }
+
+    /// The hop nonce this browser holds on a route host (reused, so that two tabs signing in
+    /// at once do not void each other's hop), else a new one, and the `Set-Cookie` value that
+    /// (re)sets it. Host-only with `__Host-`: no other host can plant or read it.
+    pub fn hop_nonce(&self, cookie_header: &str) -> (String, String) {
+        let nonce = CookieJar::new(cookie_header)
+            .get_all(self.cookies.hop_name())
+            .find(|v| {
+                v.len() == HOP_NONCE_LEN
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| random_token(16));
+        let cookie = self
+            .cookies
+            .helper(self.cookies.hop_name(), &nonce, HOP_NONCE_TTL_SECS);
+        (nonce, cookie)
+    }
+}
+
+impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
+    /// Decides one request.
+    pub async fn check(&self, req: &Request<'_>) -> Decision {
+        let now = self.clock.now();
+        let route = match self
+            .routes
+            .select(req.route_hint, req.scheme, req.authority, req.path)
+        {
+            Ok(route) => route,
+            Err(e) => return self.deny(Denial::Refused(e.into()), req),
+        };
+        let cookie_header = req.header("cookie").unwrap_or("");
+        let session = match self
+            .session_from_cookie(cookie_header, &route.authority, now)
+            .await
+        {
+            Ok(session) => session,
+            Err(e) => return self.deny(Denial::Store(e), req),
+        };
+        match decide(route, session.as_deref(), req, now) {
+            Outcome::Allow(grant) => match self.forward_edits(&grant, cookie_header, now) {
+                Ok(edits) => Decision {
+                    kind: OutcomeKind::Allow,
+                    action: Action::Forward(edits),
+                },
+                Err(e) => self.deny(Denial::CockpitToken(e), req),
+            },
+            Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req),
+        }
+    }
+
+    /// The live session a `Cookie` header points at for `authority`, if any. A tampered,
+    /// foreign, expired or revoked cookie is simply no session.
+    pub async fn session_from_cookie(
+        &self,
+        cookie_header: &str,
+        authority: &str,
+        now: u64,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        for sid in self.cookies.session_ids(cookie_header, authority, now) {
+            if let Some(session) = self.lookup.session(&sid, now).await? {
+                return Ok(Some(session));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What an allowed request carries upstream: the identity JWT (or, with no session, no
+    /// identity at all, whatever the client sent), Cockpit's credentials on its login
+    /// request only, and none of our cookies.
+    fn forward_edits(
+        &self,
+        grant: &Grant<'_>,
+        cookie_header: &str,
+        now: u64,
+    ) -> Result<HeaderEdits, TokenTooLong> {
+        let mut edits = HeaderEdits::default();
+        match grant.session {
+            Some(s) => {
+                let token = self.tokens.identity_token(s, grant.route, now);
+                edits
+                    .set
+                    .push((self.identity_header.clone(), token.to_string()));
+            }
+            // Never let a client-supplied identity header through.
+            None => edits.remove.push(self.identity_header.clone()),
+        }
+        match &grant.cockpit {
+            CockpitStep::None => {}
+            CockpitStep::LogIn { account } => {
+                let basic = self.tokens.cockpit_credential(account, grant.route, now)?;
+                edits.set.push(("authorization".into(), basic));
+            }
+            CockpitStep::StripCredentials => edits.remove.push("authorization".into()),
+        }
+        // A cheap substring test first: most upstream requests carry our cookie, but the
+        // exact parse only runs when the name appears at all. Our cookies never reach an
+        // upstream, on any route, public ones included.
+        if self.cookies.may_contain_ours(cookie_header) {
+            match self.cookies.strip(cookie_header) {
+                Some(rest) => edits.set.push(("cookie".into(), rest)),
+                None => edits.remove.push("cookie".into()),
+            }
+        }
+        Ok(edits)
+    }
+
+    fn deny(&self, denial: Denial<'_>, req: &Request<'_>) -> Decision {
+        Decision {
+            kind: denial.kind(),
+            action: Action::Respond(self.respond(&denial, req)),
+        }
+    }
+
+    /// The one place a denial becomes a client response.
+    fn respond(&self, denial: &Denial<'_>, req: &Request<'_>) -> Response {
+        let html = wants_html(req);
+        let path = crate::core::decision::path_only(req.path);
+        match denial {
+            Denial::Refused(Refusal::NoRoute) => {
+                tracing::warn!(
+                    host = req.authority,
+                    path,
+                    "refused: no route (check the Envoy config's context_extensions)"
+                );
+                Response::text(404, "no route is configured for this URL\n")
+            }
+            Denial::Refused(Refusal::AmbiguousPath) => {
+                tracing::info!(
+                    host = req.authority,
+                    path,
+                    "refused: a path upstreams would read as another route's"
+                );
+                Response::text(
+                    400,
+                    "this path is not accepted: remove ';' parameters and trailing dots or spaces from its segments\n",
+                )
+            }
+            Denial::Refused(Refusal::SignInRequired { route }) => {
+                let return_url = format!("{}{}", route.origin(), req.path);
+                if html {
+                    // Bind the hop that will bring the session here to this browser.
+                    let (nonce, cookie) = self.hop_nonce(req.header("cookie").unwrap_or(""));
+                    let mut r = Response::redirect(self.sign_in_url(&return_url, Some(&nonce)));
+                    r.headers.push(("set-cookie", cookie));
+                    r
+                } else {
+                    let sign_in = self.sign_in_url(&return_url, None);
+                    Response::json(
+                        401,
+                        serde_json::json!({"error": "unauthenticated", "sign_in_url": sign_in}),
+                    )
+                }
+            }
+            Denial::Refused(
+                Refusal::Forbidden { route, user } | Refusal::NoLocalAccount { route, user },
+            ) => {
+                let why = match denial {
+                    Denial::Refused(Refusal::NoLocalAccount { .. }) => {
+                        "no local account on this Cockpit route"
+                    }
+                    _ => "not allowed by the route's policy",
+                };
+                tracing::info!(user = user.display(), route = route.name, why, "refused");
+                if html {
+                    let sign_out = format!("{}/.portcullis/sign_out", route.origin());
+                    Response::html(403, pages::forbidden(user.display(), &sign_out))
+                } else {
+                    Response::json(
+                        403,
+                        serde_json::json!({"error": "forbidden", "user": user.display()}),
+                    )
+                }
+            }
+            Denial::CockpitToken(e) => {
+                tracing::error!(error = %e, "cannot sign in to Cockpit");
+                Response::text(
+                    500,
+                    &format!("portcullis cannot sign you in to Cockpit: {e}\n"),
+                )
+            }
+            Denial::Store(e) => {
+                tracing::error!(error = %e, "session store failed; refusing");
+                Response::text(503, "authorization temporarily unavailable\n")
+            }
+        }
+    }
+}
+
+/// What a hop carries to prove which browser started the sign-in: the nonce's hash, so the
+/// nonce itself only ever travels in the route host's cookie.
+pub fn hop_binding(nonce: &str) -> String {
+    sha256_b64(nonce.as_bytes())
+}
+
+impl Response {
+    pub fn redirect(location: String) -> Self {
+        Self {
+            status: 302,
+            headers: vec![("location", location), ("cache-control", "no-store".into())],
+            body: String::new(),
+        }
+    }
+
+    pub fn html(status: u16, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![
+                ("content-type", "text/html; charset=utf-8".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body,
+        }
+    }
+
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn text(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".into())],
+            body: body.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

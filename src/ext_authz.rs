@@ -1,0 +1,134 @@
+//! The gRPC edge: Envoy's `envoy.service.auth.v3.Authorization/Check`. Converts the
+//! `CheckRequest` into a [`Request`] and the [`Action`] back into a `CheckResponse`, with
+//! plain functions so both conversions are tested without a server. Malformed requests are
+//! `INVALID_ARGUMENT`, which Envoy (with `failure_mode_allow: false`) turns into its
+//! `status_on_error`: the door stays shut.
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use tonic::{Response, Status};
+
+use crate::app::App;
+use crate::authorizer::Action;
+use crate::core::Request;
+use crate::core::decision::path_only;
+
+pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
+/// The ext_authz service.
+pub struct AuthzService {
+    app: Arc<App>,
+}
+
+impl AuthzService {
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let started = std::time::Instant::now();
+        let request = request.into_inner();
+        let req = to_request(&request)?;
+        let decision = self.app.authorizer.check(&req).await;
+        // The query is left out (apps put their own tokens there) and the action prints
+        // header names only: no log line carries a token, credential or cookie value.
+        tracing::debug!(
+            host = req.authority,
+            path = path_only(req.path),
+            outcome = decision.kind.as_str(),
+            action = ?decision.action,
+            "check"
+        );
+        self.app
+            .metrics
+            .observe_check(decision.kind, started.elapsed());
+        Ok(Response::new(to_check_response(decision.action)))
+    }
+}
+
+/// Reads the request out of Envoy's `CheckRequest`; what is missing is the caller's error.
+pub fn to_request(request: &CheckRequest) -> Result<Request<'_>, Status> {
+    let attributes = request
+        .attributes
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("missing attributes"))?;
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .ok_or_else(|| Status::invalid_argument("missing attributes.request.http"))?;
+    if http.host.is_empty() || http.path.is_empty() {
+        return Err(Status::invalid_argument("missing host or path"));
+    }
+    Ok(Request {
+        method: &http.method,
+        scheme: if http.scheme.is_empty() {
+            "https"
+        } else {
+            &http.scheme
+        },
+        authority: &http.host,
+        path: &http.path,
+        headers: &http.headers,
+        route_hint: attributes
+            .context_extensions
+            .get("route")
+            .map(String::as_str),
+    })
+}
+
+/// Converts an action into Envoy's answer.
+pub fn to_check_response(action: Action) -> CheckResponse {
+    let mut response = CheckResponse::new();
+    match action {
+        Action::Forward(edits) => {
+            let mut ok = OkHttpResponseBuilder::new();
+            for (name, value) in edits.set {
+                ok.add_header(
+                    name,
+                    value,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+            }
+            for name in edits.remove {
+                ok.remove_header(name);
+            }
+            response.set_status(Status::ok("")).set_http_response(ok);
+        }
+        Action::Respond(r) => {
+            let mut denied = DeniedHttpResponseBuilder::new();
+            denied.set_http_status(
+                HttpStatusCode::try_from(i32::from(r.status)).unwrap_or(HttpStatusCode::Forbidden),
+            );
+            for (name, value) in r.headers {
+                denied.add_header(
+                    name,
+                    value,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+            }
+            denied.set_body(r.body);
+            response
+                .set_status(Status::permission_denied(""))
+                .set_http_response(denied);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;

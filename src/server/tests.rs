@@ -1,0 +1,130 @@
+//! The `bind`/`serve` seam: real sockets on port 0, an app with a fake IdP, and a shutdown
+//! future the test resolves.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+use super::*;
+use crate::testing::{CONFIG, TestApp};
+
+fn port_zero() -> ServerConfig {
+    let any = "127.0.0.1:0".parse().unwrap();
+    ServerConfig {
+        grpc_address: any,
+        http_address: any,
+        jwks_address: Some(any),
+        metrics_address: Some(any),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+fn check_request(host: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    scheme: "https".into(),
+                    host: host.into(),
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn every_listener_serves_until_shutdown_and_the_ready_file_names_them() {
+    let t = TestApp::new(CONFIG);
+    let listeners = bind(&port_zero()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-ready-{}",
+        crate::crypto::random_token(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ready = dir.join("ready.json");
+    listeners.write_ready_file(&ready).unwrap();
+    let addrs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let addr = |k: &str| addrs[k].as_str().unwrap().to_string();
+    assert!(!dir.join("ready.tmp").exists(), "written by rename");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        t.app.clone(),
+        listeners,
+        Duration::from_secs(5),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(get(format!("http://{}/healthz", addr("http"))).await, "ok");
+    let jwks = get(format!(
+        "http://{}/.well-known/portcullis/jwks.json",
+        addr("jwks")
+    ))
+    .await;
+    assert!(jwks.contains("\"ES256\""), "{jwks}");
+    let mut grpc = AuthorizationClient::connect(format!("http://{}", addr("grpc")))
+        .await
+        .unwrap();
+    let answer = grpc
+        .check(check_request("admin.localhost:8443"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        answer.http_response,
+        Some(HttpResponse::DeniedResponse(ref d)) if d.status.as_ref().map(|s| s.code) == Some(401)
+    ));
+    let metrics = get(format!("http://{}/metrics", addr("metrics"))).await;
+    assert!(
+        metrics.contains(r#"portcullis_check_decisions_total{outcome="sign_in_required"} 1"#),
+        "{metrics}"
+    );
+    // The metrics listener serves metrics only, not the sign-in pages.
+    let page = http
+        .get(format!("http://{}/.portcullis/sign_in", addr("metrics")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::NOT_FOUND);
+
+    drop(grpc);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once shut down")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr("http")).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_address_is_named_in_the_bind_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = port_zero();
+    config.http_address = taken.local_addr().unwrap();
+    let e = bind(&config).await.err().unwrap();
+    assert!(
+        e.to_string().starts_with("server.http_address 127.0.0.1:"),
+        "{e}"
+    );
+}

@@ -1,0 +1,403 @@
+//! The HTTP edge in process: the axum router driven with `oneshot` through sign-in,
+//! callback, hop and sign-out, with a fake IdP and a clock that moves when told. What only
+//! Envoy, the real IdP and a real browser can show stays in `tests/`.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+
+use crate::authorizer::Action;
+use crate::core::{Clock, OutcomeKind, Request};
+use crate::testing::{CONFIG, FAKE_IDP_AUTHORIZE, TestApp, TestBrowser, user};
+
+const AUTH: &str = "https://auth.localhost:8443";
+const APP: &str = "https://app.localhost:8443";
+const ADMIN: &str = "https://admin.localhost:8443";
+const APP_HOST: &str = "app.localhost:8443";
+const ADMIN_HOST: &str = "admin.localhost:8443";
+const AUTH_HOST: &str = "auth.localhost:8443";
+
+/// What the authorizer says of a GET to `host` with this browser's cookies.
+async fn check(t: &TestApp, b: &TestBrowser<'_>, host: &str) -> OutcomeKind {
+    let headers: HashMap<String, String> = [("cookie".to_string(), b.cookie_header(host))].into();
+    let req = Request {
+        method: "GET",
+        scheme: "https",
+        authority: host,
+        path: "/",
+        headers: &headers,
+        route_hint: None,
+    };
+    let d = t.app.authorizer.check(&req).await;
+    if d.kind == OutcomeKind::Allow {
+        assert!(matches!(d.action, Action::Forward(_)));
+    }
+    d.kind
+}
+
+#[tokio::test]
+async fn a_sign_in_gives_each_host_its_own_cookie_and_sso_skips_the_idp() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let last = b
+        .sign_in(
+            &format!("{APP}/a?b=1"),
+            user("alice@example.com", &["admins"]),
+        )
+        .await;
+    assert_eq!(last.status, StatusCode::SEE_OTHER);
+    assert_eq!(last.location(), Some(&*format!("{APP}/a?b=1")));
+    assert!(b.has_session(APP_HOST).await && b.has_session(AUTH_HOST).await);
+    assert!(!b.has_session(ADMIN_HOST).await);
+    // The nonce that bound the hop is spent.
+    assert_eq!(b.cookie(APP_HOST, "__Host-_portcullis_hop"), None);
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::Allow);
+    assert_eq!(check(&t, &b, ADMIN_HOST).await, OutcomeKind::SignInRequired);
+
+    // Single sign-on: the auth host's session hops straight to admin, no IdP round trip.
+    let to_auth = b
+        .get(&format!("{ADMIN}/.portcullis/sign_in?rd={ADMIN}/"))
+        .await;
+    let hop = b.get(to_auth.location().unwrap()).await;
+    let hop_url = hop.location().unwrap().to_string();
+    assert!(
+        hop_url.starts_with(&format!("{ADMIN}/.portcullis/callback?hop=")),
+        "{hop_url}"
+    );
+    let landed = b.get(&hop_url).await;
+    assert_eq!(landed.location(), Some(&*format!("{ADMIN}/")));
+    assert_eq!(check(&t, &b, ADMIN_HOST).await, OutcomeKind::Allow);
+    assert_eq!(t.idp.finishes(), 1, "one code exchange for two hosts");
+
+    // The session ends when its lifetime does: the clock moves, nobody sleeps.
+    t.clock.advance(3600);
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::SignInRequired);
+}
+
+#[tokio::test]
+async fn the_idp_gets_state_nonce_and_pkce_and_the_callback_checks_them() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let to_auth = b.get(&format!("{APP}/.portcullis/sign_in?rd={APP}/")).await;
+    let to_idp = b.get(to_auth.location().unwrap()).await;
+    let authorize = to_idp.location().unwrap().to_string();
+    assert!(authorize.starts_with(FAKE_IDP_AUTHORIZE), "{authorize}");
+    for p in [
+        "state=",
+        "nonce=",
+        "code_challenge=",
+        "code_challenge_method=S256",
+    ] {
+        assert!(authorize.contains(p), "{p} in {authorize}");
+    }
+    let csrf = b
+        .cookie(AUTH_HOST, "__Host-_portcullis_csrf")
+        .unwrap()
+        .to_string();
+    let callback = t.app.urls.oauth2_callback.to_string();
+    let back = t
+        .idp
+        .sign_in(&authorize, &callback, user("alice@example.com", &[]));
+    let (code, state) = {
+        let u = url::Url::parse(&back).unwrap();
+        let q: HashMap<_, _> = u.query_pairs().into_owned().collect();
+        (q["code"].clone(), q["state"].clone())
+    };
+    let cb = |code: &str, state: &str| {
+        format!("{AUTH}/.portcullis/oauth2/callback?code={code}&state={state}")
+    };
+
+    // Another browser (no CSRF cookie) cannot use this answer.
+    let mut other = t.browser();
+    let a = other.get(&back).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("another browser"), "{}", a.body);
+    // A missing or wrong state is refused before the IdP is asked.
+    for url in [
+        format!("{AUTH}/.portcullis/oauth2/callback?code={code}"),
+        cb(&code, "wrong"),
+        cb(&code, &format!("{state}x")),
+    ] {
+        let a = b.get(&url).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{url}");
+    }
+    assert_eq!(t.idp.finishes(), 0);
+
+    // The right answer signs in, once.
+    let a = b.get(&back).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    assert_eq!(t.idp.finishes(), 1);
+    assert!(b.has_session(AUTH_HOST).await);
+    // Replayed with the CSRF cookie copied back: refused without reaching the IdP.
+    b.set_cookie(AUTH_HOST, "__Host-_portcullis_csrf", &csrf);
+    let a = b.get(&back).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body.contains("already used"), "{}", a.body);
+    assert_eq!(t.idp.finishes(), 1);
+}
+
+#[tokio::test]
+async fn a_sign_in_attempt_expires_and_idp_errors_are_shown_without_markup() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let to_auth = b.get(&format!("{APP}/.portcullis/sign_in?rd={APP}/")).await;
+    let to_idp = b.get(to_auth.location().unwrap()).await;
+    let authorize = to_idp.location().unwrap().to_string();
+    let back = t.idp.sign_in(
+        &authorize,
+        t.app.urls.oauth2_callback.as_str(),
+        user("alice@example.com", &[]),
+    );
+    // Eleven minutes at the IdP is too long.
+    t.clock.advance(601);
+    let a = b.get(&back).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(t.idp.finishes(), 0);
+
+    t.clock.advance(1);
+    let to_auth = b.get(&format!("{APP}/.portcullis/sign_in?rd={APP}/")).await;
+    b.get(to_auth.location().unwrap()).await;
+    let a = b
+        .get(&format!(
+            "{AUTH}/.portcullis/oauth2/callback?error=access_denied%3Cscript%3E&state=x"
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("access_denied"), "{}", a.body);
+    assert!(!a.body.contains("<script>"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_hop_link_from_another_browser_leaves_the_victims_session_alone() {
+    let t = TestApp::new(CONFIG);
+    // The victim is signed in to app as alice.
+    let mut victim = t.browser();
+    victim
+        .sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    let before = victim.cookie_header(APP_HOST);
+    // The attacker, signed in as mallory, asks for a hop into app and keeps the link.
+    let mut attacker = t.browser();
+    attacker
+        .sign_in(
+            &format!("{ADMIN}/"),
+            user("mallory@example.com", &["admins"]),
+        )
+        .await;
+    let to_auth = attacker
+        .get(&format!("{APP}/.portcullis/sign_in?rd={APP}/"))
+        .await;
+    let hop = attacker.get(to_auth.location().unwrap()).await;
+    let link = hop.location().unwrap().to_string();
+    assert!(link.contains("/.portcullis/callback?hop="), "{link}");
+    // The victim follows it.
+    let a = victim.get(&link).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("another browser"), "{}", a.body);
+    assert!(a.set_cookies().is_empty());
+    assert_eq!(victim.cookie_header(APP_HOST), before);
+    // Still alice's session, not mallory's.
+    let sid = t
+        .app
+        .cookies()
+        .session_ids(&before, APP_HOST, t.clock.now())
+        .next()
+        .unwrap();
+    let s = t.app.store.get(&sid, t.clock.now()).await.unwrap().unwrap();
+    assert_eq!(s.user.subject, "alice");
+}
+
+#[tokio::test]
+async fn return_urls_outside_our_routes_are_refused() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    for rd in [
+        "https://evil.example/",
+        "//evil.example",
+        "https://app.localhost:8443@evil.example/",
+        "javascript:alert(1)",
+    ] {
+        let rd = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>();
+        for host in [AUTH, APP] {
+            let a = b.get(&format!("{host}/.portcullis/sign_in?rd={rd}")).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{host} {rd}");
+            assert!(a.location().is_none());
+        }
+    }
+    // A return URL on another route host is not this host's to start.
+    let a = b
+        .get(&format!("{APP}/.portcullis/sign_in?rd={ADMIN}/"))
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    // An API client's sign-in URL (no binding) goes to the route host first, to get one.
+    let a = b
+        .get(&format!("{AUTH}/.portcullis/sign_in?rd={APP}/x%3Fy"))
+        .await;
+    assert_eq!(
+        a.location(),
+        Some(
+            "https://app.localhost:8443/.portcullis/sign_in?rd=https%3A%2F%2Fapp.localhost%3A8443%2Fx%3Fy"
+        )
+    );
+}
+
+#[tokio::test]
+async fn sign_out_is_a_same_origin_post_and_ends_the_idp_session_with_the_hint() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    b.sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    // A GET only asks.
+    let a = b.get(&format!("{APP}/.portcullis/sign_out")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("method=\"post\""), "{}", a.body);
+    assert!(b.has_session(APP_HOST).await);
+    // A cross-site POST (another site's form) signs nobody out.
+    for headers in [
+        [
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ],
+        [("sec-fetch-site", "same-site"), ("origin", ADMIN)],
+    ] {
+        let a = b
+            .post(&format!("{APP}/.portcullis/sign_out"), &headers)
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    let a = b
+        .post(
+            &format!("{APP}/.portcullis/sign_out"),
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(b.has_session(APP_HOST).await);
+
+    // Our own page's button: revoked on the route host, continued on the auth host.
+    let a = b
+        .post(
+            &format!("{APP}/.portcullis/sign_out"),
+            &[("sec-fetch-site", "same-origin"), ("origin", APP)],
+        )
+        .await;
+    let next = a.location().unwrap().to_string();
+    assert!(
+        next.starts_with(&format!("{AUTH}/.portcullis/sign_out?t=")),
+        "{next}"
+    );
+    assert!(!b.has_session(APP_HOST).await);
+    assert!(
+        !b.has_session(AUTH_HOST).await,
+        "one session, revoked everywhere"
+    );
+    let a = b.get(&next).await;
+    assert_eq!(a.location(), Some("https://idp.test/logout"));
+    let hints = t.idp.hints.lock().unwrap().clone();
+    assert!(
+        matches!(hints.as_slice(), [Some(h)] if h.starts_with("e30.")),
+        "the ID token went along as the hint: {hints:?}"
+    );
+    assert_eq!(b.cookie(AUTH_HOST, "__Host-_portcullis"), None);
+    assert_eq!(b.cookie(AUTH_HOST, "__Secure-_portcullis_idt"), None);
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::SignInRequired);
+}
+
+#[tokio::test]
+async fn the_user_page_and_json_show_who_is_signed_in() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let a = b.get(&format!("{APP}/.portcullis/user")).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // Not signed in: the route host binds a hop first; the auth host signs in.
+    let a = b.get(&format!("{APP}/.portcullis/")).await;
+    assert!(
+        a.location()
+            .unwrap()
+            .starts_with(&format!("{AUTH}/.portcullis/sign_in?rd="))
+    );
+    let a = b.get(&format!("{AUTH}/.portcullis/")).await;
+    assert_eq!(a.location(), Some(&*format!("{AUTH}/.portcullis/sign_in")));
+
+    b.sign_in(
+        &format!("{APP}/"),
+        user("alice@example.com", &["admins", "<b>"]),
+    )
+    .await;
+    let a = b.get(&format!("{APP}/.portcullis/")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("alice@example.com"));
+    assert!(
+        a.body.contains("&lt;b&gt;") && !a.body.contains("<b>"),
+        "escaped"
+    );
+    assert!(
+        a.body
+            .contains(&format!("action=\"{APP}/.portcullis/sign_out\""))
+    );
+    let a = b.get(&format!("{APP}/.portcullis/user")).await;
+    let json: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(json["email"], "alice@example.com");
+    assert_eq!(json["groups"], serde_json::json!(["admins", "<b>"]));
+}
+
+#[tokio::test]
+async fn the_jwks_is_cacheable_and_pages_are_not() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let a = b
+        .get(&format!("{AUTH}/.well-known/portcullis/jwks.json"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["cache-control"], "max-age=60");
+    let etag = a.headers["etag"].to_str().unwrap().to_string();
+    let jwks: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    let a = b
+        .request(
+            axum::http::Method::GET,
+            &format!("{APP}/.well-known/portcullis/jwks.json"),
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_MODIFIED);
+
+    let a = b.get(&format!("{AUTH}/.portcullis/signed_out")).await;
+    for (h, v) in [
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        assert_eq!(a.headers[h], v, "{h}");
+    }
+    assert!(
+        a.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+}
+
+#[tokio::test]
+async fn unknown_hosts_and_an_unready_idp_get_clear_answers() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let a = b
+        .get("https://evil.localhost:8443/.portcullis/sign_in")
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    t.idp.set_ready(false);
+    let a = b.get(&format!("{AUTH}/.portcullis/sign_in")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.body.contains("cannot be reached"), "{}", a.body);
+    // The route host's hop callback does not exist on the auth host, and vice versa.
+    let a = b.get(&format!("{AUTH}/.portcullis/callback?hop=x")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = b
+        .get(&format!("{APP}/.portcullis/oauth2/callback?code=x&state=y"))
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = b.get(&format!("{APP}/healthz")).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
