@@ -19,7 +19,7 @@ use std::io::Read;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Jwks, SigningKeys};
@@ -69,9 +69,6 @@ pub fn basic_credential(
     authority: &str,
     now: u64,
 ) -> Result<String, TokenTooLong> {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(keys.kid().to_string());
-    header.typ = Some(COCKPIT_TOKEN_TYP.into());
     let claims = CockpitClaims {
         iss: issuer.to_string(),
         aud: cockpit_audience(authority),
@@ -80,8 +77,7 @@ pub fn basic_credential(
         exp: now + COCKPIT_TOKEN_TTL_SECS,
         jti: crate::crypto::random_token(9),
     };
-    let token = jsonwebtoken::encode(&header, &claims, keys.encoding_key())
-        .expect("ES256 signing with a validated key does not fail");
+    let token = keys.sign(&keys.jose_header(COCKPIT_TOKEN_TYP), &claims);
     if token.len() > PAM_MAX_TOKEN_BYTES {
         return Err(TokenTooLong { len: token.len() });
     }

@@ -1,5 +1,5 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::EncodingKey;
+use jsonwebtoken::{EncodingKey, Header};
 
 use super::*;
 use crate::core::User;

@@ -10,8 +10,14 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 /// The key portcullis signs with, plus every public key it publishes.
+///
+/// The private key is parsed once, at load: signing cannot fail on a bad key at request
+/// time (jsonwebtoken would parse the PKCS#8 document again for every signature).
 pub struct SigningKeys {
     kid: String,
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+    /// For callers (tests) that sign tokens of their own shape with jsonwebtoken.
     encoding: EncodingKey,
     jwks: Jwks,
 }
@@ -72,6 +78,8 @@ impl SigningKeys {
             .ok_or_else(|| KeyError::NotP256("unexpected public key encoding".into()))?;
         Ok(Self {
             kid: jwk.kid.clone(),
+            pair,
+            rng: SystemRandom::new(),
             encoding: EncodingKey::from_ec_der(&der),
             jwks: Jwks { keys: vec![jwk] },
         })
@@ -90,6 +98,29 @@ impl SigningKeys {
 
     pub fn encoding_key(&self) -> &EncodingKey {
         &self.encoding
+    }
+
+    /// The base64url JOSE header `{"typ":TYP,"alg":"ES256","kid":KID}` of this key's
+    /// tokens, made once by callers and reused for every [`SigningKeys::sign`].
+    pub fn jose_header(&self, typ: &str) -> String {
+        let header = serde_json::json!({"typ": typ, "alg": "ES256", "kid": self.kid});
+        URL_SAFE_NO_PAD.encode(header.to_string())
+    }
+
+    /// A compact JWS (ES256) of `claims` under `header` (from [`SigningKeys::jose_header`]).
+    pub fn sign(&self, header: &str, claims: &impl Serialize) -> String {
+        let payload = serde_json::to_vec(claims).expect("claims are plain data");
+        let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 90);
+        token.push_str(header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let signature = self
+            .pair
+            .sign(&self.rng, token.as_bytes())
+            .expect("the system random source is available");
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        token
     }
 
     /// The JWKS document: the signing key's public half first.

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 
 use super::SigningKeys;
@@ -42,14 +41,13 @@ pub struct IdentityClaims {
 pub struct TokenMinter {
     issuer: String,
     keys: Arc<SigningKeys>,
-    header: Header,
+    /// The encoded JOSE header, the same for every token.
+    header: String,
 }
 
 impl TokenMinter {
     pub fn new(issuer: String, keys: Arc<SigningKeys>) -> Self {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(keys.kid().to_string());
-        header.typ = Some("JWT".into());
+        let header = keys.jose_header("JWT");
         Self {
             issuer,
             keys,
@@ -90,9 +88,7 @@ impl TokenMinter {
             exp,
             jti: crate::crypto::random_token(12),
         };
-        let token = jsonwebtoken::encode(&self.header, &claims, self.keys.encoding_key())
-            .expect("ES256 signing with a validated key does not fail");
-        (token, exp)
+        (self.keys.sign(&self.header, &claims), exp)
     }
 }
 
@@ -174,7 +170,7 @@ impl TokenCache {
 mod tests {
     use super::*;
     use crate::identity::generate_pkcs8_pem;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     fn alice() -> User {
         User {
