@@ -10,13 +10,14 @@ mod raw;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
 
 use crate::core::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
 use crate::core::{Policy, RoleMapping, Route, authority_of};
-use crate::identity::{SigningKeys, public_jwk_from_pem};
+use crate::identity::{ClientKey, SigningKeys, public_jwk_from_pem};
 use crate::secret::{SecretBytes, SecretString};
 use raw::{RawConfig, RawPolicy, RawRoute};
 
@@ -55,12 +56,54 @@ pub struct ServerConfig {
 pub struct IdpConfig {
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: SecretString,
+    /// `None` only with `private_key_jwt`.
+    pub client_secret: Option<SecretString>,
     pub scopes: Vec<String>,
+    /// A claim name, or a dotted path (`realm_access.roles`).
     pub groups_claim: String,
     /// Treat a missing `email_verified` claim as verified (for IdPs that omit it).
     pub assume_email_verified: bool,
+    pub userinfo: UserInfoMode,
+    /// `None`: chosen from what the IdP advertises.
+    pub token_endpoint_auth: Option<ClientAuthMethod>,
+    /// The key of `private_key_jwt`.
+    pub client_key: Option<Arc<ClientKey>>,
+    /// Accepted ID token algorithms; `None`: the asymmetric ones the IdP advertises.
+    pub id_token_algs: Option<Vec<String>>,
 }
+
+/// When to read claims from the IdP's UserInfo endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserInfoMode {
+    /// When the ID token lacks email, name, preferred username or groups.
+    Auto,
+    Always,
+    Never,
+}
+
+/// How portcullis authenticates to the IdP's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+impl ClientAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
+/// The ID token algorithms `idp.id_token_algs` may name.
+const KNOWN_ALGS: [&str; 13] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "HS256", "HS384", "HS512",
+];
 
 #[derive(Debug, Clone)]
 pub struct CookieConfig {
@@ -328,6 +371,10 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         scopes,
         groups_claim,
         assume_email_verified,
+        userinfo,
+        token_endpoint_auth,
+        client_key_file,
+        id_token_algs,
     } = raw;
     let issuer = match issuer {
         Some(i) => match Url::parse(&i) {
@@ -343,16 +390,57 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         Some(c) if !c.trim().is_empty() => Some(c),
         _ => errors.missing("idp.client_id"),
     };
+    let token_endpoint_auth = match token_endpoint_auth.as_deref() {
+        None => Ok(None),
+        Some("client_secret_basic") => Ok(Some(ClientAuthMethod::ClientSecretBasic)),
+        Some("client_secret_post") => Ok(Some(ClientAuthMethod::ClientSecretPost)),
+        Some("private_key_jwt") => Ok(Some(ClientAuthMethod::PrivateKeyJwt)),
+        Some(other) => {
+            errors.push(
+                "idp.token_endpoint_auth",
+                format!(
+                    "{other:?}: use client_secret_basic, client_secret_post or private_key_jwt"
+                ),
+            );
+            Err(())
+        }
+    };
+    let client_key =
+        client_key_file.and_then(|f| match std::fs::read_to_string(resolve(base, &f)) {
+            Ok(pem) => match ClientKey::from_pem(&pem) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    errors.push("idp.client_key_file", format!("{f}: {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push("idp.client_key_file", format!("{f}: cannot read: {e}"));
+                None
+            }
+        });
+    let key_auth = matches!(
+        token_endpoint_auth,
+        Ok(Some(ClientAuthMethod::PrivateKeyJwt))
+    );
+    if key_auth && client_key.is_none() {
+        errors.push(
+            "idp.client_key_file",
+            "missing: private_key_jwt signs with this key",
+        );
+    }
     let client_secret = match client_secret_file {
         Some(f) => read_secret_file(base, &f, "idp.client_secret_file", 1, errors).and_then(|b| {
             match String::from_utf8(b) {
-                Ok(s) => Some(SecretString::new(s.trim())),
+                Ok(s) => Some(Some(SecretString::new(s.trim()))),
                 Err(_) => {
                     errors.push("idp.client_secret_file", format!("{f}: not UTF-8 text"));
                     None
                 }
             }
         }),
+        // A client that authenticates with a key needs no secret.
+        None if key_auth || (client_key.is_some() && token_endpoint_auth == Ok(None)) => Some(None),
         None => errors.missing("idp.client_secret_file"),
     };
     let scopes =
@@ -360,13 +448,60 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
     if !scopes.iter().any(|s| s == "openid") {
         errors.push("idp.scopes", "must include \"openid\"");
     }
+    let userinfo = match userinfo.as_deref() {
+        None | Some("auto") => Some(UserInfoMode::Auto),
+        Some("always") => Some(UserInfoMode::Always),
+        Some("never") => Some(UserInfoMode::Never),
+        Some(other) => {
+            errors.push(
+                "idp.userinfo",
+                format!("{other:?}: use auto, always or never"),
+            );
+            None
+        }
+    };
+    let groups_claim = groups_claim.unwrap_or_else(|| "groups".into());
+    if groups_claim.trim().is_empty() {
+        errors.push(
+            "idp.groups_claim",
+            "empty: name the claim that holds groups",
+        );
+    }
+    if let Some(algs) = &id_token_algs {
+        if algs.is_empty() {
+            errors.push(
+                "idp.id_token_algs",
+                "empty: leave it out to accept the asymmetric algorithms the IdP advertises",
+            );
+        }
+        for (i, alg) in algs.iter().enumerate() {
+            let at = format!("idp.id_token_algs[{i}]");
+            if alg.eq_ignore_ascii_case("none") {
+                errors.push(at, "unsigned ID tokens are never accepted");
+            } else if !KNOWN_ALGS.contains(&alg.as_str()) {
+                errors.push(
+                    at,
+                    format!("{alg:?} is not a JWS algorithm (use e.g. RS256, ES256, HS256)"),
+                );
+            } else if alg.starts_with("HS") && client_secret.as_ref().is_some_and(|s| s.is_none()) {
+                errors.push(
+                    at,
+                    "HS* algorithms are keyed by the client secret, and there is none",
+                );
+            }
+        }
+    }
     Some(IdpConfig {
         issuer: issuer?,
         client_id: client_id?,
         client_secret: client_secret?,
         scopes,
-        groups_claim: groups_claim.unwrap_or_else(|| "groups".into()),
+        groups_claim,
         assume_email_verified: assume_email_verified.unwrap_or(false),
+        userinfo: userinfo?,
+        token_endpoint_auth: token_endpoint_auth.ok()?,
+        client_key,
+        id_token_algs,
     })
 }
 

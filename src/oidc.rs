@@ -1,6 +1,14 @@
 //! The OpenID Connect relying party: discovery, the authorization-code flow with PKCE
-//! (S256), `state` and `nonce`, and full ID token validation (signature, `iss`, `aud`,
-//! `exp`, `nonce`) by the openidconnect crate.
+//! (S256), `state` and `nonce`, full ID token validation (signature with an allow-listed
+//! algorithm, `iss`, `aud`, `azp`, `exp`, `nonce`) by the openidconnect crate, claims from
+//! UserInfo when the ID token is thin, refresh, and Back-Channel Logout tokens.
+//!
+//! Every way a sign-in can fail is its own [`OidcError`], so the log names the cause (an
+//! algorithm the config refuses, an unreachable token endpoint, `invalid_client`, a UserInfo
+//! `sub` that is not the ID token's) while the user sees a page with a request id.
+
+mod claims;
+mod logout;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -8,29 +16,60 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreIdToken};
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreClientAuthMethod, CoreErrorResponseType, CoreIdToken,
+    CoreJwsSigningAlgorithm, CoreTokenResponse,
+};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndSessionUrl, IssuerUrl, LogoutRequest,
-    Nonce, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadataWithLogout,
-    RedirectUrl, Scope, TokenResponse, reqwest,
+    AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndSessionUrl, IssuerUrl,
+    LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, TokenResponse, reqwest,
 };
 use url::Url;
 
-use crate::config::IdpConfig;
+use crate::config::{ClientAuthMethod, IdpConfig, UserInfoMode};
 use crate::core::User;
 use crate::secret::SecretString;
 
-/// Why a sign-in could not proceed.
+pub use claims::{ClaimRules, Claims, jwt_payload, merge, user_from_claims};
+pub use logout::LogoutToken;
+
+/// Why talking to the identity provider failed. The `Display` is for the log; the user
+/// sees only a page that says whom to ask, with a request id.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
     #[error("the identity provider has not been reached yet")]
     NotReady,
-    #[error("code exchange failed: {0}")]
-    Exchange(String),
+    #[error("the IdP's {endpoint} endpoint cannot be reached: {detail}")]
+    Unreachable {
+        endpoint: &'static str,
+        detail: String,
+    },
+    #[error(
+        "the IdP refused portcullis's client credentials (invalid_client): {0}; check idp.client_id, the client secret or key, and idp.token_endpoint_auth"
+    )]
+    InvalidClient(String),
+    #[error("the IdP refused the grant (invalid_grant): {0}")]
+    InvalidGrant(String),
+    #[error("the IdP's token endpoint answered an error: {0}")]
+    TokenEndpoint(String),
     #[error("the token response has no ID token")]
     NoIdToken,
+    #[error(
+        "ID token signed with {alg:?}, which is not accepted (accepted: {accepted}); set idp.id_token_algs if the IdP must sign with it"
+    )]
+    AlgorithmRefused { alg: String, accepted: String },
     #[error("ID token rejected: {0}")]
     IdToken(String),
+    #[error(
+        "UserInfo describes subject {userinfo:?}, not the ID token's {id_token:?}; refusing its claims"
+    )]
+    SubjectMismatch { id_token: String, userinfo: String },
+    #[error("UserInfo failed: {0}")]
+    UserInfo(String),
+    #[error("logout token rejected: {0}")]
+    LogoutToken(String),
 }
 
 /// A sign-in in flight: where to send the browser, and what to remember until it comes back.
@@ -41,10 +80,33 @@ pub struct AuthStart {
     pub pkce_verifier: String,
 }
 
-/// A finished sign-in: who it was, and the ID token (for `id_token_hint` at sign-out).
+/// The IdP's tokens from a token response.
+#[derive(Debug, Default)]
+pub struct IdpTokens {
+    pub access_token: Option<SecretString>,
+    pub refresh_token: Option<SecretString>,
+    /// The access token's lifetime, when the IdP says.
+    pub expires_in: Option<Duration>,
+}
+
+/// A finished sign-in.
 pub struct SignedIn {
     pub user: User,
+    /// For `id_token_hint` at sign-out.
     pub id_token: SecretString,
+    pub tokens: IdpTokens,
+    /// Whether UserInfo completed the ID token's claims (a refresh then re-reads it).
+    pub used_userinfo: bool,
+}
+
+/// The result of a refresh.
+pub struct Refreshed {
+    /// The user as the IdP now describes them, when it said anything (a new ID token, or
+    /// UserInfo); `None` keeps the session's.
+    pub user: Option<User>,
+    pub id_token: Option<SecretString>,
+    /// `refresh_token` is `None` when the IdP did not rotate it: keep the old one.
+    pub tokens: IdpTokens,
 }
 
 /// The identity provider, as the HTTP edge uses it. [`OpenIdConnect`] is the real one;
@@ -60,7 +122,7 @@ pub trait IdentityProvider: Send + Sync + 'static {
     /// Starts a sign-in: the authorization URL with fresh `state`, `nonce` and PKCE.
     fn start(&self) -> Result<AuthStart, OidcError>;
 
-    /// Finishes a sign-in: exchanges the code and validates the ID token.
+    /// Finishes a sign-in: exchanges the code, validates the ID token, completes the claims.
     async fn finish(
         &self,
         code: &str,
@@ -68,14 +130,45 @@ pub trait IdentityProvider: Send + Sync + 'static {
         nonce: &str,
     ) -> Result<SignedIn, OidcError>;
 
+    /// Spends a refresh token for new tokens. `subject` is the session's user; a new ID token
+    /// or UserInfo about anyone else is refused. `userinfo` re-reads UserInfo (when the
+    /// sign-in used it).
+    async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        subject: &str,
+        userinfo: bool,
+    ) -> Result<Refreshed, OidcError>;
+
+    /// Validates a Back-Channel Logout token (OpenID Connect Back-Channel Logout 1.0, 2.6).
+    fn verify_logout_token(&self, token: &str, now: u64) -> Result<LogoutToken, OidcError>;
+
     /// The RP-initiated logout URL at the provider, if it has one.
     fn end_session_url(&self, id_token_hint: Option<&SecretString>) -> Option<Url>;
 }
 
+/// The client as configured from discovery metadata with a redirect URI.
+type CoreClientSet = openidconnect::core::CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 /// What discovery found, and the client configured from it (built once, not per sign-in).
 struct Provider {
-    end_session: Option<EndSessionUrl>,
     client: CoreClientSet,
+    issuer: String,
+    end_session: Option<EndSessionUrl>,
+    userinfo: Option<Url>,
+    token_endpoint: Option<Url>,
+    auth: ClientAuthMethod,
+    /// Accepted signing algorithms for ID tokens (and logout tokens, signed UserInfo).
+    algs: Vec<CoreJwsSigningAlgorithm>,
+    /// The IdP's keys, for the tokens openidconnect does not verify itself.
+    keys: Vec<jsonwebtoken::jwk::Jwk>,
 }
 
 /// The OpenID Connect relying party against a real provider.
@@ -86,6 +179,9 @@ pub struct OpenIdConnect {
     http: reqwest::Client,
     provider: RwLock<Option<Arc<Provider>>>,
 }
+
+/// The largest UserInfo answer read.
+const MAX_USERINFO_BYTES: usize = 1 << 20;
 
 impl OpenIdConnect {
     /// A relying party that signs in through `redirect_uri` and asks the provider to send
@@ -108,11 +204,19 @@ impl OpenIdConnect {
         }
     }
 
-    fn provider(&self) -> Option<Arc<Provider>> {
+    fn provider(&self) -> Result<Arc<Provider>, OidcError> {
         self.provider
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .ok_or(OidcError::NotReady)
+    }
+
+    fn rules(&self) -> ClaimRules<'_> {
+        ClaimRules {
+            groups_claim: &self.config.groups_claim,
+            assume_email_verified: self.config.assume_email_verified,
+        }
     }
 
     /// Fetches the discovery document (with its RP-initiated logout metadata) and the JWKS.
@@ -121,30 +225,304 @@ impl OpenIdConnect {
         let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
             .await
             .map_err(|e| error_chain(&e))?;
-        let provider = Provider {
-            end_session: metadata.additional_metadata().end_session_endpoint.clone(),
-            client: self.client_from(metadata),
-        };
+        let provider = self.provider_from(metadata);
+        if provider.algs.is_empty() {
+            tracing::error!(
+                issuer = %self.config.issuer,
+                "the IdP advertises no asymmetric ID token algorithm; sign-ins will fail until idp.id_token_algs names the one it uses"
+            );
+        }
         *self.provider.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
         Ok(())
     }
 
-    fn client_from(&self, metadata: ProviderMetadataWithLogout) -> CoreClientSet {
-        CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(self.config.client_id.clone()),
-            Some(ClientSecret::new(
-                self.config.client_secret.expose().to_string(),
-            )),
+    fn provider_from(&self, metadata: ProviderMetadataWithLogout) -> Provider {
+        let auth = choose_auth(
+            &self.config,
+            metadata.token_endpoint_auth_methods_supported(),
+        );
+        let algs = accepted_algs(
+            self.config.id_token_algs.as_deref(),
+            metadata.id_token_signing_alg_values_supported(),
+        );
+        let keys = metadata
+            .jwks()
+            .keys()
+            .iter()
+            .filter_map(|k| serde_json::to_value(k).ok())
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect();
+        let provider = Provider {
+            issuer: metadata.issuer().to_string(),
+            end_session: metadata.additional_metadata().end_session_endpoint.clone(),
+            userinfo: metadata.userinfo_endpoint().map(|u| u.url().clone()),
+            token_endpoint: metadata.token_endpoint().map(|u| u.url().clone()),
+            auth,
+            algs,
+            keys,
+            client: CoreClient::from_provider_metadata(
+                metadata,
+                ClientId::new(self.config.client_id.clone()),
+                // With a client key there is no secret to send (and HS* is not allowed).
+                match auth {
+                    ClientAuthMethod::PrivateKeyJwt => None,
+                    _ => self
+                        .config
+                        .client_secret
+                        .as_ref()
+                        .map(|s| ClientSecret::new(s.expose().to_string())),
+                },
+            )
+            .set_redirect_uri(self.redirect_uri.clone())
+            .set_auth_type(match auth {
+                ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+                _ => AuthType::RequestBody,
+            }),
+        };
+        tracing::info!(
+            token_endpoint_auth = auth.as_str(),
+            id_token_algs = %alg_names(&provider.algs),
+            userinfo = provider.userinfo.is_some(),
+            "identity provider settings"
+        );
+        provider
+    }
+
+    /// Exchanges a grant at the token endpoint, authenticating as configured.
+    async fn token_request(
+        &self,
+        p: &Provider,
+        grant: Grant<'_>,
+    ) -> Result<CoreTokenResponse, OidcError> {
+        let assertion = self.client_assertion(p)?;
+        let assertion_params = |assertion: &Option<String>| -> Vec<(&'static str, String)> {
+            match assertion {
+                Some(jwt) => vec![
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                    ),
+                    ("client_assertion", jwt.clone()),
+                ],
+                None => Vec::new(),
+            }
+        };
+        let result = match grant {
+            Grant::Code { code, verifier } => {
+                let mut req = p
+                    .client
+                    .exchange_code(AuthorizationCode::new(code.to_string()))
+                    .map_err(|e| OidcError::TokenEndpoint(e.to_string()))?
+                    .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()));
+                for (k, v) in assertion_params(&assertion) {
+                    req = req.add_extra_param(k, v);
+                }
+                req.request_async(&self.http).await
+            }
+            Grant::Refresh(token) => {
+                let token = RefreshToken::new(token.expose().to_string());
+                let mut req = p
+                    .client
+                    .exchange_refresh_token(&token)
+                    .map_err(|e| OidcError::TokenEndpoint(e.to_string()))?;
+                for (k, v) in assertion_params(&assertion) {
+                    req = req.add_extra_param(k, v);
+                }
+                req.request_async(&self.http).await
+            }
+        };
+        result.map_err(|e| match e {
+            RequestTokenError::ServerResponse(r) => {
+                let detail = match r.error_description() {
+                    Some(d) => format!("{}: {d}", r.error().as_ref()),
+                    None => r.error().as_ref().to_string(),
+                };
+                match r.error() {
+                    CoreErrorResponseType::InvalidClient => OidcError::InvalidClient(detail),
+                    CoreErrorResponseType::InvalidGrant => OidcError::InvalidGrant(detail),
+                    _ => OidcError::TokenEndpoint(detail),
+                }
+            }
+            RequestTokenError::Request(e) => OidcError::Unreachable {
+                endpoint: "token",
+                detail: error_chain(&e),
+            },
+            RequestTokenError::Parse(e, _) => {
+                OidcError::TokenEndpoint(format!("unreadable answer: {e}"))
+            }
+            RequestTokenError::Other(e) => OidcError::TokenEndpoint(e),
+        })
+    }
+
+    /// The `private_key_jwt` client assertion (RFC 7523 section 3), when that is how we
+    /// authenticate: short-lived, single-use, for this token endpoint only.
+    fn client_assertion(&self, p: &Provider) -> Result<Option<String>, OidcError> {
+        if p.auth != ClientAuthMethod::PrivateKeyJwt {
+            return Ok(None);
+        }
+        let key = self.config.client_key.as_ref().ok_or_else(|| {
+            OidcError::TokenEndpoint("private_key_jwt needs idp.client_key_file".into())
+        })?;
+        let aud = p
+            .token_endpoint
+            .as_ref()
+            .ok_or_else(|| OidcError::TokenEndpoint("the IdP has no token endpoint".into()))?;
+        let now = crate::core::unix_now();
+        Ok(Some(key.sign(&serde_json::json!({
+            "iss": self.config.client_id,
+            "sub": self.config.client_id,
+            "aud": aud.as_str(),
+            "jti": crate::crypto::random_token(16),
+            "iat": now,
+            "exp": now + 60,
+        }))))
+    }
+
+    /// Reads UserInfo with `access_token`; its `sub` must be `subject` (OIDC Core 5.3.2).
+    async fn userinfo(
+        &self,
+        p: &Provider,
+        access_token: &SecretString,
+        subject: &str,
+    ) -> Result<Claims, OidcError> {
+        let url = p
+            .userinfo
+            .as_ref()
+            .ok_or_else(|| OidcError::UserInfo("the IdP advertises no userinfo_endpoint".into()))?;
+        let unreachable = |e: reqwest::Error| OidcError::Unreachable {
+            endpoint: "userinfo",
+            detail: error_chain(&e),
+        };
+        let mut response = self
+            .http
+            .get(url.clone())
+            .bearer_auth(access_token.expose())
+            .header("accept", "application/json, application/jwt")
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(OidcError::UserInfo(format!(
+                "HTTP {} from {url}",
+                response.status()
+            )));
+        }
+        let jwt = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/jwt"));
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_USERINFO_BYTES {
+                return Err(OidcError::UserInfo("answer over 1 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let claims = if jwt {
+            let token = std::str::from_utf8(&body)
+                .map_err(|_| OidcError::UserInfo("signed answer is not text".into()))?;
+            self.verify_jws(p, token.trim(), false)
+                .map_err(|e| OidcError::UserInfo(format!("signed answer rejected: {e}")))?
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => return Err(OidcError::UserInfo("answer is not a JSON object".into())),
+            }
+        };
+        match claims.get("sub").and_then(|s| s.as_str()) {
+            Some(sub) if sub == subject => Ok(claims),
+            other => Err(OidcError::SubjectMismatch {
+                id_token: subject.to_string(),
+                userinfo: other.unwrap_or("").to_string(),
+            }),
+        }
+    }
+
+    /// Completes thin ID token claims from UserInfo, as `idp.userinfo` says.
+    async fn with_userinfo(
+        &self,
+        p: &Provider,
+        id_claims: Claims,
+        access_token: Option<&SecretString>,
+        subject: &str,
+    ) -> Result<(Claims, bool), OidcError> {
+        let wanted = match self.config.userinfo {
+            UserInfoMode::Never => false,
+            UserInfoMode::Always => true,
+            UserInfoMode::Auto => {
+                p.userinfo.is_some() && claims::is_thin(&id_claims, &self.rules())
+            }
+        };
+        if !wanted {
+            return Ok((id_claims, false));
+        }
+        let Some(token) = access_token else {
+            return match self.config.userinfo {
+                UserInfoMode::Always => Err(OidcError::UserInfo(
+                    "the token response has no access token".into(),
+                )),
+                _ => Ok((id_claims, false)),
+            };
+        };
+        match self.userinfo(p, token, subject).await {
+            Ok(info) => Ok((merge(&id_claims, &info), true)),
+            // `auto` only completes: without UserInfo, policies that need its claims refuse.
+            Err(e @ OidcError::SubjectMismatch { .. }) => Err(e),
+            Err(e) if self.config.userinfo == UserInfoMode::Auto => {
+                tracing::warn!(error = %e, "UserInfo failed; using the ID token's claims alone");
+                Ok((id_claims, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verifies an ID token: the algorithm against the allow-list first (so that `none`, or
+    /// an HS* the config does not name, is refused by name), then everything else.
+    fn verify_id_token(
+        &self,
+        p: &Provider,
+        token: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), OidcError> {
+        verify_id_token(p, token, nonce)
+    }
+
+    /// Verifies a JWS from the IdP that openidconnect does not handle (logout tokens, signed
+    /// UserInfo) with the IdP's keys (or, for an allowed HS*, the client secret).
+    fn verify_jws(&self, p: &Provider, token: &str, require_exp: bool) -> Result<Claims, String> {
+        logout::verify_jws(
+            token,
+            &p.algs,
+            &p.keys,
+            self.config.client_secret.as_ref(),
+            &p.issuer,
+            &self.config.client_id,
+            require_exp,
         )
-        .set_redirect_uri(self.redirect_uri.clone())
+    }
+}
+
+/// A grant spent at the token endpoint.
+enum Grant<'a> {
+    Code { code: &'a str, verifier: &'a str },
+    Refresh(&'a SecretString),
+}
+
+fn tokens_of(response: &CoreTokenResponse) -> IdpTokens {
+    IdpTokens {
+        access_token: Some(SecretString::new(response.access_token().secret().clone())),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| SecretString::new(t.secret().clone())),
+        expires_in: response.expires_in(),
     }
 }
 
 #[async_trait]
 impl IdentityProvider for OpenIdConnect {
     fn is_ready(&self) -> bool {
-        self.provider().is_some()
+        self.provider().is_ok()
     }
 
     /// Discovers the IdP, retrying with capped exponential backoff until it answers. Runs in
@@ -168,9 +546,17 @@ impl IdentityProvider for OpenIdConnect {
     }
 
     fn start(&self) -> Result<AuthStart, OidcError> {
-        let provider = self.provider().ok_or(OidcError::NotReady)?;
+        let p = self.provider()?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let (url, state, nonce) = provider.client.authorize(&self.config.scopes, challenge);
+        let mut req = p.client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
+            req = req.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = req.set_pkce_challenge(challenge).url();
         Ok(AuthStart {
             url,
             state: state.secret().clone(),
@@ -185,32 +571,104 @@ impl IdentityProvider for OpenIdConnect {
         pkce_verifier: &str,
         nonce: &str,
     ) -> Result<SignedIn, OidcError> {
-        let provider = self.provider().ok_or(OidcError::NotReady)?;
-        let id_token = provider
-            .client
-            .exchange(code, pkce_verifier, &self.http)
+        let mut p = self.provider()?;
+        let response = self
+            .token_request(
+                &p,
+                Grant::Code {
+                    code,
+                    verifier: pkce_verifier,
+                },
+            )
             .await?;
-        if let Err(e) = provider.client.verify(&id_token, nonce) {
-            // The IdP may have rotated its keys since discovery: refresh once and retry.
-            tracing::info!(error = %e, "ID token did not verify; refreshing the IdP's keys");
-            self.discover().await.map_err(OidcError::IdToken)?;
-            let provider = self.provider().ok_or(OidcError::NotReady)?;
-            provider.client.verify(&id_token, nonce)?;
+        let id_token = response.id_token().ok_or(OidcError::NoIdToken)?.to_string();
+        match self.verify_id_token(&p, &id_token, Some(nonce)) {
+            Ok(()) => {}
+            Err(e @ OidcError::AlgorithmRefused { .. }) => return Err(e),
+            Err(e) => {
+                // The IdP may have rotated its keys since discovery: refresh once and retry.
+                tracing::info!(error = %e, "ID token did not verify; refreshing the IdP's keys");
+                self.discover().await.map_err(OidcError::IdToken)?;
+                p = self.provider()?;
+                self.verify_id_token(&p, &id_token, Some(nonce))?;
+            }
         }
-        let user = user_from_verified_token(
-            &id_token,
-            &self.config.groups_claim,
-            self.config.assume_email_verified,
-        )
-        .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
+        let id_claims = jwt_payload(&id_token)
+            .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
+        let subject = id_claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .ok_or_else(|| OidcError::IdToken("no sub".into()))?
+            .to_string();
+        let tokens = tokens_of(&response);
+        let (claims, used_userinfo) = self
+            .with_userinfo(&p, id_claims, tokens.access_token.as_ref(), &subject)
+            .await?;
+        let user = user_from_claims(&claims, &self.rules())
+            .ok_or_else(|| OidcError::IdToken("no string sub".into()))?;
         Ok(SignedIn {
             user,
             id_token: SecretString::new(id_token),
+            tokens,
+            used_userinfo,
         })
     }
 
+    async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        subject: &str,
+        userinfo: bool,
+    ) -> Result<Refreshed, OidcError> {
+        let p = self.provider()?;
+        let response = self
+            .token_request(&p, Grant::Refresh(refresh_token))
+            .await?;
+        let tokens = tokens_of(&response);
+        // OIDC Core 12.2: a refreshed ID token is about the same user, without a nonce.
+        let id_token = response.id_token().map(|t| t.to_string());
+        let id_claims = match &id_token {
+            Some(t) => {
+                self.verify_id_token(&p, t, None)?;
+                let claims = jwt_payload(t)
+                    .ok_or_else(|| OidcError::IdToken("claims are not a JSON object".into()))?;
+                let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("");
+                if sub != subject {
+                    return Err(OidcError::IdToken(format!(
+                        "a refreshed ID token is about {sub:?}, not {subject:?}"
+                    )));
+                }
+                Some(claims)
+            }
+            None => None,
+        };
+        let claims = if userinfo {
+            let access = tokens
+                .access_token
+                .as_ref()
+                .ok_or_else(|| OidcError::UserInfo("no access token".into()))?;
+            let info = self.userinfo(&p, access, subject).await?;
+            Some(merge(&id_claims.unwrap_or_default(), &info))
+        } else {
+            id_claims
+        };
+        Ok(Refreshed {
+            user: claims.and_then(|c| user_from_claims(&c, &self.rules())),
+            id_token: id_token.map(SecretString::new),
+            tokens,
+        })
+    }
+
+    fn verify_logout_token(&self, token: &str, now: u64) -> Result<LogoutToken, OidcError> {
+        let p = self.provider()?;
+        let claims = self
+            .verify_jws(&p, token, false)
+            .map_err(OidcError::LogoutToken)?;
+        LogoutToken::from_claims(&claims, now).map_err(OidcError::LogoutToken)
+    }
+
     fn end_session_url(&self, id_token_hint: Option<&SecretString>) -> Option<Url> {
-        let endpoint = self.provider()?.end_session.clone()?;
+        let endpoint = self.provider().ok()?.end_session.clone()?;
         let mut request = LogoutRequest::from(endpoint);
         // A hint that no longer parses as a JWT is left out rather than sent broken.
         if let Some(hint) = id_token_hint.and_then(|h| h.expose().parse::<CoreIdToken>().ok()) {
@@ -225,119 +683,125 @@ impl IdentityProvider for OpenIdConnect {
     }
 }
 
-/// The operations we need from the typestate-heavy openidconnect client, behind a trait so
-/// the concrete client type never has to be named.
-trait ClientOps {
-    fn authorize(&self, scopes: &[String], challenge: PkceCodeChallenge)
-    -> (Url, CsrfToken, Nonce);
-    async fn exchange(
-        &self,
-        code: &str,
-        verifier: &str,
-        http: &reqwest::Client,
-    ) -> Result<String, OidcError>;
-    fn verify(&self, id_token: &str, nonce: &str) -> Result<(), OidcError>;
+/// How portcullis authenticates at the token endpoint: as configured, else `basic` when the
+/// IdP advertises it (or advertises nothing: RFC 8414 makes basic the default), else `post`.
+fn choose_auth(
+    config: &IdpConfig,
+    advertised: Option<&Vec<CoreClientAuthMethod>>,
+) -> ClientAuthMethod {
+    let offered = |m: &CoreClientAuthMethod| advertised.is_none_or(|list| list.contains(m));
+    if let Some(method) = config.token_endpoint_auth {
+        let as_core = match method {
+            ClientAuthMethod::ClientSecretBasic => CoreClientAuthMethod::ClientSecretBasic,
+            ClientAuthMethod::ClientSecretPost => CoreClientAuthMethod::ClientSecretPost,
+            ClientAuthMethod::PrivateKeyJwt => CoreClientAuthMethod::PrivateKeyJwt,
+        };
+        if !offered(&as_core) {
+            tracing::warn!(
+                method = method.as_str(),
+                "the IdP does not advertise the configured token_endpoint_auth; using it anyway"
+            );
+        }
+        return method;
+    }
+    if config.client_secret.is_none() {
+        ClientAuthMethod::PrivateKeyJwt
+    } else if offered(&CoreClientAuthMethod::ClientSecretBasic) {
+        ClientAuthMethod::ClientSecretBasic
+    } else if offered(&CoreClientAuthMethod::ClientSecretPost) {
+        ClientAuthMethod::ClientSecretPost
+    } else {
+        ClientAuthMethod::ClientSecretBasic
+    }
 }
 
-/// The client as configured from discovery metadata with a redirect URI.
-type CoreClientSet = openidconnect::core::CoreClient<
-    openidconnect::EndpointSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointMaybeSet,
-    openidconnect::EndpointMaybeSet,
->;
-
-impl ClientOps for CoreClientSet {
-    fn authorize(
-        &self,
-        scopes: &[String],
-        challenge: PkceCodeChallenge,
-    ) -> (Url, CsrfToken, Nonce) {
-        let mut req = self.authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        );
-        for scope in scopes.iter().filter(|s| *s != "openid") {
-            req = req.add_scope(Scope::new(scope.clone()));
-        }
-        req.set_pkce_challenge(challenge).url()
+/// The algorithms ID tokens may be signed with: the configured ones, else the asymmetric
+/// ones the IdP advertises. HS* (keyed by the client secret) only when configured; `none`
+/// never.
+fn accepted_algs(
+    configured: Option<&[String]>,
+    advertised: &[CoreJwsSigningAlgorithm],
+) -> Vec<CoreJwsSigningAlgorithm> {
+    use CoreJwsSigningAlgorithm as A;
+    match configured {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.clone())).ok())
+            .filter(|a| *a != A::None)
+            .collect(),
+        None => advertised
+            .iter()
+            .filter(|a| !matches!(a, A::None | A::HmacSha256 | A::HmacSha384 | A::HmacSha512))
+            .cloned()
+            .collect(),
     }
+}
 
-    async fn exchange(
-        &self,
-        code: &str,
-        verifier: &str,
-        http: &reqwest::Client,
-    ) -> Result<String, OidcError> {
-        let response = self
-            .exchange_code(AuthorizationCode::new(code.to_string()))
-            .map_err(|e| OidcError::Exchange(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
-            .request_async(http)
-            .await
-            .map_err(|e| OidcError::Exchange(error_chain(&e)))?;
-        let token = response.id_token().ok_or(OidcError::NoIdToken)?;
-        Ok(token.to_string())
+fn alg_names(algs: &[CoreJwsSigningAlgorithm]) -> String {
+    let names: Vec<String> = algs
+        .iter()
+        .filter_map(|a| serde_json::to_value(a).ok())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
     }
+}
 
-    fn verify(&self, id_token: &str, nonce: &str) -> Result<(), OidcError> {
-        let token: openidconnect::core::CoreIdToken = id_token
-            .parse()
-            .map_err(|e: serde_json::Error| OidcError::IdToken(e.to_string()))?;
-        let claims = token
-            .claims(&self.id_token_verifier(), &Nonce::new(nonce.to_string()))
-            .map_err(|e| OidcError::IdToken(error_chain(&e)))?;
-        // OIDC Core 3.1.3.7 step 5, which openidconnect leaves unchecked: a token whose
-        // authorized party is another client was not issued to us.
-        if let Some(azp) = claims.authorized_party()
-            && azp != self.client_id()
-        {
-            return Err(OidcError::IdToken(format!(
-                "authorized party `{}` is not this client",
-                azp.as_str()
-            )));
-        }
-        Ok(())
+/// The `alg` of a JWS's protected header, whatever its shape otherwise.
+fn header_alg(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+    json.get("alg")?.as_str().map(str::to_string)
+}
+
+fn verify_id_token(p: &Provider, token: &str, nonce: Option<&str>) -> Result<(), OidcError> {
+    let accepted = alg_names(&p.algs);
+    let alg = header_alg(token).unwrap_or_default();
+    if !accepted.split(", ").any(|a| a == alg) {
+        return Err(OidcError::AlgorithmRefused { alg, accepted });
     }
+    let parsed: CoreIdToken = token
+        .parse()
+        .map_err(|e: serde_json::Error| OidcError::IdToken(e.to_string()))?;
+    let verifier = p
+        .client
+        .id_token_verifier()
+        .set_allowed_algs(p.algs.clone());
+    let claims = match nonce {
+        Some(n) => parsed.claims(&verifier, &Nonce::new(n.to_string())),
+        None => parsed.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+    }
+    .map_err(|e| OidcError::IdToken(error_chain(&e)))?;
+    // OIDC Core 3.1.3.7 step 5, which openidconnect leaves unchecked: a token whose
+    // authorized party is another client was not issued to us.
+    if let Some(azp) = claims.authorized_party()
+        && azp != p.client.client_id()
+    {
+        return Err(OidcError::IdToken(format!(
+            "authorized party `{}` is not this client",
+            azp.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the user from an ID token whose signature and claims were already verified.
-/// Reading the payload directly lets the groups claim name be configurable.
-///
-/// Only a JSON `true` verifies an email: `"true"`, `1` or `"yes"` do not. A missing claim
-/// verifies only with `assume_missing_verified` (`idp.assume_email_verified`), for IdPs
-/// that verify every address and omit the claim.
 pub fn user_from_verified_token(
     token: &str,
     groups_claim: &str,
     assume_missing_verified: bool,
 ) -> Option<User> {
-    let payload = token.split('.').nth(1)?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let groups = match claims.get(groups_claim) {
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|g| g.as_str().map(str::to_string))
-            .collect(),
-        Some(serde_json::Value::String(one)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
-    Some(User {
-        subject: text("sub")?,
-        email: text("email"),
-        email_verified: match claims.get("email_verified") {
-            Some(v) => v.as_bool() == Some(true),
-            None => assume_missing_verified,
+    user_from_claims(
+        &jwt_payload(token)?,
+        &ClaimRules {
+            groups_claim,
+            assume_email_verified: assume_missing_verified,
         },
-        name: text("name"),
-        preferred_username: text("preferred_username"),
-        groups,
-    })
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -353,6 +817,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod attack_tests;
+#[cfg(test)]
+mod provider_tests;
 
 #[cfg(test)]
 mod tests {

@@ -61,11 +61,16 @@ pub fn sign_out_confirm(action: &str) -> String {
     )
 }
 
-/// A problem the user can do something about (bad link, expired sign-in attempt).
-pub fn error(status_text: &str, message: &str) -> String {
+/// An error, with the request id the user can quote to the admin (it is in the log line).
+pub fn error(status_text: &str, message: &str, request_id: &str) -> String {
     page(
         status_text,
-        &format!("<h1>{}</h1><p>{}</p>", escape(status_text), escape(message)),
+        &format!(
+            "<h1>{}</h1><p>{}</p><p>Request id: <code>{}</code></p>",
+            escape(status_text),
+            escape(message),
+            escape(request_id)
+        ),
     )
 }
 

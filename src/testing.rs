@@ -22,7 +22,9 @@ use crate::core::clock::ManualClock;
 use crate::core::{Clock, Route, Session, User};
 use crate::crypto::{random_token, sha256_b64};
 use crate::identity::generate_pkcs8_pem;
-use crate::oidc::{AuthStart, IdentityProvider, OidcError, SignedIn};
+use crate::oidc::{
+    AuthStart, IdentityProvider, IdpTokens, LogoutToken, OidcError, Refreshed, SignedIn,
+};
 use crate::secret::SecretString;
 use crate::session::{CookieJar, MemoryStore, SessionStore};
 
@@ -141,6 +143,11 @@ pub struct FakeIdp {
     pending: Mutex<HashMap<String, Pending>>,
     codes: Mutex<HashMap<String, Code>>,
     finishes: AtomicUsize,
+    /// Live refresh tokens and whom they are for; each is spent by use (rotation).
+    refresh_tokens: Mutex<HashMap<String, User>>,
+    refreshes: AtomicUsize,
+    /// The next code exchange fails with this, whatever the code.
+    pub fail_next_finish: Mutex<Option<OidcError>>,
     end_session: Option<Url>,
     /// The `id_token_hint` of every logout URL made.
     pub hints: Mutex<Vec<Option<String>>>,
@@ -163,6 +170,9 @@ impl FakeIdp {
             pending: Mutex::default(),
             codes: Mutex::default(),
             finishes: AtomicUsize::new(0),
+            refresh_tokens: Mutex::default(),
+            refreshes: AtomicUsize::new(0),
+            fail_next_finish: Mutex::default(),
             end_session: Url::parse("https://idp.test/logout").ok(),
             hints: Mutex::default(),
         }
@@ -175,6 +185,36 @@ impl FakeIdp {
     /// How many code exchanges were attempted.
     pub fn finishes(&self) -> usize {
         self.finishes.load(Ordering::SeqCst)
+    }
+
+    /// How many refresh grants were attempted.
+    pub fn refreshes(&self) -> usize {
+        self.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Revokes every refresh token (the IdP ended the user's session).
+    pub fn revoke_refresh_tokens(&self) {
+        self.refresh_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// A logout token the fake accepts, for `sub` and/or `sid`.
+    pub fn logout_token(sub: Option<&str>, sid: Option<&str>) -> String {
+        format!(
+            "fake-logout.{}",
+            serde_json::json!({"sub": sub, "sid": sid, "jti": random_token(8)})
+        )
+    }
+
+    fn issue_refresh_token(&self, user: User) -> SecretString {
+        let token = format!("rt-{}", random_token(16));
+        self.refresh_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), user);
+        SecretString::new(token)
     }
 
     /// What the IdP does when `user` signs in at `authorize_url` (as [`IdentityProvider::start`]
@@ -248,23 +288,77 @@ impl IdentityProvider for FakeIdp {
         nonce: &str,
     ) -> Result<SignedIn, OidcError> {
         self.finishes.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self
+            .fail_next_finish
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
         let issued = self
             .codes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(code)
-            .ok_or_else(|| OidcError::Exchange("invalid_grant: unknown or used code".into()))?;
+            .ok_or_else(|| OidcError::InvalidGrant("unknown or used code".into()))?;
         if sha256_b64(pkce_verifier.as_bytes()) != issued.challenge {
-            return Err(OidcError::Exchange(
-                "invalid_grant: PKCE verification failed".into(),
-            ));
+            return Err(OidcError::InvalidGrant("PKCE verification failed".into()));
         }
         if issued.nonce != nonce {
             return Err(OidcError::IdToken("nonce mismatch".into()));
         }
         Ok(SignedIn {
             id_token: SecretString::new(format!("e30.{}.sig", random_token(24))),
+            tokens: IdpTokens {
+                access_token: Some(SecretString::new(random_token(16))),
+                refresh_token: Some(self.issue_refresh_token(issued.user.clone())),
+                expires_in: Some(std::time::Duration::from_secs(300)),
+            },
             user: issued.user,
+            used_userinfo: false,
+        })
+    }
+
+    async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        subject: &str,
+        _userinfo: bool,
+    ) -> Result<Refreshed, OidcError> {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        let user = self
+            .refresh_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(refresh_token.expose())
+            .ok_or_else(|| OidcError::InvalidGrant("unknown or spent refresh token".into()))?;
+        if user.subject != subject {
+            return Err(OidcError::IdToken("another subject".into()));
+        }
+        Ok(Refreshed {
+            id_token: None,
+            tokens: IdpTokens {
+                access_token: Some(SecretString::new(random_token(16))),
+                refresh_token: Some(self.issue_refresh_token(user.clone())),
+                expires_in: Some(std::time::Duration::from_secs(300)),
+            },
+            user: Some(user),
+        })
+    }
+
+    fn verify_logout_token(&self, token: &str, now: u64) -> Result<LogoutToken, OidcError> {
+        let json = token
+            .strip_prefix("fake-logout.")
+            .ok_or_else(|| OidcError::LogoutToken("not a fake logout token".into()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| OidcError::LogoutToken(e.to_string()))?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        Ok(LogoutToken {
+            sub: text("sub"),
+            sid: text("sid"),
+            jti: text("jti").unwrap_or_default(),
+            iat: now,
         })
     }
 

@@ -36,6 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/.portcullis/user", get(handlers::user_json))
         .fallback(handlers::not_found)
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(request_context))
         .with_state(app)
 }
 
@@ -46,6 +47,7 @@ pub fn jwks_router(app: Arc<App>) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/.well-known/portcullis/jwks.json", get(handlers::jwks))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(request_context))
         .with_state(app)
 }
 
@@ -55,6 +57,7 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(request_context))
         .with_state(app)
 }
 
@@ -98,36 +101,74 @@ pub enum WebError {
     Store(#[from] crate::session::StoreError),
 }
 
+/// What an error answer says, rendered by [`request_context`] with the request id: a page
+/// for browsers, JSON for API clients.
+#[derive(Debug, Clone)]
+struct ErrorPage {
+    /// A short machine-readable code for the JSON answer.
+    code: &'static str,
+    title: &'static str,
+    message: String,
+}
+
+/// What the user can do when sign-in failed for a reason only the admin can fix.
+const ASK_THE_ADMIN: &str = "Sign-in could not be completed. Please contact your administrator and quote the request id below.";
+
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
-        let (status, title, message): (StatusCode, &str, String) = match &self {
-            WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", (*m).to_string()),
-            WebError::Forbidden(m) => (StatusCode::FORBIDDEN, "Refused", (*m).to_string()),
+        use crate::oidc::OidcError;
+        let (status, code, title, message): (StatusCode, &str, &str, String) = match &self {
+            WebError::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Bad request",
+                (*m).to_string(),
+            ),
+            WebError::Forbidden(m) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Refused",
+                (*m).to_string(),
+            ),
             WebError::NotFound => (
                 StatusCode::NOT_FOUND,
+                "not_found",
                 "Not found",
                 "Nothing is served here.".into(),
             ),
-            WebError::IdpNotReady | WebError::SignIn(crate::oidc::OidcError::NotReady) => {
+            WebError::IdpNotReady | WebError::SignIn(OidcError::NotReady) => {
                 tracing::warn!("sign-in attempted before the identity provider was discovered");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
+                    "idp_unavailable",
                     "Sign-in unavailable",
                     "The identity provider cannot be reached right now. Please try again in a moment.".into(),
                 )
             }
-            WebError::SignIn(e) => {
+            WebError::SignIn(e @ OidcError::InvalidGrant(_)) => {
                 tracing::warn!(error = %e, "sign-in failed");
                 (
+                    StatusCode::BAD_REQUEST,
+                    "sign_in_expired",
+                    "Sign-in expired",
+                    "This sign-in could not be completed; it may have taken too long. Please open the application again.".into(),
+                )
+            }
+            WebError::SignIn(e) => {
+                // The log names the cause; the page only says whom to ask.
+                tracing::error!(error = %e, "sign-in failed");
+                (
                     StatusCode::BAD_GATEWAY,
+                    "sign_in_failed",
                     "Sign-in failed",
-                    "The sign-in could not be completed with the identity provider. Please try again.".into(),
+                    ASK_THE_ADMIN.into(),
                 )
             }
             WebError::IdpRefused(e) => {
                 tracing::info!(error = %e, "identity provider refused the sign-in");
                 (
                     StatusCode::FORBIDDEN,
+                    "idp_refused",
                     "Sign-in refused",
                     format!("The identity provider did not sign you in ({e})."),
                 )
@@ -136,16 +177,80 @@ impl IntoResponse for WebError {
                 tracing::error!(error = %e, "session store failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
                     "Temporarily unavailable",
                     "Sessions cannot be reached right now. Please try again in a moment.".into(),
                 )
             }
         };
-        (
-            status,
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            pages::error(title, &message),
-        )
-            .into_response()
+        let mut response = status.into_response();
+        response.extensions_mut().insert(ErrorPage {
+            code,
+            title,
+            message,
+        });
+        response
     }
+}
+
+/// The id of a request: Envoy's `x-request-id` when it is a plausible one, else a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn request_id_of(headers: &HeaderMap) -> RequestId {
+    let sent = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    RequestId(sent.map_or_else(|| crate::crypto::random_token(12), str::to_string))
+}
+
+/// Gives every request its id (in a tracing span, so every log line of it carries the id)
+/// and renders error answers with it: the id the user quotes is the one in the log.
+async fn request_context(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let id = request_id_of(request.headers());
+    let json = !request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("json"));
+    request.extensions_mut().insert(id.clone());
+    let span = tracing::info_span!("request", request_id = %id.0);
+    let mut response = next.run(request).instrument(span).await;
+    if let Some(page) = response.extensions_mut().remove::<ErrorPage>() {
+        let (content_type, body) = if json {
+            (
+                "application/json",
+                serde_json::json!({"error": page.code, "message": page.message, "request_id": id.0})
+                    .to_string(),
+            )
+        } else {
+            (
+                "text/html; charset=utf-8",
+                pages::error(page.title, &page.message, &id.0),
+            )
+        };
+        if let Ok(v) = HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        *response.body_mut() = axum::body::Body::from(body);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }

@@ -32,6 +32,12 @@ pub struct RawIdp {
     pub scopes: Option<Vec<String>>,
     pub groups_claim: Option<String>,
     pub assume_email_verified: Option<bool>,
+    /// `auto` (default), `always` or `never`.
+    pub userinfo: Option<String>,
+    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
+    pub token_endpoint_auth: Option<String>,
+    pub client_key_file: Option<String>,
+    pub id_token_algs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

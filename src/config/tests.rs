@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::{ClientAuthMethod, UserInfoMode};
 pub(crate) use crate::testing::{CONFIG as VALID, ConfigDir as Fixture};
 
 fn paths(result: Result<Config, ConfigErrors>) -> Vec<String> {
@@ -21,7 +22,10 @@ fn valid_config_loads_with_defaults() {
     assert_eq!(c.identity_header, "X-Portcullis-Jwt-Assertion");
     assert_eq!(c.cookie.name, "_portcullis");
     assert_eq!(c.cookie.lifetime, Duration::from_secs(3600));
-    assert_eq!(c.idp.client_secret.expose(), "s3cret");
+    assert_eq!(
+        c.idp.client_secret.as_ref().map(|s| s.expose()),
+        Some("s3cret")
+    );
     assert_eq!(c.server.grpc_address.port(), 9100);
     assert!(
         !format!("{c:?}").contains("s3cret"),
@@ -233,4 +237,81 @@ fn upstream_tls_settings_are_checked() {
             .iter()
             .all(|r| r.tls == crate::config::UpstreamTls::default())
     );
+}
+
+#[test]
+fn idp_settings_for_the_idps_people_run() {
+    let f = Fixture::new();
+    let with = |lines: &str| {
+        VALID.replace(
+            "  client_id: portcullis\n",
+            &format!("  client_id: portcullis\n{lines}"),
+        )
+    };
+    let c = f.parse(VALID).unwrap().idp;
+    assert_eq!(c.userinfo, UserInfoMode::Auto);
+    assert_eq!(c.token_endpoint_auth, None);
+    assert_eq!(c.id_token_algs, None);
+
+    let c = f
+        .parse(&with("  userinfo: never\n  token_endpoint_auth: client_secret_post\n  groups_claim: realm_access.roles\n  id_token_algs: [RS256, HS512]\n"))
+        .unwrap()
+        .idp;
+    assert_eq!(c.userinfo, UserInfoMode::Never);
+    assert_eq!(
+        c.token_endpoint_auth,
+        Some(ClientAuthMethod::ClientSecretPost)
+    );
+    assert_eq!(c.groups_claim, "realm_access.roles");
+    assert_eq!(c.id_token_algs, Some(vec!["RS256".into(), "HS512".into()]));
+
+    // private_key_jwt: a key instead of a secret.
+    std::fs::write(
+        f.dir.join("client.pem"),
+        crate::identity::generate_pkcs8_pem(),
+    )
+    .unwrap();
+    let keyed = VALID.replace(
+        "  client_secret_file: client\n",
+        "  client_key_file: client.pem\n  token_endpoint_auth: private_key_jwt\n",
+    );
+    let c = f.parse(&keyed).unwrap().idp;
+    assert!(c.client_secret.is_none() && c.client_key.is_some());
+
+    for (yaml, path) in [
+        (with("  userinfo: sometimes\n"), "idp.userinfo"),
+        (
+            with("  token_endpoint_auth: client_secret_jwt\n"),
+            "idp.token_endpoint_auth",
+        ),
+        (with("  id_token_algs: [none]\n"), "idp.id_token_algs[0]"),
+        (
+            with("  id_token_algs: [RS256, NONE]\n"),
+            "idp.id_token_algs[1]",
+        ),
+        (with("  id_token_algs: [XS256]\n"), "idp.id_token_algs[0]"),
+        (with("  id_token_algs: []\n"), "idp.id_token_algs"),
+        (with("  groups_claim: \"\"\n"), "idp.groups_claim"),
+        (
+            with("  token_endpoint_auth: private_key_jwt\n"),
+            "idp.client_key_file",
+        ),
+        (
+            keyed.replace(
+                "  token_endpoint_auth: private_key_jwt\n",
+                "  token_endpoint_auth: private_key_jwt\n  id_token_algs: [HS256]\n",
+            ),
+            "idp.id_token_algs[0]",
+        ),
+        (with("  client_key_file: nope.pem\n"), "idp.client_key_file"),
+        (
+            VALID.replace("  client_secret_file: client\n", ""),
+            "idp.client_secret_file",
+        ),
+    ] {
+        assert!(
+            paths(f.parse(&yaml)).contains(&path.to_string()),
+            "{path} in:\n{yaml}"
+        );
+    }
 }

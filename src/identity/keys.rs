@@ -172,7 +172,7 @@ pub fn public_jwk_from_pem(pem: &str) -> Result<Jwk, KeyError> {
     Ok(keys.jwks.keys[0].clone())
 }
 
-fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+pub(super) fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let start = pem.find(&begin)? + begin.len();

@@ -20,8 +20,8 @@ use openidconnect::{
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{ClientOps, CoreClientSet, OidcError, OpenIdConnect, user_from_verified_token};
-use crate::config::IdpConfig;
+use super::{OidcError, OpenIdConnect, Provider, user_from_verified_token, verify_id_token};
+use crate::config::{IdpConfig, UserInfoMode};
 use crate::identity::{SigningKeys, generate_pkcs8_pem};
 use crate::secret::SecretString;
 
@@ -33,16 +33,17 @@ const NONCE: &str = "n-0S6_WzA2Mj";
 /// The IdP: its signing key, and our client configured from its metadata.
 struct Idp {
     keys: SigningKeys,
-    client: CoreClientSet,
+    provider: Provider,
 }
 
 impl Idp {
     /// Metadata advertising ES256 only, as our test IdP signs.
     fn new() -> Self {
-        Self::with_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256])
+        Self::with_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256], None)
     }
 
-    fn with_algs(algs: Vec<CoreJwsSigningAlgorithm>) -> Self {
+    /// An IdP advertising `algs`, with `idp.id_token_algs` set to `configured`.
+    fn with_algs(algs: Vec<CoreJwsSigningAlgorithm>, configured: Option<&[&str]>) -> Self {
         let keys = SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap();
         let jwk: CoreJsonWebKey =
             serde_json::from_value(serde_json::to_value(&keys.jwks().keys[0]).unwrap()).unwrap();
@@ -63,16 +64,20 @@ impl Idp {
             IdpConfig {
                 issuer: ISSUER.to_string(),
                 client_id: CLIENT_ID.to_string(),
-                client_secret: SecretString::new(CLIENT_SECRET),
+                client_secret: Some(SecretString::new(CLIENT_SECRET)),
                 scopes: vec!["openid".into()],
                 groups_claim: "groups".into(),
                 assume_email_verified: false,
+                userinfo: UserInfoMode::Auto,
+                token_endpoint_auth: None,
+                client_key: None,
+                id_token_algs: configured.map(|c| c.iter().map(|a| a.to_string()).collect()),
             },
             &Url::parse("https://auth.example/callback").unwrap(),
             &Url::parse("https://auth.example/").unwrap(),
         );
-        let client = oidc.client_from(metadata);
-        Self { keys, client }
+        let provider = oidc.provider_from(metadata);
+        Self { keys, provider }
     }
 
     fn kid(&self) -> String {
@@ -85,7 +90,7 @@ impl Idp {
     }
 
     fn verify(&self, token: &str) -> Result<(), OidcError> {
-        self.client.verify(token, NONCE)
+        verify_id_token(&self.provider, token, Some(NONCE))
     }
 
     fn accepts(&self, token: &str) {
@@ -98,7 +103,8 @@ impl Idp {
     fn refuses(&self, token: &str, why: &str) {
         match self.verify(token) {
             Ok(()) => panic!("accepted a token that must be refused ({why})"),
-            Err(OidcError::IdToken(msg)) => {
+            Err(e @ (OidcError::IdToken(_) | OidcError::AlgorithmRefused { .. })) => {
+                let msg = e.to_string();
                 assert!(msg.contains(why), "refused, but for `{msg}`, not `{why}`")
             }
             Err(e) => panic!("unexpected error kind: {e}"),
@@ -257,7 +263,7 @@ fn attack_id_token_multiple_aud_with_azp_of_another_client() {
 }
 
 /// A token issued to (obtained by) another client, naming us as its only audience.
-/// openidconnect 4.1 does not check `azp` at all; `ClientOps::verify` does (OIDC Core
+/// openidconnect 4.1 does not check `azp` at all; `verify_id_token` does (OIDC Core
 /// 3.1.3.7 step 5: if `azp` is present, it must be our client id).
 #[test]
 fn attack_id_token_azp_of_another_client() {
@@ -349,10 +355,10 @@ fn attack_id_token_alg_none() {
         let pasted = format!("{}.{payload}.{real_sig}", b64(&header));
         assert!(idp.verify(&pasted).is_err(), "{header}");
     }
-    // The canonical case fails for the signature, not for some side reason.
+    // The canonical case fails for its algorithm, by name, not for some side reason.
     idp.refuses(
         &format!("{}.{payload}.", b64(&json!({"alg": "none"}))),
-        "No signature found",
+        "ID token signed with \"none\", which is not accepted (accepted: ES256)",
     );
 }
 
@@ -392,20 +398,29 @@ fn attack_id_token_hs256_with_public_key_as_secret() {
         let forged =
             jsonwebtoken::encode(&header, &good_claims(), &EncodingKey::from_secret(&secret))
                 .unwrap();
-        idp.refuses(&forged, "Disallowed signature algorithm: algorithm `HS256`");
+        idp.refuses(
+            &forged,
+            "ID token signed with \"HS256\", which is not accepted",
+        );
         let mut header = Header::new(Algorithm::HS256);
         header.kid = None;
         let forged =
             jsonwebtoken::encode(&header, &good_claims(), &EncodingKey::from_secret(&secret))
                 .unwrap();
-        idp.refuses(&forged, "Disallowed signature algorithm: algorithm `HS256`");
+        idp.refuses(
+            &forged,
+            "ID token signed with \"HS256\", which is not accepted",
+        );
     }
     // ...and even if the IdP advertised HS256, the HMAC key is our client secret, never a
     // key from the JWKS.
-    let idp = Idp::with_algs(vec![
-        CoreJwsSigningAlgorithm::EcdsaP256Sha256,
-        CoreJwsSigningAlgorithm::HmacSha256,
-    ]);
+    let idp = Idp::with_algs(
+        vec![
+            CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+            CoreJwsSigningAlgorithm::HmacSha256,
+        ],
+        Some(&["ES256", "HS256"]),
+    );
     for secret in public_key_materials(&idp.keys) {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(idp.kid());

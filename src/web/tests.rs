@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 
 use crate::authorizer::Action;
 use crate::core::{Clock, OutcomeKind, Request};
-use crate::testing::{CONFIG, FAKE_IDP_AUTHORIZE, TestApp, TestBrowser, user};
+use crate::testing::{Answer, CONFIG, FAKE_IDP_AUTHORIZE, TestApp, TestBrowser, user};
 
 const AUTH: &str = "https://auth.localhost:8443";
 const APP: &str = "https://app.localhost:8443";
@@ -400,4 +400,71 @@ async fn unknown_hosts_and_an_unready_idp_get_clear_answers() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let a = b.get(&format!("{APP}/healthz")).await;
     assert_eq!(a.status, StatusCode::OK);
+}
+
+/// Signs in up to the IdP's answer and returns the callback URL with code and state.
+async fn to_callback(t: &TestApp, b: &mut TestBrowser<'_>) -> String {
+    let to_auth = b.get(&format!("{APP}/.portcullis/sign_in?rd={APP}/")).await;
+    let to_idp = b.get(to_auth.location().unwrap()).await;
+    t.idp.sign_in(
+        to_idp.location().unwrap(),
+        t.app.urls.oauth2_callback.as_str(),
+        user("alice@example.com", &[]),
+    )
+}
+
+#[tokio::test]
+async fn a_sign_in_the_admin_must_fix_shows_a_request_id_and_no_internals() {
+    use crate::oidc::OidcError;
+    let t = TestApp::new(CONFIG);
+    let causes = [
+        OidcError::AlgorithmRefused {
+            alg: "HS512".into(),
+            accepted: "RS256".into(),
+        },
+        OidcError::Unreachable {
+            endpoint: "token",
+            detail: "connection refused (os error 111)".into(),
+        },
+        OidcError::InvalidClient("invalid_client: bad secret".into()),
+        OidcError::SubjectMismatch {
+            id_token: "a".into(),
+            userinfo: "b".into(),
+        },
+    ];
+    /// A fresh browser's sign-in whose code exchange fails with `cause`.
+    async fn failed(t: &TestApp, cause: OidcError, headers: &[(&str, &str)]) -> (Answer, bool) {
+        let mut b = t.browser();
+        let back = to_callback(t, &mut b).await;
+        *t.idp.fail_next_finish.lock().unwrap() = Some(cause);
+        let a = b.request(axum::http::Method::GET, &back, headers).await;
+        (a, b.has_session(AUTH_HOST).await)
+    }
+    for cause in causes {
+        let html = [
+            ("x-request-id", "6a3f1c8e-2b7d-4e59"),
+            ("accept", "text/html"),
+        ];
+        let (a, signed_in) = failed(&t, cause, &html).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+        assert!(a.body.contains("contact your administrator"), "{}", a.body);
+        assert!(
+            a.body.contains("6a3f1c8e-2b7d-4e59"),
+            "the id to quote: {}",
+            a.body
+        );
+        for internal in ["HS512", "refused", "invalid_client", "os error"] {
+            assert!(!a.body.contains(internal), "{internal} in {}", a.body);
+        }
+        assert_eq!(a.headers["x-request-id"], "6a3f1c8e-2b7d-4e59");
+        assert!(!signed_in);
+    }
+    // API clients get the same as JSON; an implausible request id is replaced.
+    let json = [("x-request-id", "<script>"), ("accept", "application/json")];
+    let (a, _) = failed(&t, OidcError::TokenEndpoint("server_error".into()), &json).await;
+    let json: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(json["error"], "sign_in_failed");
+    let id = json["request_id"].as_str().unwrap();
+    assert!(id.len() >= 16 && !id.contains('<'), "{id}");
+    assert_eq!(a.headers["x-request-id"], id);
 }
