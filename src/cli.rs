@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `keygen`, `jwks`, `envoy-config`.
+//! The command line: `serve`, `check-config`, `keygen`, `jwks`, `client-jwk`,
+//! `pam-verify`, `envoy-config`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -45,6 +46,12 @@ enum Command {
     },
     /// Print the JWKS (public keys) for the config's signing key, e.g. for Grafana's jwk_set_file.
     Jwks {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the public key of `idp.client_key_file` as a JWKS, to register at the IdP for
+    /// `private_key_jwt`.
+    ClientJwk {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
@@ -136,6 +143,23 @@ pub fn run() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+            Err(errors) => config_failed(&errors),
+        },
+        Command::ClientJwk { config } => match config::load(&config) {
+            Ok(c) => match &c.idp.client_key {
+                Some(key) => {
+                    let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&jwks).expect("JWKS serializes")
+                    );
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("error: the config has no idp.client_key_file");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
+            },
             Err(errors) => config_failed(&errors),
         },
         Command::EnvoyConfig {
