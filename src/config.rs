@@ -6,6 +6,7 @@
 //! prints that list; `serve` refuses to start on a non-empty one.
 
 mod raw;
+mod source;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -142,13 +143,30 @@ pub struct UpstreamTls {
 /// One problem found in the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The key path, e.g. `routes[1].policy.emails[0]`; empty for the document.
     pub path: String,
     pub message: String,
+    /// The file, when read from one.
+    pub file: Option<String>,
+    /// Line and column (both 1-based) of the key, or of its nearest ancestor.
+    pub at: Option<(usize, usize)>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        if let Some(file) = &self.file {
+            write!(f, "{file}:")?;
+        }
+        if let Some((line, column)) = self.at {
+            write!(f, "{line}:{column}:")?;
+        }
+        if self.file.is_some() || self.at.is_some() {
+            f.write_str(" ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -172,63 +190,55 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
-            path: path.display().to_string(),
+            path: String::new(),
             message: format!("cannot read config file: {e}"),
+            file: Some(file.clone()),
+            at: None,
         }])
     })?;
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    parse(&text, &base)
+    parse(&text, &base).map_err(|mut errors| {
+        for e in &mut errors.0 {
+            e.file = Some(file.clone());
+        }
+        errors
+    })
 }
 
-/// Parses and validates config text; relative file paths resolve against `base`.
+/// Parses and validates config text; relative file paths resolve against `base`. Every
+/// problem is reported, each with its key path and position.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
     let mut errors = Errors::default();
-    let mut unknown = Vec::new();
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    let raw: RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(key_path(&p))) {
-        Ok(raw) => raw,
-        Err(e) => {
-            // Structure errors (wrong type, bad YAML) stop parsing; serde_yaml_ng's message
-            // already carries the key path and the line.
-            return Err(ConfigErrors(vec![ConfigError {
-                path: "config".into(),
-                message: e.to_string(),
-            }]));
-        }
-    };
-    for key in unknown {
-        errors.push(key, "unknown key");
+    let (raw, read_errors) = source::read(text);
+    let positions = source::Positions::of(text);
+    let mut syntax_at = Vec::new();
+    for e in read_errors {
+        syntax_at.push(e.at);
+        errors.push(e.path, e.message);
     }
-    let config = validate(raw, base, &mut errors);
-    match config {
-        Some(c) if errors.0.is_empty() => Ok(c),
-        _ => Err(ConfigErrors(errors.0)),
+    let config = raw.and_then(|raw| validate(raw, base, &mut errors));
+    if errors.0.is_empty()
+        && let Some(c) = config
+    {
+        return Ok(c);
     }
-}
-
-/// Renders an ignored key's location the way errors name fields: `routes[1].policy.bogus`.
-fn key_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
-        Path::Map { parent, key } => {
-            let p = key_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => key_path(parent),
+    let mut all = errors.0;
+    for (i, e) in all.iter_mut().enumerate() {
+        e.at = syntax_at
+            .get(i)
+            .copied()
+            .flatten()
+            .or_else(|| positions.find(&e.path));
     }
+    // In file order, so the list reads top to bottom.
+    all.sort_by_key(|e| e.at.unwrap_or((usize::MAX, 0)));
+    Err(ConfigErrors(all))
 }
 
 #[derive(Default)]
@@ -239,6 +249,8 @@ impl Errors {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
+            file: None,
+            at: None,
         });
     }
 
