@@ -218,11 +218,20 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
     let (raw, read_errors) = source::read(text);
     let positions = source::Positions::of(text);
     let mut syntax_at = Vec::new();
+    let mut unreadable = std::collections::HashSet::new();
     for e in read_errors {
         syntax_at.push(e.at);
+        unreadable.insert(e.path.clone());
         errors.push(e.path, e.message);
     }
+    let read = errors.0.len();
     let config = raw.and_then(|raw| validate(raw, base, &mut errors));
+    // A value of the wrong type was dropped to read the rest; it is not also "missing".
+    let mut i = 0;
+    errors.0.retain(|e| {
+        i += 1;
+        i <= read || !(unreadable.contains(&e.path) && e.message.starts_with("missing"))
+    });
     if errors.0.is_empty()
         && let Some(c) = config
     {

@@ -132,10 +132,15 @@ pub fn read(text: &str) -> (Option<RawConfig>, Vec<ReadError>) {
     (None, errors)
 }
 
-/// serde's wording, minus the location serde_yaml_ng appends (positions are ours).
+/// serde's wording, minus the location serde_yaml_ng appends (positions are ours) and
+/// our own type names (`struct RawServer` is a mapping to whoever writes the file).
 fn type_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
+    let message = match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    match message.find("expected struct Raw") {
+        Some(at) => format!("{}expected a mapping", &message[..at]),
         None => message.to_string(),
     }
 }
@@ -249,6 +254,11 @@ mod tests {
             assert!(paths.contains(&want), "{want} in {paths:?}");
         }
         assert!(errors.iter().all(|e| !e.message.contains(" at line ")));
+        let server = errors.iter().find(|e| e.path == "server").unwrap();
+        assert_eq!(
+            server.message,
+            "invalid type: integer `5`, expected a mapping"
+        );
         let (_, errors) = read("- a list\n");
         assert_eq!(errors.len(), 1);
         let (_, errors) = read("a: [\n");
