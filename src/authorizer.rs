@@ -324,25 +324,28 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     )
                 }
             }
-            Denial::Refused(
-                Refusal::Forbidden { route, user } | Refusal::NoLocalAccount { route, user },
-            ) => {
-                let why = match denial {
-                    Denial::Refused(Refusal::NoLocalAccount { .. }) => {
-                        "no local account on this Cockpit route"
-                    }
-                    _ => "not allowed by the route's policy",
-                };
-                tracing::info!(user = user.display(), route = route.name, why, "refused");
-                if html {
-                    let sign_out = format!("{}/.portcullis/sign_out", route.origin());
-                    Response::html(403, pages::forbidden(user.display(), &sign_out))
-                } else {
-                    Response::json(
-                        403,
-                        serde_json::json!({"error": "forbidden", "user": user.display()}),
-                    )
-                }
+            Denial::Refused(Refusal::Forbidden {
+                route,
+                user,
+                reason,
+            }) => {
+                let who = user.map_or("", |u| u.display());
+                let rule = reason.map(|r| r.to_string());
+                tracing::info!(
+                    user = who,
+                    route = route.name,
+                    rule = rule.as_deref().unwrap_or("no allow rule matched"),
+                    "refused by the route's policy"
+                );
+                self.forbidden(route, user.map(|u| u.display()), html)
+            }
+            Denial::Refused(Refusal::NoLocalAccount { route, user }) => {
+                tracing::info!(
+                    user = user.display(),
+                    route = route.name,
+                    "refused: no local account on this Cockpit route"
+                );
+                self.forbidden(route, Some(user.display()), html)
             }
             Denial::CockpitToken(e) => {
                 tracing::error!(error = %e, "cannot sign in to Cockpit");
@@ -355,6 +358,18 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                 tracing::error!(error = %e, "session store failed; refusing");
                 Response::text(503, "authorization temporarily unavailable\n")
             }
+        }
+    }
+}
+
+impl<L, T, C> Authorizer<L, T, C> {
+    /// The 403 answer: a page naming who is signed in (with a sign-out button), or JSON.
+    fn forbidden(&self, route: &Route, user: Option<&str>, html: bool) -> Response {
+        if html {
+            let sign_out = format!("{}/.portcullis/sign_out", route.origin());
+            Response::html(403, pages::forbidden(user, &sign_out))
+        } else {
+            Response::json(403, serde_json::json!({"error": "forbidden", "user": user}))
         }
     }
 }

@@ -76,6 +76,11 @@ enum Command {
         #[arg(long)]
         replay_dir: Option<PathBuf>,
     },
+    /// Check route policies from the config alone (no IdP, no secrets needed).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print an Envoy bootstrap config matching the portcullis config.
     EnvoyConfig {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
@@ -97,6 +102,45 @@ enum Command {
         /// CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
         #[arg(long, default_value = crate::envoy::DEFAULT_UPSTREAM_CA_FILE)]
         upstream_ca_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision for a request, and the rule that made it.
+    Explain {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The user's (verified) email; without any of --email, --user, --groups or --claim
+        /// the request is anonymous.
+        #[arg(long)]
+        email: Option<String>,
+        /// The IdP's subject (default: the email's local part).
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// A claim, `name=value`; repeat for more (or more values).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// The client address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// The email is not verified.
+        #[arg(long)]
+        unverified: bool,
+    },
+    /// Check a table of expected decisions (YAML: a list of {url, method, email, user,
+    /// groups, claims, ip, expect: allow|deny|sign_in|no_route, rule}); exit 1 on a mismatch.
+    Test {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        cases: PathBuf,
     },
 }
 
@@ -145,6 +189,7 @@ pub fn run() -> ExitCode {
             }
             Err(errors) => config_failed(&errors),
         },
+        Command::Policy { command } => policy(command),
         Command::ClientJwk { config } => match config::load(&config) {
             Ok(c) => match &c.idp.client_key {
                 Some(key) => {
@@ -185,6 +230,97 @@ pub fn run() -> ExitCode {
             }
             Err(errors) => config_failed(&errors),
         },
+    }
+}
+
+fn policy(command: PolicyCommand) -> ExitCode {
+    use crate::explain::{Case, ClaimValue, explain, run_cases};
+    let load = |path: &PathBuf| {
+        config::load_routes(path)
+            .map(|r| crate::core::RouteTable::new(r.into_iter().map(|r| r.route).collect()))
+    };
+    match command {
+        PolicyCommand::Explain {
+            config,
+            url,
+            method,
+            email,
+            user,
+            groups,
+            claims,
+            ip,
+            unverified,
+        } => {
+            let routes = match load(&config) {
+                Ok(r) => r,
+                Err(errors) => return config_failed(&errors),
+            };
+            let mut by_name: std::collections::HashMap<String, ClaimValue> = Default::default();
+            for c in claims {
+                let Some((k, v)) = c.split_once('=') else {
+                    eprintln!("error: --claim {c:?}: write name=value");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                };
+                let values = match by_name.remove(k) {
+                    Some(ClaimValue::One(one)) => vec![one, v.to_string()],
+                    Some(ClaimValue::Many(mut many)) => {
+                        many.push(v.to_string());
+                        many
+                    }
+                    None => vec![v.to_string()],
+                };
+                by_name.insert(k.to_string(), ClaimValue::Many(values));
+            }
+            let case = Case {
+                url,
+                method: Some(method),
+                user,
+                email,
+                email_verified: Some(!unverified),
+                groups,
+                claims: by_name,
+                ip,
+                ..Default::default()
+            };
+            match explain(&routes, &case) {
+                Ok(x) => {
+                    println!("route:    {}", x.route.as_deref().unwrap_or("(none)"));
+                    println!("decision: {:?}", x.result);
+                    println!("because:  {}", x.because);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
+            }
+        }
+        PolicyCommand::Test { config, cases } => {
+            let routes = match load(&config) {
+                Ok(r) => r,
+                Err(errors) => return config_failed(&errors),
+            };
+            let cases: Vec<Case> = match std::fs::read_to_string(&cases)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_yaml_ng::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", cases.display());
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            let (n, failures) = run_cases(&routes, &cases);
+            for f in &failures {
+                println!("FAIL {f}");
+            }
+            println!("{} of {n} cases as expected", n - failures.len());
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`Config`], collecting every problem with the path of the offending key. `check-config`
 //! prints that list; `serve` refuses to start on a non-empty one.
 
+mod policy;
 mod raw;
 mod source;
 
@@ -17,10 +18,10 @@ use std::time::Duration;
 use url::Url;
 
 use crate::core::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
-use crate::core::{Policy, RoleMapping, Route, authority_of};
+use crate::core::{RoleMapping, Route, authority_of};
 use crate::identity::{ClientKey, SigningKeys, public_jwk_from_pem};
 use crate::secret::{SecretBytes, SecretString};
-use raw::{RawConfig, RawPolicy, RawRoute};
+use raw::{RawConfig, RawRoute};
 
 /// Exit code for an unusable config (sysexits EX_USAGE), shared by `check-config` and `serve`.
 pub const EXIT_CONFIG: i32 = 64;
@@ -71,6 +72,8 @@ pub struct IdpConfig {
     pub client_key: Option<Arc<ClientKey>>,
     /// Accepted ID token algorithms; `None`: the asymmetric ones the IdP advertises.
     pub id_token_algs: Option<Vec<String>>,
+    /// The claims route policies test (`claim/NAME`), kept on the user at sign-in.
+    pub policy_claims: Vec<String>,
 }
 
 /// When to read claims from the IdP's UserInfo endpoint.
@@ -190,6 +193,17 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let (text, base, file) = read_file(path)?;
+    parse(&text, &base).map_err(|mut errors| {
+        for e in &mut errors.0 {
+            e.file = Some(file.clone());
+        }
+        errors
+    })
+}
+
+/// The config file's text, the directory its relative paths start from, and its name.
+fn read_file(path: &Path) -> Result<(String, PathBuf, String), ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -203,12 +217,46 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    parse(&text, &base).map_err(|mut errors| {
-        for e in &mut errors.0 {
-            e.file = Some(file.clone());
+    Ok((text, base, file))
+}
+
+/// Reads only the routes of the config at `path`, for `policy explain` and `policy test`:
+/// the secrets and keys the rest names need not be there (an admin's CI rarely has them).
+pub fn load_routes(path: &Path) -> Result<Vec<RouteConfig>, ConfigErrors> {
+    let (text, base, file) = read_file(path)?;
+    let mut errors = Errors::default();
+    let (raw, read_errors) = source::read(&text);
+    for e in read_errors
+        .into_iter()
+        .filter(|e| e.path.starts_with("routes") || e.path.is_empty())
+    {
+        errors.push(e.path, e.message);
+    }
+    let routes = raw.map(|raw| {
+        let auth = raw
+            .authenticate_url
+            .as_deref()
+            .and_then(|u| parse_origin(u, "authenticate_url", &mut errors));
+        match raw.routes {
+            Some(r) if !r.is_empty() => validate_routes(r, auth.as_ref(), &base, &mut errors),
+            _ => {
+                errors.push("routes", "missing (at least one route is required)");
+                Vec::new()
+            }
         }
-        errors
-    })
+    });
+    match routes {
+        Some(routes) if errors.0.is_empty() => Ok(routes),
+        _ => {
+            let positions = source::Positions::of(&text);
+            let mut all = errors.0;
+            for e in &mut all {
+                e.at = positions.find(&e.path);
+                e.file = Some(file.clone());
+            }
+            Err(ConfigErrors(all))
+        }
+    }
 }
 
 /// Parses and validates config text; relative file paths resolve against `base`. Every
@@ -334,10 +382,18 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         }
     };
 
+    let mut idp = idp?;
+    for route in &routes {
+        for claim in route.policy.claims() {
+            if !idp.policy_claims.contains(&claim) {
+                idp.policy_claims.push(claim);
+            }
+        }
+    }
     Some(Config {
         server: server?,
         authenticate_url: authenticate_url?,
-        idp: idp?,
+        idp,
         cookie: cookie?,
         signing_keys: signing_keys?,
         identity_header,
@@ -523,6 +579,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         token_endpoint_auth: token_endpoint_auth.ok()?,
         client_key,
         id_token_algs,
+        policy_claims: Vec::new(),
     })
 }
 
@@ -611,7 +668,7 @@ fn validate_routes(
             None => errors.missing(&at("to")),
         };
         let policy = match policy {
-            Some(p) => validate_policy(p, &at("policy"), errors),
+            Some(p) => policy::validate_policy(p, &at("policy"), errors),
             None => {
                 errors.push(
                     at("policy"),
@@ -771,59 +828,6 @@ fn validate_cockpit(
             errors.push(
                 format!("{path}.account"),
                 format!("{other:?}: use subject (the default), email_local_part, preferred_username, or an accounts table"),
-            );
-            None
-        }
-    }
-}
-
-fn validate_policy(raw: RawPolicy, path: &str, errors: &mut Errors) -> Option<Policy> {
-    let RawPolicy {
-        public,
-        any_authenticated_user,
-        emails,
-        domains,
-        groups,
-    } = raw;
-    let public = public.unwrap_or(false);
-    let any = any_authenticated_user.unwrap_or(false);
-    let emails = emails.unwrap_or_default();
-    let domains = domains.unwrap_or_default();
-    let groups = groups.unwrap_or_default();
-    let lists = !(emails.is_empty() && domains.is_empty() && groups.is_empty());
-    match (public, any, lists) {
-        (true, false, false) => Some(Policy::Public),
-        (false, true, false) => Some(Policy::AnyAuthenticatedUser),
-        (false, false, true) => {
-            for (j, d) in domains.iter().enumerate() {
-                if d.contains('@') || d.trim().is_empty() {
-                    errors.push(
-                        format!("{path}.domains[{j}]"),
-                        format!("{d:?} is not a domain"),
-                    );
-                }
-            }
-            for (j, e) in emails.iter().enumerate() {
-                if !e.contains('@') {
-                    errors.push(
-                        format!("{path}.emails[{j}]"),
-                        format!("{e:?} is not an email address"),
-                    );
-                }
-            }
-            Some(Policy::allow_list(emails, domains, groups))
-        }
-        (false, false, false) => {
-            errors.push(
-                path,
-                "empty: set one of public, any_authenticated_user, or emails/domains/groups",
-            );
-            None
-        }
-        _ => {
-            errors.push(
-                path,
-                "choose exactly one of public, any_authenticated_user, or emails/domains/groups",
             );
             None
         }

@@ -86,7 +86,27 @@ pub fn to_request(request: &CheckRequest) -> Result<Request<'_>, Status> {
             .context_extensions
             .get("route")
             .map(String::as_str),
+        source_ip: source_ip(attributes),
     })
+}
+
+/// The client's address: Envoy's `source` peer, which with `use_remote_address` and
+/// `xff_num_trusted_hops` is the client as seen past the trusted proxies.
+fn source_ip(
+    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> Option<std::net::IpAddr> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    match attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    {
+        Address::SocketAddress(s) => s.address.parse().ok(),
+        _ => None,
+    }
 }
 
 /// Converts an action into Envoy's answer.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod envoy;
+pub mod explain;
 pub mod ext_authz;
 pub mod identity;
 pub mod metrics;

@@ -216,6 +216,7 @@ impl OpenIdConnect {
         ClaimRules {
             groups_claim: &self.config.groups_claim,
             assume_email_verified: self.config.assume_email_verified,
+            keep: &self.config.policy_claims,
         }
     }
 
@@ -800,6 +801,7 @@ pub fn user_from_verified_token(
         &ClaimRules {
             groups_claim,
             assume_email_verified: assume_missing_verified,
+            keep: &[],
         },
     )
 }

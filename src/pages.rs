@@ -27,18 +27,21 @@ code,pre{{background:#f4f4f4;padding:.1rem .3rem}}a.button{{display:inline-block
     )
 }
 
-/// 403: signed in, but the route's policy does not allow this user.
-pub fn forbidden(user: &str, sign_out_url: &str) -> String {
-    page(
-        "Access denied",
-        &format!(
+/// 403: the route's policy does not allow this request (for this user, when signed in).
+pub fn forbidden(user: Option<&str>, sign_out_url: &str) -> String {
+    let body = match user {
+        Some(user) => format!(
             "<h1>Access denied</h1><p>You are signed in as <strong>{}</strong>, and this account \
 is not allowed to use this application.</p><p>If you should have access, ask your administrator. \
 To use another account, sign out first.</p>{}",
             escape(user),
             sign_out_form(sign_out_url)
         ),
-    )
+        None => "<h1>Access denied</h1><p>This request is not allowed here.</p>\
+<p>If it should be, ask your administrator.</p>"
+            .to_string(),
+    };
+    page("Access denied", &body)
 }
 
 /// Sign-out is a POST from our own page (a GET from anywhere must not end a session), as
@@ -104,7 +107,7 @@ mod tests {
 
     #[test]
     fn escapes_everything_dynamic() {
-        let p = forbidden("<script>\"x\"", "https://a/?x=1&y='2'");
+        let p = forbidden(Some("<script>\"x\""), "https://a/?x=1&y='2'");
         assert!(!p.contains("<script>"));
         assert!(p.contains("&lt;script&gt;&quot;x&quot;"));
         assert!(p.contains("x=1&amp;y=&#39;2&#39;"));

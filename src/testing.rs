@@ -120,6 +120,7 @@ pub fn user(email: &str, groups: &[&str]) -> User {
         name: None,
         preferred_username: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims: Vec::new(),
     }
 }
 

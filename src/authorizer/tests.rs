@@ -38,7 +38,7 @@ fn routes() -> RouteTable {
     let mut cockpit = route(
         "cockpit",
         &format!("https://{COCKPIT}"),
-        Policy::AnyAuthenticatedUser,
+        Policy::any_authenticated_user(),
     );
     cockpit.cockpit = Some(CockpitSettings {
         url_root: String::new(),
@@ -50,14 +50,14 @@ fn routes() -> RouteTable {
         route(
             "app",
             &format!("https://{APP}"),
-            Policy::AnyAuthenticatedUser,
+            Policy::any_authenticated_user(),
         ),
         route(
             "admin",
             &format!("https://{ADMIN}"),
             Policy::allow_list(vec![], vec![], vec!["admins".into()]),
         ),
-        route("public", &format!("https://{PUBLIC}"), Policy::Public),
+        route("public", &format!("https://{PUBLIC}"), Policy::public()),
         route(
             "app-admin",
             &format!("https://{APP}/admin"),
@@ -126,6 +126,7 @@ async fn get_with_session<L: SessionLookup>(
         path,
         headers: &headers,
         route_hint: None,
+        source_ip: None,
     };
     a.check(&req).await
 }
@@ -166,6 +167,7 @@ impl Harness {
             path,
             headers: &headers,
             route_hint: hint,
+            source_ip: None,
         };
         self.authorizer.check(&req).await
     }
@@ -468,7 +470,7 @@ async fn a_cockpit_token_that_cannot_fit_is_a_clear_error() {
     let mut cockpit = route(
         "cockpit",
         &format!("https://{long}"),
-        Policy::AnyAuthenticatedUser,
+        Policy::any_authenticated_user(),
     );
     cockpit.cockpit = Some(CockpitSettings {
         url_root: String::new(),
@@ -517,6 +519,7 @@ async fn a_store_that_fails_refuses_with_503_and_never_allows() {
         path: "/",
         headers: &none,
         route_hint: None,
+        source_ip: None,
     };
     assert_eq!(a.check(&req).await.kind, OutcomeKind::SignInRequired);
 }

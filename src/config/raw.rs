@@ -89,4 +89,7 @@ pub struct RawPolicy {
     pub emails: Option<Vec<String>>,
     pub domains: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
+    /// Rules (`and`/`or`/`not` over criteria), read by `config::policy`.
+    pub allow: Option<serde_yaml_ng::Value>,
+    pub deny: Option<serde_yaml_ng::Value>,
 }

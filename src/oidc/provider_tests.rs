@@ -270,6 +270,7 @@ fn config(issuer: &str) -> IdpConfig {
         token_endpoint_auth: None,
         client_key: None,
         id_token_algs: None,
+        policy_claims: Vec::new(),
     }
 }
 

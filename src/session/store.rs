@@ -116,6 +116,7 @@ mod tests {
             name: None,
             preferred_username: None,
             groups: vec![],
+            claims: Vec::new(),
         };
         Session::new(user, now, life)
     }

@@ -27,6 +27,7 @@ async fn check(t: &TestApp, b: &TestBrowser<'_>, host: &str) -> OutcomeKind {
         path: "/",
         headers: &headers,
         route_hint: None,
+        source_ip: None,
     };
     let d = t.app.authorizer.check(&req).await;
     if d.kind == OutcomeKind::Allow {
