@@ -211,6 +211,9 @@ async fn main() {
 }
 
 async fn run() -> Result<(), String> {
+    if let Ok(n) = std::env::var("CHECK_STARTS") {
+        return starts(n.parse().unwrap()).await;
+    }
     let base = PathBuf::from(std::env::var("CHECK_DIR").unwrap_or_else(|_| format!("/tmp/llng-check-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&base);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -249,11 +252,11 @@ async fn run() -> Result<(), String> {
     let dir = base.join("default");
     let t = Instant::now();
     let mut llng = launcher::start_with(&dir, &rps, &opts).await?;
-    println!("== start (new state dir, RSA key generated): {:?} (ready after {:?})", t.elapsed(), llng.startup);
+    println!("== start (new state dir, RSA key generated): {:?}\n   {:?}", t.elapsed(), llng.startup_steps);
     llng.stop();
     let t = Instant::now();
     let llng = launcher::start_with(&dir, &rps, &opts).await?;
-    println!("== start again (same state dir, key kept): {:?}", t.elapsed());
+    println!("== start again (same state dir, key kept): {:?}\n   {:?}", t.elapsed(), llng.startup_steps);
     for (name, pid) in llng.pids() {
         let (rss, pss) = rss_kib(pid);
         println!("   memory after start: {name} (pid {pid}) RSS {rss} KiB, PSS {pss} KiB");
@@ -602,6 +605,10 @@ async fn run() -> Result<(), String> {
             short(&url)
         ),
     }
+    for (name, pid) in llng.pids() {
+        let (rss, pss) = rss_kib(pid);
+        println!("   memory after all of the above: {name} (pid {pid}) RSS {rss} KiB, PSS {pss} KiB");
+    }
     drop(llng);
 
     // ---- second profile: RS256, claims in the ID token, PKCE required, no consent/confirm
@@ -679,5 +686,32 @@ async fn run() -> Result<(), String> {
     let _b = launcher::start(&base.join("para-b"), &rp).await?;
     println!("   two instances side by side: {:?} ({} and {})", t.elapsed(), _a.issuer, _b.issuer);
     tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+/// CHECK_STARTS=N: start and stop N times on a new state dir and N times on the same one.
+async fn starts(n: usize) -> Result<(), String> {
+    let base = PathBuf::from(format!("/tmp/llng-starts-{}", std::process::id()));
+    let rp = RpSettings::default_claims("portcullis", "secret", REDIRECT);
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        format!("min {:?} median {:?} max {:?}", v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    let (mut fresh, mut again) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let t = Instant::now();
+        let l = launcher::start(&base.join(format!("d{i}")), &rp).await?;
+        fresh.push(t.elapsed());
+        if i < 2 {
+            println!("steps: {:?}", l.startup_steps);
+        }
+    }
+    for _ in 0..n {
+        let t = Instant::now();
+        drop(launcher::start(&base.join("d0"), &rp).await?);
+        again.push(t.elapsed());
+    }
+    println!("new state dir (the first one makes the key): {}\nsame state dir: {}", stats(&mut fresh), stats(&mut again));
+    let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }
