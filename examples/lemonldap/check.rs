@@ -53,7 +53,10 @@ fn verify(token: &str, jwks: &Value, secret: &str) -> String {
     let (h, _) = jwt_parts(token);
     let alg = h["alg"].as_str().unwrap_or("?");
     let idx = token.rfind('.').unwrap();
-    let (msg, sig) = (&token[..idx], URL_SAFE_NO_PAD.decode(&token[idx + 1..]).unwrap());
+    let (msg, sig) = (
+        &token[..idx],
+        URL_SAFE_NO_PAD.decode(&token[idx + 1..]).unwrap(),
+    );
     let ok = match alg {
         "RS256" => {
             let key = jwks["keys"]
@@ -65,7 +68,11 @@ fn verify(token: &str, jwks: &Value, secret: &str) -> String {
             let n = URL_SAFE_NO_PAD.decode(key["n"].as_str().unwrap()).unwrap();
             let e = URL_SAFE_NO_PAD.decode(key["e"].as_str().unwrap()).unwrap();
             ring::signature::RsaPublicKeyComponents { n, e }
-                .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, msg.as_bytes(), &sig)
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    msg.as_bytes(),
+                    &sig,
+                )
                 .is_ok()
         }
         "HS512" | "HS256" | "HS384" => {
@@ -79,7 +86,10 @@ fn verify(token: &str, jwks: &Value, secret: &str) -> String {
         }
         _ => false,
     };
-    format!("{alg} signature {}", if ok { "verified" } else { "NOT verified" })
+    format!(
+        "{alg} signature {}",
+        if ok { "verified" } else { "NOT verified" }
+    )
 }
 
 struct Flow {
@@ -90,7 +100,8 @@ struct Flow {
 
 fn auth_url(disc: &Value, client_id: &str, scope: &str, extra: &[(&str, &str)]) -> Flow {
     let verifier = b64url(&random(32));
-    let challenge = b64url(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    let challenge =
+        b64url(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
     let state = b64url(&random(12));
     let nonce = b64url(&random(12));
     let mut params = vec![
@@ -104,10 +115,15 @@ fn auth_url(disc: &Value, client_id: &str, scope: &str, extra: &[(&str, &str)]) 
         ("code_challenge_method", "S256"),
     ];
     params.extend_from_slice(extra);
-    let url = reqwest::Url::parse_with_params(disc["authorization_endpoint"].as_str().unwrap(), &params)
-        .unwrap()
-        .to_string();
-    Flow { verifier, state, url }
+    let url =
+        reqwest::Url::parse_with_params(disc["authorization_endpoint"].as_str().unwrap(), &params)
+            .unwrap()
+            .to_string();
+    Flow {
+        verifier,
+        state,
+        url,
+    }
 }
 
 fn code_of(redirect: &str, flow: &Flow) -> Result<String, String> {
@@ -116,7 +132,9 @@ fn code_of(redirect: &str, flow: &Flow) -> Result<String, String> {
     if q.get("state") != Some(&flow.state) {
         return Err(format!("state mismatch in {redirect}"));
     }
-    q.get("code").cloned().ok_or_else(|| format!("no code: {redirect}"))
+    q.get("code")
+        .cloned()
+        .ok_or_else(|| format!("no code: {redirect}"))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -154,7 +172,10 @@ async fn exchange(
     let resp = req.form(&form).send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(json!({ "raw": text })))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(json!({ "raw": text })),
+    )
 }
 
 fn summary(v: &Value) -> Value {
@@ -177,7 +198,16 @@ fn short(url: &str) -> String {
     };
     let pairs: Vec<(String, String)> = u
         .query_pairs()
-        .map(|(k, v)| (k.into_owned(), if v.len() > 24 { format!("{}…", &v[..12]) } else { v.into_owned() }))
+        .map(|(k, v)| {
+            (
+                k.into_owned(),
+                if v.len() > 24 {
+                    format!("{}…", &v[..12])
+                } else {
+                    v.into_owned()
+                },
+            )
+        })
         .collect();
     if pairs.is_empty() {
         return url.to_string();
@@ -214,7 +244,13 @@ async fn run() -> Result<(), String> {
     if let Ok(n) = std::env::var("CHECK_STARTS") {
         return starts(n.parse().unwrap()).await;
     }
-    let base = PathBuf::from(std::env::var("CHECK_DIR").unwrap_or_else(|_| format!("/tmp/llng-check-{}", std::process::id())));
+    if std::env::var_os("CHECK_EDGES").is_some() {
+        return edges().await;
+    }
+    let base = PathBuf::from(
+        std::env::var("CHECK_DIR")
+            .unwrap_or_else(|_| format!("/tmp/llng-check-{}", std::process::id())),
+    );
     let _ = std::fs::remove_dir_all(&base);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -245,18 +281,30 @@ async fn run() -> Result<(), String> {
         allow_offline: true,
         ..RpSettings::default_claims("rp-offline", "plain-secret", REDIRECT)
     };
-    let rps = [rp.clone(), rp_b, rp_c, rp_d, rp_off];
+    let rp_none = RpSettings {
+        id_token_alg: "none".into(),
+        ..RpSettings::default_claims("rp-none", "secret-none", REDIRECT)
+    };
+    let rps = [rp.clone(), rp_b, rp_c, rp_d, rp_off, rp_none];
     let opts = launcher::Options::default();
 
     // ---- start: cold (new state dir, key made), warm (same dir)
     let dir = base.join("default");
     let t = Instant::now();
     let mut llng = launcher::start_with(&dir, &rps, &opts).await?;
-    println!("== start (new state dir, RSA key generated): {:?}\n   {:?}", t.elapsed(), llng.startup_steps);
+    println!(
+        "== start (new state dir, RSA key generated): {:?}\n   {:?}",
+        t.elapsed(),
+        llng.startup_steps
+    );
     llng.stop();
     let t = Instant::now();
     let llng = launcher::start_with(&dir, &rps, &opts).await?;
-    println!("== start again (same state dir, key kept): {:?}\n   {:?}", t.elapsed(), llng.startup_steps);
+    println!(
+        "== start again (same state dir, key kept): {:?}\n   {:?}",
+        t.elapsed(),
+        llng.startup_steps
+    );
     for (name, pid) in llng.pids() {
         let (rss, pss) = rss_kib(pid);
         println!("   memory after start: {name} (pid {pid}) RSS {rss} KiB, PSS {pss} KiB");
@@ -264,7 +312,14 @@ async fn run() -> Result<(), String> {
     println!("   issuer {}", llng.issuer);
 
     // ---- discovery and JWKS
-    let disc: Value = http.get(llng.discovery_url()).send().await.unwrap().json().await.unwrap();
+    let disc: Value = http
+        .get(llng.discovery_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     println!("== discovery");
     for k in [
         "issuer",
@@ -286,7 +341,14 @@ async fn run() -> Result<(), String> {
     ] {
         println!("   {k}: {}", disc[k]);
     }
-    let jwks: Value = http.get(disc["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let jwks: Value = http
+        .get(disc["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let k0 = &jwks["keys"][0];
     println!(
         "== jwks: {} key(s); kty {} use {} alg {} kid {} n {} bytes",
@@ -295,7 +357,10 @@ async fn run() -> Result<(), String> {
         k0["use"],
         k0["alg"],
         k0["kid"],
-        URL_SAFE_NO_PAD.decode(k0["n"].as_str().unwrap_or("")).map(|n| n.len()).unwrap_or(0)
+        URL_SAFE_NO_PAD
+            .decode(k0["n"].as_str().unwrap_or(""))
+            .map(|n| n.len())
+            .unwrap_or(0)
     );
 
     // ---- sign-in: login form, consent, redirect
@@ -303,7 +368,11 @@ async fn run() -> Result<(), String> {
     let flow = auth_url(&disc, "portcullis", "openid profile email", &[]);
     let t = Instant::now();
     let redirect = portal.authorize(&flow.url, "dwho", "dwho").await?;
-    println!("== sign-in as dwho (login form + consent) in {:?}\n   -> {}", t.elapsed(), redirect.split("code=").next().unwrap());
+    println!(
+        "== sign-in as dwho (login form + consent) in {:?}\n   -> {}",
+        t.elapsed(),
+        redirect.split("code=").next().unwrap()
+    );
     let code = code_of(&redirect, &flow)?;
 
     // ---- code exchange, three ways, each on a fresh code (SSO: no password the next time)
@@ -313,7 +382,9 @@ async fn run() -> Result<(), String> {
     println!(
         "   base64(raw id:secret) = {} (has + or /: {})",
         STANDARD.encode(format!("portcullis:{secret}")),
-        STANDARD.encode(format!("portcullis:{secret}")).contains(['+', '/'])
+        STANDARD
+            .encode(format!("portcullis:{secret}"))
+            .contains(['+', '/'])
     );
     let mut code = Some(code);
     let mut flow = flow;
@@ -384,7 +455,15 @@ async fn run() -> Result<(), String> {
         .await
         .unwrap();
     let (ui_status, ui_type) = (ui.status(), ui.headers().get("content-type").cloned());
-    println!("== userinfo ({ui_status}, {ui_type:?}) {}", ui.text().await.unwrap());
+    let ui_text = ui.text().await.unwrap();
+    println!("== userinfo ({ui_status}, {ui_type:?}) {ui_text}");
+    let claims: Value = serde_json::from_str(&ui_text).unwrap();
+    let dwho = llng.user("dwho").unwrap();
+    let agree = claims["sub"] == dwho.sub
+        && claims["email"] == dwho.email
+        && claims["name"] == dwho.name
+        && claims["groups"] == json!(dwho.groups);
+    println!("   launcher::DEMO_USERS agrees with UserInfo (groups in order): {agree}");
     let ui_post = http
         .post(disc["userinfo_endpoint"].as_str().unwrap())
         .form(&[("access_token", access)])
@@ -401,10 +480,16 @@ async fn run() -> Result<(), String> {
             "portcullis",
             secret,
             Auth::Post,
-            vec![("grant_type", "refresh_token".into()), ("refresh_token", rt.into())],
+            vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", rt.into()),
+            ],
         )
         .await;
-        println!("== refresh (online refresh token): {status} {}", summary(&body));
+        println!(
+            "== refresh (online refresh token): {status} {}",
+            summary(&body)
+        );
         if let Some(t) = body["id_token"].as_str() {
             println!("   refreshed id_token payload {}", jwt_parts(t).1);
         }
@@ -415,12 +500,36 @@ async fn run() -> Result<(), String> {
     // ---- offline_access (RP "portcullis" has RefreshToken=1 and no AllowOffline; RP
     // "rp-offline" the other way round)
     for (rp_id, rp_secret, label, extra) in [
-        ("portcullis", secret, "portcullis (RefreshToken=1, AllowOffline=0), scope openid offline_access", vec![]),
-        ("rp-offline", "plain-secret", "rp-offline (RefreshToken=0, AllowOffline=1), scope openid", vec![]),
-        ("rp-offline", "plain-secret", "rp-offline, scope openid offline_access", vec![]),
-        ("rp-offline", "plain-secret", "rp-offline, scope openid offline_access, prompt=consent", vec![("prompt", "consent")]),
+        (
+            "portcullis",
+            secret,
+            "portcullis (RefreshToken=1, AllowOffline=0), scope openid offline_access",
+            vec![],
+        ),
+        (
+            "rp-offline",
+            "plain-secret",
+            "rp-offline (RefreshToken=0, AllowOffline=1), scope openid",
+            vec![],
+        ),
+        (
+            "rp-offline",
+            "plain-secret",
+            "rp-offline, scope openid offline_access",
+            vec![],
+        ),
+        (
+            "rp-offline",
+            "plain-secret",
+            "rp-offline, scope openid offline_access, prompt=consent",
+            vec![("prompt", "consent")],
+        ),
     ] {
-        let scope = if label.ends_with("scope openid") { "openid" } else { "openid offline_access" };
+        let scope = if label.ends_with("scope openid") {
+            "openid"
+        } else {
+            "openid offline_access"
+        };
         let f = auth_url(&disc, rp_id, scope, &extra);
         let r = portal.authorize(&f.url, "dwho", "dwho").await?;
         let c = code_of(&r, &f)?;
@@ -439,9 +548,39 @@ async fn run() -> Result<(), String> {
         )
         .await;
         println!("== {label}: {status} {}", summary(&body));
-        if let Some(rt) = body["refresh_token"].as_str().filter(|_| rp_id == "rp-offline") {
+        if let Some(rt) = body["refresh_token"]
+            .as_str()
+            .filter(|_| rp_id == "rp-offline")
+        {
             offline_refresh = Some(rt.to_string());
         }
+    }
+
+    // ---- alg none
+    {
+        let f = auth_url(&disc, "rp-none", "openid", &[]);
+        let c = code_of(&portal.authorize(&f.url, "dwho", "dwho").await?, &f)?;
+        let (status, body) = exchange(
+            &http,
+            &disc,
+            "rp-none",
+            "secret-none",
+            Auth::Post,
+            vec![
+                ("grant_type", "authorization_code".into()),
+                ("code", c),
+                ("redirect_uri", REDIRECT.into()),
+                ("code_verifier", f.verifier),
+            ],
+        )
+        .await;
+        let t = body["id_token"].as_str().unwrap_or("");
+        println!(
+            "== IDTokenSignAlg none: {status}; id_token has {} dot-separated parts, ends with '.': {}; header {}",
+            t.split('.').count(),
+            t.ends_with('.'),
+            jwt_parts(t).0
+        );
     }
 
     // ---- PKCE: wrong verifier; no challenge
@@ -457,7 +596,10 @@ async fn run() -> Result<(), String> {
             ("grant_type", "authorization_code".into()),
             ("code", c),
             ("redirect_uri", REDIRECT.into()),
-            ("code_verifier", "wrong-verifier-wrong-verifier-wrong-verifier-x".into()),
+            (
+                "code_verifier",
+                "wrong-verifier-wrong-verifier-wrong-verifier-x".into(),
+            ),
         ],
     )
     .await;
@@ -490,9 +632,20 @@ async fn run() -> Result<(), String> {
     match portal.end_session(&end).await? {
         Outcome::Redirect(u) => println!("   after confirming: redirect {u} ({:?})", t.elapsed()),
         Outcome::FormPost { url, .. } => println!("   after confirming: form_post {url}"),
-        Outcome::Page { url, status, messages, login_form } => println!("   after confirming: page {status} {} login_form={login_form}: {messages:?}", short(&url)),
+        Outcome::Page {
+            url,
+            status,
+            messages,
+            login_form,
+        } => println!(
+            "   after confirming: page {status} {} login_form={login_form}: {messages:?}",
+            short(&url)
+        ),
     }
-    println!("   front-channel iframes loaded on the way: {:?}", portal.frames());
+    println!(
+        "   front-channel iframes loaded on the way: {:?}",
+        portal.frames()
+    );
     // Refresh tokens after the SSO session ended.
     if let Some(rt) = tokens["refresh_token"].as_str() {
         let (status, body) = exchange(
@@ -501,10 +654,16 @@ async fn run() -> Result<(), String> {
             "portcullis",
             secret,
             Auth::Post,
-            vec![("grant_type", "refresh_token".into()), ("refresh_token", rt.into())],
+            vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", rt.into()),
+            ],
         )
         .await;
-        println!("   online refresh token after logout: {status} {}", summary(&body));
+        println!(
+            "   online refresh token after logout: {status} {}",
+            summary(&body)
+        );
     }
     if let Some(rt) = &offline_refresh {
         let (status, body) = exchange(
@@ -513,10 +672,16 @@ async fn run() -> Result<(), String> {
             "rp-offline",
             "plain-secret",
             Auth::Post,
-            vec![("grant_type", "refresh_token".into()), ("refresh_token", rt.clone())],
+            vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", rt.clone()),
+            ],
         )
         .await;
-        println!("   offline refresh token after logout: {status} {}", summary(&body));
+        println!(
+            "   offline refresh token after logout: {status} {}",
+            summary(&body)
+        );
     }
     let ui = http
         .get(disc["userinfo_endpoint"].as_str().unwrap())
@@ -524,26 +689,49 @@ async fn run() -> Result<(), String> {
         .send()
         .await
         .unwrap();
-    println!("   UserInfo with the old access token after logout: {}", ui.status());
+    println!(
+        "   UserInfo with the old access token after logout: {}",
+        ui.status()
+    );
     // A sign-in the browser abandons at the login form, then a new one in the same browser.
     let abandoned = auth_url(&disc, "portcullis", "openid", &[]);
     match portal.walk(&abandoned.url, None).await {
         Ok(o) => println!("   authorize after logout: {o:?}"),
-        Err(e) => println!("   authorize after logout: {}", e.split(" at http").next().unwrap()),
+        Err(e) => println!(
+            "   authorize after logout: {}",
+            e.split(" at http").next().unwrap()
+        ),
     }
     let f = auth_url(&disc, "portcullis", "openid", &[]);
     let r = portal.authorize(&f.url, "dwho", "dwho").await?;
-    let got = reqwest::Url::parse(&r).unwrap().query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.into_owned());
+    let got = reqwest::Url::parse(&r)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned());
     println!(
         "   new authorization in the same browser after an abandoned one: redirect carries the {} request's state",
-        if got.as_deref() == Some(abandoned.state.as_str()) { "ABANDONED" } else if got.as_deref() == Some(f.state.as_str()) { "new" } else { "??" }
+        if got.as_deref() == Some(abandoned.state.as_str()) {
+            "ABANDONED"
+        } else if got.as_deref() == Some(f.state.as_str()) {
+            "new"
+        } else {
+            "??"
+        }
     );
 
     // ---- RP-initiated logout from a browser that used one RP: rp-b (consent, logout
     // confirmation), rp-c (consent, no logout confirmation), rp-d (no consent, logout
     // confirmation, front-channel URL). Each case in a new browser; a user's consent is
     // remembered (persistent session), so only a user's first sign-in to an RP shows it.
-    async fn signed_in(issuer: &str, disc: &Value, http: &reqwest::Client, rp: &str, secret: &str, user: &str) -> Result<(Portal, String), String> {
+    async fn signed_in(
+        issuer: &str,
+        disc: &Value,
+        http: &reqwest::Client,
+        rp: &str,
+        secret: &str,
+        user: &str,
+    ) -> Result<(Portal, String), String> {
         let portal = Portal::new(issuer)?;
         let f = auth_url(disc, rp, "openid", &[]);
         let c = code_of(&portal.authorize(&f.url, user, user).await?, &f)?;
@@ -565,49 +753,155 @@ async fn run() -> Result<(), String> {
     }
     let endpoint = disc["end_session_endpoint"].as_str().unwrap();
     for (rp_id, rp_secret, user, label, hint, post, state) in [
-        ("rp-b", secret_b.as_str(), "rtyler", "id_token_hint + registered post_logout_redirect_uri + state", true, Some(AFTER_LOGOUT), Some("st-b")),
-        ("rp-b", secret_b.as_str(), "rtyler", "id_token_hint + registered post_logout_redirect_uri + state", true, Some(AFTER_LOGOUT), Some("st-b")),
-        ("rp-b", secret_b.as_str(), "rtyler", "registered post_logout_redirect_uri, no id_token_hint", false, Some(AFTER_LOGOUT), None),
-        ("rp-b", secret_b.as_str(), "rtyler", "id_token_hint, no post_logout_redirect_uri", true, None, None),
-        ("rp-b", secret_b.as_str(), "rtyler", "id_token_hint + unregistered post_logout_redirect_uri", true, Some("http://127.0.0.1:9/elsewhere"), None),
-        ("rp-c", "secret-c", "msmith", "id_token_hint + registered post_logout_redirect_uri + state", true, Some(AFTER_LOGOUT), Some("st-c")),
-        ("rp-c", "secret-c", "msmith", "id_token_hint + registered post_logout_redirect_uri + state", true, Some(AFTER_LOGOUT), Some("st-c")),
-        ("rp-d", "secret-d", "msmith", "id_token_hint + registered post_logout_redirect_uri + state", true, Some(AFTER_LOGOUT), Some("st-d")),
-        ("rp-d", "secret-d", "msmith", "id_token_hint, no post_logout_redirect_uri", true, None, None),
+        (
+            "rp-b",
+            secret_b.as_str(),
+            "rtyler",
+            "id_token_hint + registered post_logout_redirect_uri + state",
+            true,
+            Some(AFTER_LOGOUT),
+            Some("st-b"),
+        ),
+        (
+            "rp-b",
+            secret_b.as_str(),
+            "rtyler",
+            "id_token_hint + registered post_logout_redirect_uri + state",
+            true,
+            Some(AFTER_LOGOUT),
+            Some("st-b"),
+        ),
+        (
+            "rp-b",
+            secret_b.as_str(),
+            "rtyler",
+            "registered post_logout_redirect_uri, no id_token_hint",
+            false,
+            Some(AFTER_LOGOUT),
+            None,
+        ),
+        (
+            "rp-b",
+            secret_b.as_str(),
+            "rtyler",
+            "id_token_hint, no post_logout_redirect_uri",
+            true,
+            None,
+            None,
+        ),
+        (
+            "rp-b",
+            secret_b.as_str(),
+            "rtyler",
+            "id_token_hint + unregistered post_logout_redirect_uri",
+            true,
+            Some("http://127.0.0.1:9/elsewhere"),
+            None,
+        ),
+        (
+            "rp-c",
+            "secret-c",
+            "msmith",
+            "id_token_hint + registered post_logout_redirect_uri + state",
+            true,
+            Some(AFTER_LOGOUT),
+            Some("st-c"),
+        ),
+        (
+            "rp-c",
+            "secret-c",
+            "msmith",
+            "id_token_hint + registered post_logout_redirect_uri + state",
+            true,
+            Some(AFTER_LOGOUT),
+            Some("st-c"),
+        ),
+        (
+            "rp-d",
+            "secret-d",
+            "msmith",
+            "id_token_hint + registered post_logout_redirect_uri + state",
+            true,
+            Some(AFTER_LOGOUT),
+            Some("st-d"),
+        ),
+        (
+            "rp-d",
+            "secret-d",
+            "msmith",
+            "id_token_hint, no post_logout_redirect_uri",
+            true,
+            None,
+            None,
+        ),
     ] {
-        let (portal, id_token) = signed_in(&llng.issuer, &disc, &http, rp_id, rp_secret, user).await?;
+        let (portal, id_token) =
+            signed_in(&llng.issuer, &disc, &http, rp_id, rp_secret, user).await?;
         let signin = portal.trail();
-        let url = launcher::end_session_url(endpoint, hint.then_some(id_token.as_str()), post, state)?;
+        let url =
+            launcher::end_session_url(endpoint, hint.then_some(id_token.as_str()), post, state)?;
         let outcome = portal.end_session(&url).await?;
-        let logout: Vec<String> = portal.trail()[signin.len()..].iter().map(|t| short(t.trim_start_matches("redirect "))).collect();
+        let logout: Vec<String> = portal.trail()[signin.len()..]
+            .iter()
+            .map(|t| short(t.trim_start_matches("redirect ")))
+            .collect();
         let f = auth_url(&disc, rp_id, "openid", &[]);
         let after = match portal.walk(&f.url, None).await? {
-            Outcome::Page { login_form: true, .. } => "SSO session gone",
+            Outcome::Page {
+                login_form: true, ..
+            } => "SSO session gone",
             _ => "SSO session STILL THERE",
         };
         let end = match outcome {
             Outcome::Redirect(u) => format!("redirect {u}"),
             Outcome::FormPost { url, .. } => format!("form_post {url}"),
-            Outcome::Page { url, status, messages, login_form } => {
-                format!("page {status} {} login_form={login_form} {messages:?}", short(&url))
+            Outcome::Page {
+                url,
+                status,
+                messages,
+                login_form,
+            } => {
+                format!(
+                    "page {status} {} login_form={login_form} {messages:?}",
+                    short(&url)
+                )
             }
         };
-        let signin: Vec<String> = signin.iter().map(|t| if t.starts_with("redirect ") { "redirect to the RP".into() } else { t.clone() }).collect();
-        println!("== logout {rp_id} ({user}), {label}\n   sign-in went through {signin:?}\n   logout went through {logout:?}, iframes loaded {:?}\n   -> {end}; {after}", portal.frames());
+        let signin: Vec<String> = signin
+            .iter()
+            .map(|t| {
+                if t.starts_with("redirect ") {
+                    "redirect to the RP".into()
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+        println!(
+            "== logout {rp_id} ({user}), {label}\n   sign-in went through {signin:?}\n   logout went through {logout:?}, iframes loaded {:?}\n   -> {end}; {after}",
+            portal.frames()
+        );
     }
     // No session at all (e.g. it expired): a fresh browser.
     let url = launcher::end_session_url(endpoint, None, Some(AFTER_LOGOUT), Some("st-none"))?;
     match Portal::new(&llng.issuer)?.end_session(&url).await? {
         Outcome::Redirect(u) => println!("== logout with no SSO session: redirect {u}"),
         Outcome::FormPost { url, .. } => println!("== logout with no SSO session: form_post {url}"),
-        Outcome::Page { url, status, messages, login_form } => println!(
+        Outcome::Page {
+            url,
+            status,
+            messages,
+            login_form,
+        } => println!(
             "== logout with no SSO session: page {status} {} login_form={login_form} {messages:?}",
             short(&url)
         ),
     }
     for (name, pid) in llng.pids() {
         let (rss, pss) = rss_kib(pid);
-        println!("   memory after all of the above: {name} (pid {pid}) RSS {rss} KiB, PSS {pss} KiB");
+        println!(
+            "   memory after all of the above: {name} (pid {pid}) RSS {rss} KiB, PSS {pss} KiB"
+        );
     }
     drop(llng);
 
@@ -617,8 +911,22 @@ async fn run() -> Result<(), String> {
     let t = Instant::now();
     let llng2 = launcher::start(&base.join("rs256"), &rp2).await?;
     println!("\n== profile id_token_claims: started in {:?}", t.elapsed());
-    let disc: Value = http.get(llng2.discovery_url()).send().await.unwrap().json().await.unwrap();
-    let jwks: Value = http.get(disc["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let disc: Value = http
+        .get(llng2.discovery_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwks: Value = http
+        .get(disc["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let portal = Portal::new(&llng2.issuer)?;
     // No PKCE at all: refused?
     let no_pkce = reqwest::Url::parse_with_params(
@@ -639,7 +947,10 @@ async fn run() -> Result<(), String> {
     let f = auth_url(&disc, "portcullis", "openid profile email", &[]);
     let t = Instant::now();
     let r = portal.authorize(&f.url, "rtyler", "rtyler").await?;
-    println!("   sign-in (SSO session from the refused attempt, no consent) in {:?}", t.elapsed());
+    println!(
+        "   sign-in (SSO session from the refused attempt, no consent) in {:?}",
+        t.elapsed()
+    );
     let c = code_of(&r, &f)?;
     let (status, body) = exchange(
         &http,
@@ -658,7 +969,10 @@ async fn run() -> Result<(), String> {
     println!("   code exchange: {status}");
     let id_token = body["id_token"].as_str().unwrap_or("").to_string();
     let (h, p) = jwt_parts(&id_token);
-    println!("   id_token header {h}\n   {}\n   payload {p}", verify(&id_token, &jwks, secret));
+    println!(
+        "   id_token header {h}\n   {}\n   payload {p}",
+        verify(&id_token, &jwks, secret)
+    );
     let end = launcher::end_session_url(
         disc["end_session_endpoint"].as_str().unwrap(),
         Some(&id_token),
@@ -684,8 +998,16 @@ async fn run() -> Result<(), String> {
     let t = Instant::now();
     let _a = launcher::start(&base.join("para-a"), &rp).await?;
     let _b = launcher::start(&base.join("para-b"), &rp).await?;
-    println!("   two instances side by side: {:?} ({} and {})", t.elapsed(), _a.issuer, _b.issuer);
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    println!(
+        "   two instances side by side: {:?} ({} and {})",
+        t.elapsed(),
+        _a.issuer,
+        _b.issuer
+    );
+    drop((_a, _b));
+    if std::env::var_os("CHECK_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&base);
+    }
     Ok(())
 }
 
@@ -695,7 +1017,12 @@ async fn starts(n: usize) -> Result<(), String> {
     let rp = RpSettings::default_claims("portcullis", "secret", REDIRECT);
     let stats = |v: &mut Vec<Duration>| {
         v.sort();
-        format!("min {:?} median {:?} max {:?}", v[0], v[v.len() / 2], v[v.len() - 1])
+        format!(
+            "min {:?} median {:?} max {:?}",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        )
     };
     let (mut fresh, mut again) = (Vec::new(), Vec::new());
     for i in 0..n {
@@ -711,7 +1038,74 @@ async fn starts(n: usize) -> Result<(), String> {
         drop(launcher::start(&base.join("d0"), &rp).await?);
         again.push(t.elapsed());
     }
-    println!("new state dir (the first one makes the key): {}\nsame state dir: {}", stats(&mut fresh), stats(&mut again));
+    println!(
+        "new state dir (the first one makes the key): {}\nsame state dir: {}",
+        stats(&mut fresh),
+        stats(&mut again)
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// CHECK_EDGES=1: the launcher's refusals and corner cases.
+async fn edges() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = PathBuf::from(format!("/tmp/llng-edges-{}", std::process::id()));
+    let rp = RpSettings::default_claims("portcullis", "secret", REDIRECT);
+    // A 0700 state directory (what a temp-dir crate makes).
+    let dir = base.join("private");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let first = launcher::start(&dir, &rp).await;
+    println!(
+        "0700 state dir: {}",
+        first
+            .as_ref()
+            .map(|l| l.issuer.clone())
+            .unwrap_or_else(|e| e.clone())
+    );
+    // The same state dir again while it runs.
+    match launcher::start(&dir, &rp).await {
+        Ok(l) => println!(
+            "second start on a running state dir: started?! {}",
+            l.issuer
+        ),
+        Err(e) => println!("second start on a running state dir: {e}"),
+    }
+    drop(first);
+    match launcher::start(&dir, &rp).await {
+        Ok(l) => println!("start after stop, same dir: {}", l.issuer),
+        Err(e) => println!("start after stop, same dir: {e}"),
+    }
+    // A port that is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let opts = launcher::Options {
+        port: taken.local_addr().unwrap().port(),
+        ..Default::default()
+    };
+    match launcher::start_with(&base.join("taken"), std::slice::from_ref(&rp), &opts).await {
+        Ok(l) => println!("taken port: started?! {}", l.issuer),
+        Err(e) => println!("taken port: {}", e.lines().next().unwrap_or("")),
+    }
+    // Unreachable for www-data (only as root).
+    let hidden = PathBuf::from("/root/llng-edges-hidden");
+    match launcher::start(&hidden, &rp).await {
+        Ok(l) => println!("state dir under /root: {}", l.issuer),
+        Err(e) => println!("state dir under /root: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&hidden);
+    // A broken configuration value: the portal's own error reaches the caller.
+    let opts = launcher::Options {
+        extra_conf: vec![("authentication".into(), "\"NoSuchBackend\"".into())],
+        ..Default::default()
+    };
+    match launcher::start_with(&base.join("broken"), std::slice::from_ref(&rp), &opts).await {
+        Ok(l) => println!("broken conf: started?! {}", l.issuer),
+        Err(e) => println!(
+            "broken conf: {}",
+            e.lines().take(6).collect::<Vec<_>>().join(" / ")
+        ),
+    }
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }

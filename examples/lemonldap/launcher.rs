@@ -42,8 +42,7 @@ const LLNG_FASTCGI_SERVER: &str = "/usr/sbin/llng-fastcgi-server";
 const NGINX: &str = "/usr/sbin/nginx";
 /// The user the portal runs as when we are root (`llng-fastcgi-server` refuses root).
 const PORTAL_USER: &str = "www-data";
-const PACKAGES: &str =
-    "lemonldap-ng lemonldap-ng-fastcgi-server nginx libgd-securityimage-perl libimage-magick-perl libstring-random-perl libio-string-perl";
+const PACKAGES: &str = "lemonldap-ng lemonldap-ng-fastcgi-server nginx libgd-securityimage-perl libimage-magick-perl libstring-random-perl libio-string-perl";
 
 // ---------------------------------------------------------------------------------------
 // Settings
@@ -240,7 +239,8 @@ pub struct DemoUser {
     pub sub: &'static str,
     pub name: &'static str,
     pub email: &'static str,
-    /// In the order LemonLDAP's `groups` claim lists them.
+    /// In the order LemonLDAP's `groups` claim lists them: Perl hash order, which the
+    /// launcher fixes with `PERL_HASH_SEED=0` (compare as a set all the same).
     pub groups: &'static [&'static str],
 }
 
@@ -252,7 +252,7 @@ pub const DEMO_USERS: [DemoUser; 3] = [
         sub: "dwho",
         name: "Doctor Who",
         email: "dwho@badwolf.org",
-        groups: &["timelords", "users"],
+        groups: &["users", "timelords"],
     },
     DemoUser {
         login: "rtyler",
@@ -260,7 +260,7 @@ pub const DEMO_USERS: [DemoUser; 3] = [
         sub: "rtyler",
         name: "Rose Tyler",
         email: "rtyler@badwolf.org",
-        groups: &["earthlings", "users"],
+        groups: &["users", "earthlings"],
     },
     DemoUser {
         login: "msmith",
@@ -268,7 +268,7 @@ pub const DEMO_USERS: [DemoUser; 3] = [
         sub: "msmith",
         name: "Mickey Smith",
         email: "msmith@badwolf.org",
-        groups: &["earthlings", "users"],
+        groups: &["users", "earthlings"],
     },
 ];
 
@@ -367,7 +367,10 @@ pub async fn start_with(
         .map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let state_str = state
         .to_str()
-        .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)))
+        .filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+        })
         .ok_or_else(|| {
             format!(
                 "state directory {} must be a plain path (letters, digits, / . _ - +): \
@@ -377,6 +380,7 @@ pub async fn start_with(
         })?
         .to_string();
 
+    check_not_running(&state)?;
     let run_as = if is_root() {
         let ids = lookup_user(PORTAL_USER)?;
         check_reachable(&state, ids)?;
@@ -451,7 +455,10 @@ fn check_rps(rps: &[RpSettings]) -> Result<(), String> {
             return Err(format!("RP {}: no redirect URI", rp.name));
         }
         if rp.id_token_alg.starts_with("HS") && rp.client_secret.is_none() {
-            return Err(format!("RP {}: {} needs a client secret", rp.name, rp.id_token_alg));
+            return Err(format!(
+                "RP {}: {} needs a client secret",
+                rp.name, rp.id_token_alg
+            ));
         }
     }
     Ok(())
@@ -461,7 +468,13 @@ fn check_rps(rps: &[RpSettings]) -> Result<(), String> {
 fn conf_key(client_id: &str) -> String {
     let key: String = client_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if key.is_empty() { "rp".into() } else { key }
 }
@@ -475,13 +488,18 @@ fn render_conf(
     rps: &[RpSettings],
     extra: &[(String, String)],
 ) -> Result<String, String> {
-    let options: Vec<(String, String)> =
-        rps.iter().map(|rp| (rp.name.clone(), rp.options_json())).collect();
+    let options: Vec<(String, String)> = rps
+        .iter()
+        .map(|rp| (rp.name.clone(), rp.options_json()))
+        .collect();
     let exported: Vec<(String, String)> = rps
         .iter()
         .map(|rp| {
-            let claims: Vec<(String, String)> =
-                rp.claims.iter().map(|(k, v)| (k.clone(), json_str(v))).collect();
+            let claims: Vec<(String, String)> = rp
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), json_str(v)))
+                .collect();
             (rp.name.clone(), json_object(&claims))
         })
         .collect();
@@ -546,13 +564,27 @@ const PORTAL_DIRS: [&str; 8] = [
 ];
 
 fn prepare_dirs(state: &Path, run_as: Option<(u32, u32)>) -> Result<(), String> {
-    for d in ["conf", "sessions", "psessions", "cache", "notifications", "run", "nginx-tmp"] {
+    for d in [
+        "conf",
+        "sessions",
+        "psessions",
+        "cache",
+        "notifications",
+        "run",
+        "nginx-tmp",
+    ] {
         let p = state.join(d);
         if p.exists() {
             fs::remove_dir_all(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
         }
     }
-    for name in ["nginx.pid", "llng.log", "nginx.log", "nginx-error.log", "nginx-access.log"] {
+    for name in [
+        "nginx.pid",
+        "llng.log",
+        "nginx.log",
+        "nginx-error.log",
+        "nginx-access.log",
+    ] {
         let _ = fs::remove_file(state.join(name));
     }
     for d in PORTAL_DIRS.iter().chain(["nginx-tmp"].iter()) {
@@ -573,10 +605,11 @@ fn prepare_dirs(state: &Path, run_as: Option<(u32, u32)>) -> Result<(), String> 
 fn signing_key(state: &Path) -> Result<(String, String), String> {
     let private = state.join("oidc-signing-key.pem");
     let public = state.join("oidc-signing-key.pub.pem");
-    if let (Ok(k), Ok(p)) = (fs::read_to_string(&private), fs::read_to_string(&public)) {
-        if k.contains("PRIVATE KEY") && p.contains("PUBLIC KEY") {
-            return Ok((k, p));
-        }
+    if let (Ok(k), Ok(p)) = (fs::read_to_string(&private), fs::read_to_string(&public))
+        && k.contains("PRIVATE KEY")
+        && p.contains("PUBLIC KEY")
+    {
+        return Ok((k, p));
     }
     // One key per process is enough for tests, and saves ~0.15 s (more on a busy machine)
     // for every instance after the first.
@@ -678,8 +711,36 @@ fn lookup_user(name: &str) -> Result<(u32, u32), String> {
         .ok_or_else(|| format!("no user {name} in /etc/passwd (the portal runs as it under root)"))
 }
 
-/// As root the portal runs as www-data, which must reach the state directory.
+/// Refuses a state directory whose nginx (from an earlier [`start`]) still runs: starting
+/// again would pull the files from under it.
+fn check_not_running(state: &Path) -> Result<(), String> {
+    let Ok(pid) = fs::read_to_string(state.join("nginx.pid")) else {
+        return Ok(());
+    };
+    let pid = pid.trim();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if cmdline.contains("nginx") && cmdline.contains(&*state.to_string_lossy()) {
+        return Err(format!(
+            "LemonLDAP from {} is still running (nginx pid {pid}): stop it first",
+            state.display()
+        ));
+    }
+    Ok(())
+}
+
+/// As root the portal runs as www-data, which must reach the state directory: its parents
+/// must let it in (checked), and the directory itself gets o+x if it lacks it (a 0700
+/// temporary directory, say; others still cannot list it).
 fn check_reachable(state: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
+    let m = fs::metadata(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    if m.uid() != uid && m.mode() & 0o001 == 0 {
+        fs::set_permissions(
+            state,
+            fs::Permissions::from_mode((m.mode() & 0o7777) | 0o001),
+        )
+        .map_err(|e| format!("chmod o+x {}: {e}", state.display()))?;
+    }
     for dir in state.ancestors().skip(1) {
         let m = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mode = m.mode();
@@ -712,17 +773,24 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: &Path, run_as: Option<(u32, u32)>) -> Result<Self, String> {
+    fn spawn(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Self, String> {
         let file = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = file.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(file).stderr(err);
         // SAFETY: only async-signal-safe syscalls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some((uid, gid)) = run_as {
-                    if setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                if let Some((uid, gid)) = run_as
+                    && (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 // After the uid change, which would clear it. Dies with the thread that
                 // started it, even if that never gets to Drop.
@@ -769,12 +837,20 @@ fn free_port() -> Result<u16, String> {
 
 /// Starts nginx on `port` (0: a free one, retried when taken between check and bind);
 /// returns the port once nginx has bound it (it writes its pid file only after that).
-fn start_nginx(state: &Path, state_str: &str, port: u16, procs: &mut Vec<Proc>) -> Result<u16, String> {
+fn start_nginx(
+    state: &Path,
+    state_str: &str,
+    port: u16,
+    procs: &mut Vec<Proc>,
+) -> Result<u16, String> {
     let attempts = if port == 0 { 8 } else { 1 };
     let mut last_err = String::new();
     for _ in 0..attempts {
         let port = if port == 0 { free_port()? } else { port };
-        let conf = fill(NGINX_TEMPLATE, &[("STATE", state_str), ("PORT", &port.to_string())])?;
+        let conf = fill(
+            NGINX_TEMPLATE,
+            &[("STATE", state_str), ("PORT", &port.to_string())],
+        )?;
         let conf_path = state.join("nginx.conf");
         write_file(&conf_path, &conf, 0o644, None)?;
         let pid_file = state.join("nginx.pid");
@@ -793,11 +869,11 @@ fn start_nginx(state: &Path, state_str: &str, port: u16, procs: &mut Vec<Proc>) 
         let pid = proc.child.as_ref().map(|c| c.id()).unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(text) = fs::read_to_string(&pid_file) {
-                if text.trim() == pid.to_string() {
-                    procs.push(proc);
-                    return Ok(port);
-                }
+            if let Ok(text) = fs::read_to_string(&pid_file)
+                && text.trim() == pid.to_string()
+            {
+                procs.push(proc);
+                return Ok(port);
             }
             if let Some(status) = proc.exited() {
                 let log = tail(&error_log, 20);
@@ -805,10 +881,16 @@ fn start_nginx(state: &Path, state_str: &str, port: u16, procs: &mut Vec<Proc>) 
                     last_err = format!("port {port} taken: {log}");
                     break;
                 }
-                return Err(format!("nginx exited ({status}):\n{log}\n{}", tail(&state.join("nginx.log"), 20)));
+                return Err(format!(
+                    "nginx exited ({status}):\n{log}\n{}",
+                    tail(&state.join("nginx.log"), 20)
+                ));
             }
             if Instant::now() > deadline {
-                return Err(format!("nginx did not start in 10 s:\n{}", tail(&error_log, 20)));
+                return Err(format!(
+                    "nginx did not start in 10 s:\n{}",
+                    tail(&error_log, 20)
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -870,12 +952,19 @@ async fn wait_ready(llng: &mut LemonLdap, timeout: Duration, t0: Instant) -> Res
         if !socket.exists() {
             last = "the portal's socket is not there yet".to_string();
             if Instant::now() > deadline {
-                return Err(format!("LemonLDAP not ready after {timeout:?} ({last})\n{}", llng.log_tail(40)));
+                return Err(format!(
+                    "LemonLDAP not ready after {timeout:?} ({last})\n{}",
+                    llng.log_tail(40)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
-        if !llng.startup_steps.iter().any(|(s, _)| *s == "portal listening") {
+        if !llng
+            .startup_steps
+            .iter()
+            .any(|(s, _)| *s == "portal listening")
+        {
             llng.startup_steps.push(("portal listening", t0.elapsed()));
         }
         match client.get(&url).send().await {
@@ -927,7 +1016,10 @@ pub enum Outcome {
     /// off-portal GET form would load).
     Redirect(String),
     /// A form that posts off the portal (`response_mode=form_post`): where, and what.
-    FormPost { url: String, fields: Vec<(String, String)> },
+    FormPost {
+        url: String,
+        fields: Vec<(String, String)>,
+    },
     /// A portal page with nothing more to submit: "You have been logged out", an error,
     /// or the login form when no password was given (`login_form`). Its URL, status and
     /// result messages (see `alert_messages`).
@@ -986,14 +1078,27 @@ impl Portal {
     /// (if there is no SSO session yet), the consent page and any confirmation, and
     /// returns the redirect back to the relying party (`redirect_uri?code=…&state=…`, or
     /// `?error=…`).
-    pub async fn authorize(&self, authorization_url: &str, login: &str, password: &str) -> Result<String, String> {
-        match self.walk(authorization_url, Some((login, password))).await? {
+    pub async fn authorize(
+        &self,
+        authorization_url: &str,
+        login: &str,
+        password: &str,
+    ) -> Result<String, String> {
+        match self
+            .walk(authorization_url, Some((login, password)))
+            .await?
+        {
             Outcome::Redirect(url) => Ok(url),
             Outcome::FormPost { url, fields } => Err(format!(
                 "sign-in ended on a form_post to {url} ({} fields); use Portal::walk",
                 fields.len()
             )),
-            Outcome::Page { url, status, messages, login_form } => Err(format!(
+            Outcome::Page {
+                url,
+                status,
+                messages,
+                login_form,
+            } => Err(format!(
                 "sign-in ended on a portal {} ({status} {url}): {}",
                 if login_form { "login form" } else { "page" },
                 messages.join(" | ")
@@ -1009,7 +1114,11 @@ impl Portal {
     }
 
     /// Fetches `url` and submits what a user would submit until the portal lets go.
-    pub async fn walk(&self, url: &str, mut login: Option<(&str, &str)>) -> Result<Outcome, String> {
+    pub async fn walk(
+        &self,
+        url: &str,
+        mut login: Option<(&str, &str)>,
+    ) -> Result<Outcome, String> {
         let mut current = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
         let mut form: Option<Vec<(String, String)>> = None;
         // LLNG_PORTAL_DEBUG=1: every step and page on stderr.
@@ -1030,7 +1139,10 @@ impl Portal {
                 eprintln!(
                     "[portal] {} {current} -> {status} {}",
                     if posted { "POST" } else { "GET" },
-                    resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("")
+                    resp.headers()
+                        .get("location")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
                 );
             }
             if status.is_redirection() {
@@ -1039,7 +1151,9 @@ impl Portal {
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| format!("{status} from {current} without Location"))?;
-                let next = current.join(loc).map_err(|e| format!("Location {loc}: {e}"))?;
+                let next = current
+                    .join(loc)
+                    .map_err(|e| format!("Location {loc}: {e}"))?;
                 if next.origin().ascii_serialization() != self.origin {
                     self.note(format!("redirect {next}"));
                     return Ok(Outcome::Redirect(next.to_string()));
@@ -1055,7 +1169,14 @@ impl Portal {
             let messages = alert_messages(&body);
             // The login form: user + password (+ hidden token, url, …).
             if let Some(f) = forms.iter().find(|f| f.has_type("password")) {
-                self.note(format!("login form{}", if messages.is_empty() { String::new() } else { format!(" {messages:?}") }));
+                self.note(format!(
+                    "login form{}",
+                    if messages.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {messages:?}")
+                    }
+                ));
                 let Some((user, password)) = login.take() else {
                     return Ok(Outcome::Page {
                         url: current.to_string(),
@@ -1075,7 +1196,12 @@ impl Portal {
             // which a browser loads.
             for src in iframe_sources(&body) {
                 if let Ok(u) = current.join(&src) {
-                    let _ = self.client.get(u.clone()).send().await;
+                    let _ = self
+                        .client
+                        .get(u.clone())
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
                     self.frames.lock().unwrap().push(u.to_string());
                 }
             }
@@ -1088,7 +1214,10 @@ impl Portal {
             }
             // An information page (e.g. the front-channel logout page) whose form the
             // portal's JavaScript submits after a few seconds: submit it now.
-            if let Some(f) = forms.iter().find(|f| f.class.split_whitespace().any(|c| c == "info")) {
+            if let Some(f) = forms
+                .iter()
+                .find(|f| f.class.split_whitespace().any(|c| c == "info"))
+            {
                 self.note("info form".into());
                 let mut target = f.target(&current)?;
                 let off_portal = target.origin().ascii_serialization() != self.origin;
@@ -1101,7 +1230,10 @@ impl Portal {
                     current = target;
                 } else {
                     if off_portal {
-                        return Ok(Outcome::FormPost { url: target.to_string(), fields: f.fields() });
+                        return Ok(Outcome::FormPost {
+                            url: target.to_string(),
+                            fields: f.fields(),
+                        });
                     }
                     current = target;
                     form = Some(f.fields());
@@ -1116,7 +1248,10 @@ impl Portal {
             }) {
                 let url = f.target(&current)?.to_string();
                 self.note(format!("form_post {url}"));
-                return Ok(Outcome::FormPost { url, fields: f.fields() });
+                return Ok(Outcome::FormPost {
+                    url,
+                    fields: f.fields(),
+                });
             }
             self.note(format!("page {status} {messages:?}"));
             return Ok(Outcome::Page {
@@ -1126,12 +1261,18 @@ impl Portal {
                 login_form: false,
             });
         }
-        Err(format!("more than 12 steps through the portal, last at {current}"))
+        Err(format!(
+            "more than 12 steps through the portal, last at {current}"
+        ))
     }
 }
 
 /// Signs in with a fresh browser session; returns the redirect back to the relying party.
-pub async fn sign_in(authorization_url: &str, login: &str, password: &str) -> Result<String, String> {
+pub async fn sign_in(
+    authorization_url: &str,
+    login: &str,
+    password: &str,
+) -> Result<String, String> {
     Portal::new(authorization_url)?
         .authorize(authorization_url, login, password)
         .await
@@ -1144,7 +1285,8 @@ pub fn end_session_url(
     post_logout_redirect_uri: Option<&str>,
     state: Option<&str>,
 ) -> Result<String, String> {
-    let mut url = reqwest::Url::parse(end_session_endpoint).map_err(|e| format!("{end_session_endpoint}: {e}"))?;
+    let mut url = reqwest::Url::parse(end_session_endpoint)
+        .map_err(|e| format!("{end_session_endpoint}: {e}"))?;
     {
         let mut q = url.query_pairs_mut();
         if let Some(v) = id_token_hint {
@@ -1177,11 +1319,15 @@ struct Form {
 
 impl Form {
     fn has_type(&self, t: &str) -> bool {
-        self.inputs.iter().any(|i| i.get("type").is_some_and(|v| v.eq_ignore_ascii_case(t)))
+        self.inputs
+            .iter()
+            .any(|i| i.get("type").is_some_and(|v| v.eq_ignore_ascii_case(t)))
     }
 
     fn has_name(&self, n: &str) -> bool {
-        self.inputs.iter().any(|i| i.get("name").is_some_and(|v| v == n))
+        self.inputs
+            .iter()
+            .any(|i| i.get("name").is_some_and(|v| v == n))
     }
 
     /// What a browser would submit (unchecked checkboxes and radios left out).
@@ -1190,7 +1336,10 @@ impl Form {
             .iter()
             .filter_map(|i| {
                 let name = i.get("name")?;
-                let t = i.get("type").map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+                let t = i
+                    .get("type")
+                    .map(|s| s.to_ascii_lowercase())
+                    .unwrap_or_default();
                 if (t == "checkbox" || t == "radio") && !i.contains_key("checked") {
                     return None;
                 }
@@ -1220,7 +1369,10 @@ fn parse_forms(html: &str) -> Vec<Form> {
     let mut at = 0;
     while let Some(i) = find_tag(&lower, "form", at) {
         let (attrs, open_end) = parse_attrs(html, i + 5);
-        let close = lower[open_end..].find("</form").map(|j| open_end + j).unwrap_or(html.len());
+        let close = lower[open_end..]
+            .find("</form")
+            .map(|j| open_end + j)
+            .unwrap_or(html.len());
         let inner = &html[open_end..close];
         let inner_lower = &lower[open_end..close];
         let mut inputs = Vec::new();
@@ -1327,7 +1479,9 @@ fn unescape(s: &str) -> String {
                 "quot" => Some('"'),
                 "apos" => Some('\''),
                 _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                    u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
+                    u32::from_str_radix(&ent[2..], 16)
+                        .ok()
+                        .and_then(char::from_u32)
                 }
                 _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
                 _ => None,
@@ -1362,14 +1516,20 @@ fn alert_messages(html: &str) -> Vec<String> {
         if !class.split_whitespace().any(|c| c == "message") {
             continue;
         }
-        let close = lower[open_end..].find("</div").map(|j| open_end + j).unwrap_or(html.len());
+        let close = lower[open_end..]
+            .find("</div")
+            .map(|j| open_end + j)
+            .unwrap_or(html.len());
         let inner = &html[open_end..close];
         let mut msg = strip_tags(inner);
-        if let Some(j) = find_tag(&inner.to_ascii_lowercase(), "span", 0) {
-            if let Some(code) = parse_attrs(inner, j + 5).0.get("trmsg") {
-                let name = code.parse::<i32>().ok().and_then(pe_name).unwrap_or("PE_?");
-                msg = format!("{name} ({code}){}{msg}", if msg.is_empty() { "" } else { " " });
-            }
+        if let Some(j) = find_tag(&inner.to_ascii_lowercase(), "span", 0)
+            && let Some(code) = parse_attrs(inner, j + 5).0.get("trmsg")
+        {
+            let name = code.parse::<i32>().ok().and_then(pe_name).unwrap_or("PE_?");
+            msg = format!(
+                "{name} ({code}){}{msg}",
+                if msg.is_empty() { "" } else { " " }
+            );
         }
         if !msg.is_empty() {
             out.push(msg);
@@ -1430,7 +1590,10 @@ fn strip_tags(s: &str) -> String {
             _ => {}
         }
     }
-    unescape(&out).split_whitespace().collect::<Vec<_>>().join(" ")
+    unescape(&out)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1459,7 +1622,10 @@ fn json_str(s: &str) -> String {
 
 /// `{"k": v, …}` from keys and values that are already JSON.
 fn json_object(pairs: &[(String, String)]) -> String {
-    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{}: {v}", json_str(k))).collect();
+    let body: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}: {v}", json_str(k)))
+        .collect();
     format!("{{{}}}", body.join(", "))
 }
 
