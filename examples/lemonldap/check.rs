@@ -1029,8 +1029,19 @@ async fn starts(n: usize) -> Result<(), String> {
         let t = Instant::now();
         let l = launcher::start(&base.join(format!("d{i}")), &rp).await?;
         fresh.push(t.elapsed());
-        if i < 2 {
-            println!("steps: {:?}", l.startup_steps);
+        let cpu: Vec<String> = l
+            .pids()
+            .iter()
+            .map(|(name, pid)| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let f: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
+                let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+                format!("{name} {} ms CPU", ticks * 10)
+            })
+            .collect();
+        if i < 3 {
+            println!("steps: {:?}; {cpu:?}", l.startup_steps);
         }
     }
     for _ in 0..n {
