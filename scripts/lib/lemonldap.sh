@@ -29,12 +29,13 @@ PORTCULLIS_LEMONLDAP_PACKAGES=(
 # missing. Needs root to install; otherwise prints the missing packages and returns 1.
 # The packages' maintainer scripts would start nginx (port 80) and llng-fastcgi-server as
 # system services: while installing, a temporary /usr/sbin/policy-rc.d refuses that, unless
-# the machine already has one (Debian's container images do).
+# the machine already has one (Debian's container images do). PORTCULLIS_POLICY_RC_D
+# overrides its path (for tests of this function).
 ensure_lemonldap() {
     if _lemonldap_installed; then
         return 0
     fi
-    local policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+    local policy="${PORTCULLIS_POLICY_RC_D:-/usr/sbin/policy-rc.d}" made_policy=0 rc=0
     if [[ "$(id -u)" == 0 && ! -e "$policy" ]]; then
         printf '#!/bin/sh\n# portcullis ensure_lemonldap: no service starts while installing\nexit 101\n' \
             >"$policy" && chmod 755 "$policy" && made_policy=1
