@@ -117,6 +117,7 @@ impl App {
             signing_keys,
             identity_header,
             routes,
+            log: _,
         } = config;
         let Parts { store, clock, idp } = parts;
         let urls = Urls::new(&authenticate_url);

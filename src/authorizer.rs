@@ -193,13 +193,18 @@ impl<L, T, C> Authorizer<L, T, C> {
 impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
     /// Decides one request.
     pub async fn check(&self, req: &Request<'_>) -> Decision {
+        let started = std::time::Instant::now();
         let now = self.clock.now();
         let route = match self
             .routes
             .select(req.route_hint, req.scheme, req.authority, req.path)
         {
             Ok(route) => route,
-            Err(e) => return self.deny(Denial::Refused(e.into()), req),
+            Err(e) => {
+                let d = self.deny(Denial::Refused(e.into()), req);
+                audit(req, None, None, d.kind, None, started);
+                return d;
+            }
         };
         let cookie_header = req.header("cookie").unwrap_or("");
         let session = match self
@@ -207,9 +212,19 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
             .await
         {
             Ok(session) => session,
-            Err(e) => return self.deny(Denial::Store(e), req),
+            Err(e) => {
+                let d = self.deny(Denial::Store(e), req);
+                audit(req, Some(route), None, d.kind, None, started);
+                return d;
+            }
         };
-        match decide(route, session.as_deref(), req, now) {
+        let outcome = decide(route, session.as_deref(), req, now);
+        let rule = match &outcome {
+            Outcome::Allow(grant) => Some(grant.reason),
+            Outcome::Refuse(Refusal::Forbidden { reason, .. }) => *reason,
+            Outcome::Refuse(_) => None,
+        };
+        let decision = match outcome {
             Outcome::Allow(grant) => match self.forward_edits(&grant, cookie_header, now) {
                 Ok(edits) => Decision {
                     kind: OutcomeKind::Allow,
@@ -218,7 +233,16 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                 Err(e) => self.deny(Denial::CockpitToken(e), req),
             },
             Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req),
-        }
+        };
+        audit(
+            req,
+            Some(route),
+            session.as_deref(),
+            decision.kind,
+            rule,
+            started,
+        );
+        decision
     }
 
     /// The live session a `Cookie` header points at for `authority`, if any. A tampered,
@@ -372,6 +396,35 @@ impl<L, T, C> Authorizer<L, T, C> {
             Response::json(403, serde_json::json!({"error": "forbidden", "user": user}))
         }
     }
+}
+
+/// The audit line of one decision, at info on the target `portcullis::audit` (filter it with
+/// `RUST_LOG=portcullis::audit=off`): who, where, what was decided and by which rule. Never a
+/// token, cookie or credential; the path without its query.
+fn audit(
+    req: &Request<'_>,
+    route: Option<&Route>,
+    session: Option<&Session>,
+    kind: OutcomeKind,
+    rule: Option<crate::core::Reason<'_>>,
+    started: std::time::Instant,
+) {
+    let user = session.map(|s| &s.user);
+    tracing::info!(
+        target: "portcullis::audit",
+        request_id = req.header("x-request-id").unwrap_or(""),
+        method = req.method,
+        host = req.authority,
+        path = crate::core::decision::path_only(req.path),
+        route = route.map_or("", |r| r.name.as_str()),
+        sub = user.map_or("", |u| u.subject.as_str()),
+        email = user.and_then(|u| u.email.as_deref()).unwrap_or(""),
+        sid = session.map(|s| s.public_id()).unwrap_or_default(),
+        outcome = kind.as_str(),
+        rule = rule.map(|r| r.to_string()).unwrap_or_default(),
+        latency_us = started.elapsed().as_micros() as u64,
+        "decision"
+    );
 }
 
 /// What a hop carries to prove which browser started the sign-in: the nonce's hash, so the

@@ -17,6 +17,10 @@ use crate::config::{self, EXIT_CONFIG};
     about = "OpenID Connect single sign-on behind Envoy ext_authz"
 )]
 pub struct Cli {
+    /// Log lines as `json` (one object a line) or `text`; default: `log.format` in the
+    /// config, else text.
+    #[arg(long, global = true, env = "PORTCULLIS_LOG_FORMAT", value_enum)]
+    log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,9 +150,12 @@ enum PolicyCommand {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = cli.log_format;
+    // `serve` sets up logging once its config (which may name the format) is read.
+    let _log = (!matches!(cli.command, Command::Serve { .. }))
+        .then(|| init_tracing(format.unwrap_or_default()));
     match cli.command {
-        Command::Serve { config, ready_file } => serve(config, ready_file),
+        Command::Serve { config, ready_file } => serve(config, ready_file, format),
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(c) => {
                 println!("config OK: {} routes", c.routes.len());
@@ -330,12 +337,17 @@ fn config_failed(errors: &config::ConfigErrors) -> ExitCode {
     ExitCode::from(EXIT_CONFIG as u8)
 }
 
-fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
+fn serve(
+    path: PathBuf,
+    ready_file: Option<PathBuf>,
+    format: Option<crate::config::LogFormat>,
+) -> ExitCode {
     // Validate everything before any port is bound.
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(errors) => return config_failed(&errors),
     };
+    let _log = init_tracing(format.unwrap_or(config.log.format));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -397,12 +409,29 @@ fn keygen(out: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr through a background writer (a slow reader of stderr must not hold up
+/// `Check`s), at `RUST_LOG` (default info), as text or JSON lines. Keep the guard: dropping
+/// it flushes what is buffered.
+fn init_tracing(format: crate::config::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Block rather than drop lines when the buffer is full: audit lines must not vanish.
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(writer);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        crate::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+    guard
 }

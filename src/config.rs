@@ -40,6 +40,7 @@ pub struct Config {
     pub signing_keys: SigningKeys,
     /// Header that carries the identity JWT upstream (as configured, e.g. `X-Portcullis-Jwt-Assertion`).
     pub identity_header: String,
+    pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -74,6 +75,21 @@ pub struct IdpConfig {
     pub id_token_algs: Option<Vec<String>>,
     /// The claims route policies test (`claim/NAME`), kept on the user at sign-in.
     pub policy_claims: Vec<String>,
+}
+
+/// How `serve` logs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 /// When to read claims from the IdP's UserInfo endpoint.
@@ -329,6 +345,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         published_key_files,
         identity_header,
         routes,
+        log,
     } = raw;
 
     let server = validate_server(server.unwrap_or_default(), errors);
@@ -367,6 +384,18 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         },
         None => errors.missing("signing_key_file"),
     };
+    let log = match log.and_then(|l| l.format).as_deref() {
+        None | Some("text") => Some(LogConfig {
+            format: LogFormat::Text,
+        }),
+        Some("json") => Some(LogConfig {
+            format: LogFormat::Json,
+        }),
+        Some(other) => {
+            errors.push("log.format", format!("{other:?}: use text or json"));
+            None
+        }
+    };
     let identity_header = identity_header.unwrap_or_else(|| DEFAULT_IDENTITY_HEADER.into());
     if !is_safe_header_name(&identity_header) {
         errors.push(
@@ -391,6 +420,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         }
     }
     Some(Config {
+        log: log?,
         server: server?,
         authenticate_url: authenticate_url?,
         idp,

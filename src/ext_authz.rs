@@ -17,7 +17,6 @@ use tonic::{Response, Status};
 use crate::app::App;
 use crate::authorizer::Action;
 use crate::core::Request;
-use crate::core::decision::path_only;
 
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -41,16 +40,10 @@ impl Authorization for AuthzService {
         let started = std::time::Instant::now();
         let request = request.into_inner();
         let req = to_request(&request)?;
+        // The authorizer writes the audit line; the action's Debug (header names only,
+        // never values) is for debugging.
         let decision = self.app.authorizer.check(&req).await;
-        // The query is left out (apps put their own tokens there) and the action prints
-        // header names only: no log line carries a token, credential or cookie value.
-        tracing::debug!(
-            host = req.authority,
-            path = path_only(req.path),
-            outcome = decision.kind.as_str(),
-            action = ?decision.action,
-            "check"
-        );
+        tracing::debug!(action = ?decision.action, "check");
         self.app
             .metrics
             .observe_check(decision.kind, started.elapsed());

@@ -538,3 +538,85 @@ fn debug_output_carries_no_values() {
         "{printed}"
     );
 }
+
+/// Log lines written while the returned guard lives, as JSON objects.
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || Captured(writer.clone()))
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn each_decision_writes_one_audit_line_with_no_secret_in_it() {
+    let h = harness();
+    let cookie = h.sign_in(user("bob@example.com", &["admins"]), ADMIN).await;
+    let (logs, guard) = capture_logs();
+    let allowed = h
+        .check(
+            ADMIN,
+            "/x?token=s3cret",
+            &[("cookie", &cookie), ("x-request-id", "req-1")],
+        )
+        .await;
+    let refused = h
+        .check(
+            APP,
+            "/",
+            &[("x-request-id", "req-2"), ("accept", "text/html")],
+        )
+        .await;
+    drop(guard);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portcullis::audit")
+        .collect();
+    assert_eq!(audit.len(), 2, "{text}");
+    let a = &audit[0];
+    assert_eq!(a["level"], "INFO");
+    assert_eq!(a["request_id"], "req-1");
+    assert_eq!(a["route"], "admin");
+    assert_eq!(a["sub"], "bob");
+    assert_eq!(a["email"], "bob@example.com");
+    assert_eq!(a["outcome"], "allow");
+    assert_eq!(a["rule"], "groups (admins)");
+    assert_eq!(a["path"], "/x", "no query");
+    assert!(a["latency_us"].is_u64());
+    assert_eq!(audit[1]["outcome"], "sign_in_required");
+    assert_eq!(audit[1]["request_id"], "req-2");
+    // Nothing secret anywhere in the log: not the cookie, the token, nor the hop nonce.
+    let set_cookie = match &refused.action {
+        Action::Respond(r) => header(r, "set-cookie").to_string(),
+        Action::Forward(_) => panic!("refused"),
+    };
+    let nonce = set_cookie.split(['=', ';']).nth(1).unwrap();
+    let jwt = match &allowed.action {
+        Action::Forward(e) => e.set[0].1.clone(),
+        Action::Respond(_) => panic!("allowed"),
+    };
+    for secret in [cookie.split_once('=').unwrap().1, "s3cret", nonce, &jwt] {
+        assert!(!text.contains(secret), "{secret} in:\n{text}");
+    }
+}

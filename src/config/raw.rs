@@ -13,6 +13,13 @@ pub struct RawConfig {
     pub published_key_files: Option<Vec<String>>,
     pub identity_header: Option<String>,
     pub routes: Option<Vec<RawRoute>>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

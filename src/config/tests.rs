@@ -373,3 +373,13 @@ fn type_errors_and_validation_errors_come_together_each_at_its_line() {
         "{shown}"
     );
 }
+
+#[test]
+fn log_format() {
+    let f = Fixture::new();
+    assert_eq!(f.parse(VALID).unwrap().log.format, LogFormat::Text);
+    let json = format!("{VALID}log: {{ format: json }}\n");
+    assert_eq!(f.parse(&json).unwrap().log.format, LogFormat::Json);
+    let bad = format!("{VALID}log: {{ format: xml }}\n");
+    assert!(paths(f.parse(&bad)).contains(&"log.format".to_string()));
+}
