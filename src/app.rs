@@ -35,6 +35,7 @@ pub struct App {
     pub session_lifetime: Duration,
     pub jwks: JwksDocument,
     pub metrics: Arc<Metrics>,
+    pub limits: crate::limits::SignInLimits,
 }
 
 /// The auth host's fixed URLs, parsed once.
@@ -118,6 +119,7 @@ impl App {
             identity_header,
             routes,
             log: _,
+            sign_in_limits,
         } = config;
         let Parts { store, clock, idp } = parts;
         let urls = Urls::new(&authenticate_url);
@@ -151,6 +153,7 @@ impl App {
             session_lifetime: cookie.lifetime,
             jwks: JwksDocument { json, etag },
             metrics,
+            limits: crate::limits::SignInLimits::new(&sign_in_limits),
         }
     }
 

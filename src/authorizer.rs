@@ -361,7 +361,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     rule = rule.as_deref().unwrap_or("no allow rule matched"),
                     "refused by the route's policy"
                 );
-                self.forbidden(route, user.map(|u| u.display()), html)
+                self.forbidden(route, user.map(|u| u.display()), html, req)
             }
             Denial::Refused(Refusal::NoLocalAccount { route, user }) => {
                 tracing::info!(
@@ -369,7 +369,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     route = route.name,
                     "refused: no local account on this Cockpit route"
                 );
-                self.forbidden(route, Some(user.display()), html)
+                self.forbidden(route, Some(user.display()), html, req)
             }
             Denial::CockpitToken(e) => {
                 tracing::error!(error = %e, "cannot sign in to Cockpit");
@@ -387,13 +387,27 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
 }
 
 impl<L, T, C> Authorizer<L, T, C> {
-    /// The 403 answer: a page naming who is signed in (with a sign-out button), or JSON.
-    fn forbidden(&self, route: &Route, user: Option<&str>, html: bool) -> Response {
+    /// The 403 answer: a page naming who is signed in (with a sign-out button) and the
+    /// request id to quote, or the same as JSON.
+    fn forbidden(
+        &self,
+        route: &Route,
+        user: Option<&str>,
+        html: bool,
+        req: &Request<'_>,
+    ) -> Response {
+        let request_id = req.header("x-request-id");
         if html {
             let sign_out = format!("{}/.portcullis/sign_out", route.origin());
-            Response::html(403, pages::forbidden(user, &sign_out))
+            Response::html(
+                403,
+                pages::forbidden(user, &route.name, &sign_out, request_id),
+            )
         } else {
-            Response::json(403, serde_json::json!({"error": "forbidden", "user": user}))
+            Response::json(
+                403,
+                serde_json::json!({"error": "forbidden", "user": user, "request_id": request_id}),
+            )
         }
     }
 }
@@ -442,13 +456,17 @@ impl Response {
         }
     }
 
+    /// A page, with the headers every page carries (pages::security_headers).
     pub fn html(status: u16, body: String) -> Self {
+        let mut headers = vec![("content-type", "text/html; charset=utf-8".to_string())];
+        headers.extend(
+            pages::security_headers()
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string())),
+        );
         Self {
             status,
-            headers: vec![
-                ("content-type", "text/html; charset=utf-8".into()),
-                ("cache-control", "no-store".into()),
-            ],
+            headers,
             body,
         }
     }

@@ -106,6 +106,10 @@ enum Command {
         /// CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
         #[arg(long, default_value = crate::envoy::DEFAULT_UPSTREAM_CA_FILE)]
         upstream_ca_file: PathBuf,
+        /// Proxies in front of Envoy trusted to name the client in X-Forwarded-For (a load
+        /// balancer: 1); the client address of policies and sign-in limits comes from them.
+        #[arg(long, default_value_t = 0)]
+        trusted_hops: u32,
     },
 }
 
@@ -222,6 +226,7 @@ pub fn run() -> ExitCode {
             tls_key,
             portcullis_host,
             upstream_ca_file,
+            trusted_hops,
         } => match config::load(&config) {
             Ok(c) => {
                 let opts = crate::envoy::EnvoyOptions {
@@ -231,6 +236,7 @@ pub fn run() -> ExitCode {
                     tls_key: &tls_key,
                     portcullis_host: portcullis_host.as_deref(),
                     upstream_ca_file: &upstream_ca_file,
+                    trusted_hops,
                 };
                 print!("{}", crate::envoy::bootstrap_yaml(&c, &opts));
                 ExitCode::SUCCESS

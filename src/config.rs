@@ -41,6 +41,7 @@ pub struct Config {
     /// Header that carries the identity JWT upstream (as configured, e.g. `X-Portcullis-Jwt-Assertion`).
     pub identity_header: String,
     pub log: LogConfig,
+    pub sign_in_limits: SignInLimits,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -75,6 +76,24 @@ pub struct IdpConfig {
     pub id_token_algs: Option<Vec<String>>,
     /// The claims route policies test (`claim/NAME`), kept on the user at sign-in.
     pub policy_claims: Vec<String>,
+}
+
+/// Sign-ins per minute (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInLimits {
+    /// Sign-in starts and callbacks from one client address.
+    pub per_address: u32,
+    /// Completed sign-ins of one account.
+    pub per_account: u32,
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        Self {
+            per_address: 30,
+            per_account: 10,
+        }
+    }
 }
 
 /// How `serve` logs.
@@ -346,7 +365,15 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         identity_header,
         routes,
         log,
+        sign_in_limits,
     } = raw;
+    let sign_in_limits = sign_in_limits.map_or_else(SignInLimits::default, |l| {
+        let d = SignInLimits::default();
+        SignInLimits {
+            per_address: l.per_address.unwrap_or(d.per_address),
+            per_account: l.per_account.unwrap_or(d.per_account),
+        }
+    });
 
     let server = validate_server(server.unwrap_or_default(), errors);
     let authenticate_url = match authenticate_url {
@@ -420,6 +447,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         }
     }
     Some(Config {
+        sign_in_limits,
         log: log?,
         server: server?,
         authenticate_url: authenticate_url?,

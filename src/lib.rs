@@ -19,6 +19,7 @@ pub mod envoy;
 pub mod explain;
 pub mod ext_authz;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;

@@ -320,23 +320,29 @@ async fn policy_refusal_is_403_naming_the_user() {
     assert_eq!(d.kind, OutcomeKind::Forbidden);
     let r = response(d);
     assert_eq!(r.status, 403);
-    assert!(r.body.contains("bob@example.com"));
+    assert!(r.body.contains("bob@example.com") && r.body.contains("<strong>admin</strong>"));
     assert!(
         r.body
             .contains("https://admin.localhost:8443/.portcullis/sign_out")
     );
+    assert_eq!(header(&r, "content-security-policy"), crate::pages::csp());
+    assert_eq!(header(&r, "cache-control"), "no-store");
     let r = response(
         h.check(
             ADMIN,
             "/",
-            &[("cookie", &cookie), ("accept", "application/json")],
+            &[
+                ("cookie", &cookie),
+                ("accept", "application/json"),
+                ("x-request-id", "r-42"),
+            ],
         )
         .await,
     );
     assert_eq!(r.status, 403);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&r.body).unwrap(),
-        serde_json::json!({"error": "forbidden", "user": "bob@example.com"})
+        serde_json::json!({"error": "forbidden", "user": "bob@example.com", "request_id": "r-42"})
     );
     assert_eq!(h.authorizer.tokens().identity.load(Ordering::SeqCst), 0);
 }

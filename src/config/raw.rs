@@ -14,6 +14,13 @@ pub struct RawConfig {
     pub identity_header: Option<String>,
     pub routes: Option<Vec<RawRoute>>,
     pub log: Option<RawLog>,
+    pub sign_in_limits: Option<RawSignInLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSignInLimits {
+    pub per_address: Option<u32>,
+    pub per_account: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -469,3 +469,48 @@ async fn a_sign_in_the_admin_must_fix_shows_a_request_id_and_no_internals() {
     assert!(id.len() >= 16 && !id.contains('<'), "{id}");
     assert_eq!(a.headers["x-request-id"], id);
 }
+
+#[tokio::test]
+async fn sign_in_starts_and_callbacks_are_limited_per_address_and_per_account() {
+    let t = TestApp::new(&format!(
+        "{CONFIG}sign_in_limits: {{ per_address: 3, per_account: 1 }}\n"
+    ));
+    let mut b = t.browser();
+    b.always_send("x-real-ip", "192.0.2.10");
+    let start = format!("{APP}/.portcullis/sign_in?rd={APP}/");
+    for _ in 0..3 {
+        assert_eq!(b.get(&start).await.status, StatusCode::SEE_OTHER);
+    }
+    let a = b
+        .request(axum::http::Method::GET, &start, &[("accept", "text/html")])
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(a.body.contains("Too many attempts") && a.body.contains("Request id"));
+    let a = b
+        .request(
+            axum::http::Method::GET,
+            &start,
+            &[("accept", "application/json")],
+        )
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(json["error"], "too_many_attempts");
+    assert!(json["request_id"].is_string());
+
+    // Another address has its own allowance; a second sign-in of one account within the
+    // minute is refused even from a fresh address.
+    let mut other = t.browser();
+    other.always_send("x-real-ip", "192.0.2.11");
+    let last = other
+        .sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    assert_eq!(last.status, StatusCode::SEE_OTHER);
+    let mut third = t.browser();
+    third.always_send("x-real-ip", "192.0.2.12");
+    let back = to_callback(&t, &mut third).await;
+    let a = third.get(&back).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!third.has_session(AUTH_HOST).await);
+}
