@@ -46,6 +46,15 @@ pub struct Authorizer<L, T, C> {
     lookup: L,
     tokens: T,
     clock: C,
+    /// Verifies `Authorization: Bearer` tokens, when programmatic access is on.
+    bearer: Option<Arc<dyn BearerVerifier>>,
+}
+
+/// Verifies a bearer token (an ID token or a JWT access token from the IdP) and says whom it
+/// names, and until when.
+#[async_trait::async_trait]
+pub trait BearerVerifier: Send + Sync + 'static {
+    async fn verify(&self, token: &str, now: u64) -> Result<(crate::core::User, u64), String>;
 }
 
 /// What to do with one request, and the kind of outcome (for metrics and logs).
@@ -109,6 +118,8 @@ enum Denial<'a> {
     Refused(Refusal<'a>),
     Store(StoreError),
     CockpitToken(TokenTooLong),
+    /// A bearer token that does not verify (why, for the log).
+    InvalidBearer(String),
 }
 
 impl Denial<'_> {
@@ -117,6 +128,7 @@ impl Denial<'_> {
             Denial::Refused(r) => r.kind(),
             Denial::Store(_) => OutcomeKind::StoreUnavailable,
             Denial::CockpitToken(_) => OutcomeKind::CockpitTokenTooLong,
+            Denial::InvalidBearer(_) => OutcomeKind::InvalidBearerToken,
         }
     }
 }
@@ -140,7 +152,15 @@ impl<L, T, C> Authorizer<L, T, C> {
             lookup,
             tokens,
             clock,
+            bearer: None,
         }
+    }
+
+    /// Also accepts `Authorization: Bearer` tokens that `verifier` accepts, for scripts and
+    /// CLIs: the same policy applies, and the bearer header never reaches the upstream.
+    pub fn with_bearer(mut self, verifier: Arc<dyn BearerVerifier>) -> Self {
+        self.bearer = Some(verifier);
+        self
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -218,6 +238,26 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                 return d;
             }
         };
+        // No session cookie: a bearer token, when programmatic access is on.
+        let (session, by_bearer) = match (session, self.bearer_token(req)) {
+            (None, Some((verifier, token))) => match verifier.verify(token, now).await {
+                Ok((user, exp)) => {
+                    let session = Session {
+                        id: crate::core::SessionId::of_bearer(token),
+                        user,
+                        created_at: now,
+                        expires_at: exp,
+                    };
+                    (Some(Arc::new(session)), true)
+                }
+                Err(why) => {
+                    let d = self.deny(Denial::InvalidBearer(why), req);
+                    audit(req, Some(route), None, d.kind, None, started);
+                    return d;
+                }
+            },
+            (session, _) => (session, false),
+        };
         let outcome = decide(route, session.as_deref(), req, now);
         let rule = match &outcome {
             Outcome::Allow(grant) => Some(grant.reason),
@@ -226,10 +266,16 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         };
         let decision = match outcome {
             Outcome::Allow(grant) => match self.forward_edits(&grant, cookie_header, now) {
-                Ok(edits) => Decision {
-                    kind: OutcomeKind::Allow,
-                    action: Action::Forward(edits),
-                },
+                Ok(mut edits) => {
+                    // The bearer token was for us; the upstream gets the identity JWT.
+                    if by_bearer && !edits.set.iter().any(|(k, _)| k == "authorization") {
+                        edits.remove.push("authorization".into());
+                    }
+                    Decision {
+                        kind: OutcomeKind::Allow,
+                        action: Action::Forward(edits),
+                    }
+                }
                 Err(e) => self.deny(Denial::CockpitToken(e), req),
             },
             Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req),
@@ -243,6 +289,15 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
             started,
         );
         decision
+    }
+
+    /// The bearer token of the request, when programmatic access is on and it has one.
+    fn bearer_token<'r>(&self, req: &Request<'r>) -> Option<(&Arc<dyn BearerVerifier>, &'r str)> {
+        let verifier = self.bearer.as_ref()?;
+        let value = req.headers.get("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some((verifier, token))
     }
 
     /// The live session a `Cookie` header points at for `authority`, if any. A tampered,
@@ -370,6 +425,16 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     "refused: no local account on this Cockpit route"
                 );
                 self.forbidden(route, Some(user.display()), html, req)
+            }
+            Denial::InvalidBearer(why) => {
+                tracing::info!(host = req.authority, path, why, "refused a bearer token");
+                let mut r = Response::json(
+                    401,
+                    serde_json::json!({"error": "invalid_token", "request_id": req.header("x-request-id")}),
+                );
+                r.headers
+                    .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
+                r
             }
             Denial::CockpitToken(e) => {
                 tracing::error!(error = %e, "cannot sign in to Cockpit");

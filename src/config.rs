@@ -76,6 +76,9 @@ pub struct IdpConfig {
     pub id_token_algs: Option<Vec<String>>,
     /// The claims route policies test (`claim/NAME`), kept on the user at sign-in.
     pub policy_claims: Vec<String>,
+    /// Programmatic access: `Authorization: Bearer` tokens are accepted (ID tokens for our
+    /// client id, and access tokens for these audiences too); `None`: off.
+    pub bearer_audiences: Option<Vec<String>>,
 }
 
 /// Sign-ins per minute (0: no limit).
@@ -510,6 +513,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         token_endpoint_auth,
         client_key_file,
         id_token_algs,
+        bearer,
     } = raw;
     let issuer = match issuer {
         Some(i) => match Url::parse(&i) {
@@ -638,6 +642,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         client_key,
         id_token_algs,
         policy_claims: Vec::new(),
+        bearer_audiences: bearer.map(|b| b.audiences.unwrap_or_default()),
     })
 }
 

@@ -348,6 +348,13 @@ impl IdentityProvider for FakeIdp {
         })
     }
 
+    async fn verify_bearer(&self, token: &str, now: u64) -> Result<(User, u64), OidcError> {
+        match token.strip_prefix("fake-bearer.") {
+            Some(email) => Ok((user(email, &[]), now + 300)),
+            None => Err(OidcError::Bearer("not a fake bearer token".into())),
+        }
+    }
+
     fn verify_logout_token(&self, token: &str, now: u64) -> Result<LogoutToken, OidcError> {
         let json = token
             .strip_prefix("fake-logout.")

@@ -626,3 +626,88 @@ async fn each_decision_writes_one_audit_line_with_no_secret_in_it() {
         assert!(!text.contains(secret), "{secret} in:\n{text}");
     }
 }
+
+/// Accepts `good-<sub>` bearer tokens until T0 + 300.
+struct FakeBearer;
+
+#[async_trait]
+impl BearerVerifier for FakeBearer {
+    async fn verify(&self, token: &str, _now: u64) -> Result<(User, u64), String> {
+        match token.strip_prefix("good-") {
+            Some(sub) => Ok((user(&format!("{sub}@example.com"), &[]), T0 + 300)),
+            None => Err("signature does not verify".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn scripts_get_in_with_a_bearer_token_that_never_reaches_the_upstream() {
+    let store = Arc::new(MemoryStore::default());
+    let a = authorizer(routes(), store.clone(), Arc::new(ManualClock::at(T0)))
+        .with_bearer(Arc::new(FakeBearer));
+    let with = |headers: &[(&str, &str)]| -> HashMap<String, String> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let req = |authority: &'static str, h: &'static HashMap<String, String>| Request {
+        method: "GET",
+        scheme: "https",
+        authority,
+        path: "/",
+        headers: h,
+        route_hint: None,
+        source_ip: None,
+    };
+    let good: &'static HashMap<String, String> =
+        Box::leak(Box::new(with(&[("authorization", "Bearer good-carol")])));
+    let d = a.check(&req(APP, good)).await;
+    assert_eq!(d.kind, OutcomeKind::Allow);
+    let e = edits(d);
+    assert!(e.remove.contains(&"authorization".to_string()), "{e:?}");
+    let set: HashMap<_, _> = e.set.iter().cloned().collect();
+    assert_eq!(
+        set["x-portcullis-jwt-assertion"],
+        "jwt:carol:app.localhost:8443"
+    );
+    // The same policy applies: carol is not an admin.
+    let d = a.check(&req(ADMIN, good)).await;
+    assert_eq!(d.kind, OutcomeKind::Forbidden);
+    // A token that does not verify: 401, saying so, whatever the Accept.
+    let bad: &'static HashMap<String, String> = Box::leak(Box::new(with(&[
+        ("authorization", "bearer forged"),
+        ("accept", "text/html"),
+    ])));
+    let d = a.check(&req(APP, bad)).await;
+    assert_eq!(d.kind, OutcomeKind::InvalidBearerToken);
+    let r = response(d);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        "Bearer error=\"invalid_token\""
+    );
+    // Not a bearer: the usual answers.
+    let basic: &'static HashMap<String, String> =
+        Box::leak(Box::new(with(&[("authorization", "Basic Zm9vOmJhcg==")])));
+    assert_eq!(
+        a.check(&req(APP, basic)).await.kind,
+        OutcomeKind::SignInRequired
+    );
+
+    // Off (the default): the header is the app's own business and passes untouched.
+    let off = authorizer(routes(), store, Arc::new(ManualClock::at(T0)));
+    let s = Session::new(user("dave@example.com", &[]), T0, 60);
+    off.lookup.put(s.clone()).await.unwrap();
+    let cookie = off.cookies().issue(s.id, PUBLIC, s.expires_at, T0);
+    let public: &'static HashMap<String, String> = Box::leak(Box::new(with(&[
+        ("authorization", "Bearer app-token"),
+        ("cookie", cookie.split(';').next().unwrap()),
+    ])));
+    let e = edits(off.check(&req(PUBLIC, public)).await);
+    assert!(!e.remove.contains(&"authorization".to_string()), "{e:?}");
+    assert_eq!(
+        off.check(&req(APP, good)).await.kind,
+        OutcomeKind::SignInRequired
+    );
+}

@@ -52,6 +52,14 @@ pub struct RawIdp {
     pub token_endpoint_auth: Option<String>,
     pub client_key_file: Option<String>,
     pub id_token_algs: Option<Vec<String>>,
+    /// Present: `Authorization: Bearer` tokens are accepted.
+    pub bearer: Option<RawBearer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBearer {
+    /// Audiences of access tokens accepted besides our client id.
+    pub audiences: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

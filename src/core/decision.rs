@@ -105,6 +105,8 @@ pub enum OutcomeKind {
     CockpitTokenTooLong,
     /// The session store could not be read.
     StoreUnavailable,
+    /// A bearer token that does not verify.
+    InvalidBearerToken,
 }
 
 impl OutcomeKind {
@@ -119,6 +121,7 @@ impl OutcomeKind {
             OutcomeKind::NoLocalAccount => "no_local_account",
             OutcomeKind::CockpitTokenTooLong => "cockpit_token_too_long",
             OutcomeKind::StoreUnavailable => "store_unavailable",
+            OutcomeKind::InvalidBearerToken => "invalid_bearer_token",
         }
     }
 }

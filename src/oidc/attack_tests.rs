@@ -73,6 +73,7 @@ impl Idp {
                 client_key: None,
                 id_token_algs: configured.map(|c| c.iter().map(|a| a.to_string()).collect()),
                 policy_claims: Vec::new(),
+                bearer_audiences: None,
             },
             &Url::parse("https://auth.example/callback").unwrap(),
             &Url::parse("https://auth.example/").unwrap(),
