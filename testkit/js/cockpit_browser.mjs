@@ -3,7 +3,7 @@
 // goes from a Cockpit URL behind portcullis through the IdP's login form into the Cockpit
 // shell, for the Cockpit end-to-end tests.
 //
-//   node tests/support/cockpit_browser.mjs --url https://cockpit.localhost:PORT/ \
+//   node testkit/js/cockpit_browser.mjs --url https://cockpit.localhost:PORT/ \
 //     --user alice --password alice --expect-user alice --screenshot OUT.png \
 //     [--chromium /usr/bin/chromium] [--timeout-ms 60000]
 //
