@@ -38,18 +38,29 @@ impl Browser {
     /// the PEM file `ca`.
     pub fn new(envoy_port: u16, ca: &std::path::Path) -> Self {
         let ca_pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+        let ca = reqwest::Certificate::from_pem(&ca_pem).expect("test CA is valid PEM");
+        Self::build(envoy_port, Some(ca))
+    }
+
+    /// A browser for a plain-HTTP Envoy (the bench's).
+    pub fn plain(envoy_port: u16) -> Self {
+        Self::build(envoy_port, None)
+    }
+
+    fn build(envoy_port: u16, ca: Option<reqwest::Certificate>) -> Self {
         let jar = Arc::new(Jar::default());
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(BROWSER_ACCEPT));
-        let ca = reqwest::Certificate::from_pem(&ca_pem).expect("test CA is valid PEM");
         let envoy = SocketAddr::from(([127, 0, 0, 1], envoy_port));
         let mut builder = Client::builder()
             .cookie_provider(jar.clone())
             .redirect(redirect::Policy::none())
             .default_headers(headers)
-            .add_root_certificate(ca)
             .no_proxy()
             .timeout(Duration::from_secs(20));
+        if let Some(ca) = ca {
+            builder = builder.add_root_certificate(ca);
+        }
         for host in HOSTS {
             builder = builder.resolve(host, envoy);
         }
