@@ -944,13 +944,17 @@ fn machine() -> Result<String> {
                 .ok()
         })
         .unwrap_or(0.0);
-    let envoy = first_line(Command::new(crate::tier::envoy_bin()).arg("--version"));
+    // `envoy --version`: "PATH  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL", after a
+    // blank line.
+    let envoy = Command::new(crate::tier::envoy_bin())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let envoy = envoy
-        .rsplit("version: ")
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+        .lines()
+        .find_map(|l| Some(l.split_once("version: ")?.1.trim().to_string()))
+        .unwrap_or_default();
     let wrk = first_line(Command::new("wrk").arg("-v"));
     let h2load = first_line(Command::new("h2load").arg("--version"));
     let load = fs::read_to_string("/proc/loadavg")?;

@@ -119,3 +119,59 @@ pub fn validate(config: &Path) -> Result<(), String> {
         Err(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The redo of a start rests on this: a listener port that something else holds is
+    /// reported as taken, not as any other failure.
+    #[tokio::test]
+    #[ignore = "tier stack: needs Envoy (.deps/envoy or PORTCULLIS_ENVOY_BIN); run scripts/test"]
+    async fn a_taken_listener_port_is_reported_as_taken() {
+        let dir = crate::temp_dir("envoy-port-taken");
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let config = dir.join("envoy.yaml");
+        let bootstrap = |port: u16| {
+            format!(
+                "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: l
+          cluster: c
+  clusters:
+  - name: c
+    type: STATIC
+    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9}}}}}}}}]}}]}}
+"
+            )
+        };
+        fs_write(&config, &bootstrap(port));
+        match start("envoy", &config, 1, "warn", &dir.join("envoy.log")).await {
+            Err(StartError::PortTaken(_)) => {}
+            Err(StartError::Failed(e)) => panic!("a taken port reported as another failure: {e}"),
+            Ok(_) => panic!("Envoy started on a port that is taken"),
+        }
+        // Control: on a port of its own it starts, and its admin answers.
+        fs_write(&config, &bootstrap(0));
+        let envoy = start("envoy", &config, 1, "warn", &dir.join("envoy-2.log"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(envoy.listener_port("l").await, 0);
+        drop(held);
+        drop(envoy);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn fs_write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+}
