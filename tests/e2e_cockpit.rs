@@ -425,8 +425,7 @@ async fn alice_reaches_the_cockpit_shell_in_chromium() {
     fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("cockpit-shell.png");
     let _ = fs::remove_file(&screenshot);
-    let out = run(Command::new("node")
-        .arg(testkit::js("cockpit_browser.mjs"))
+    let out = run(testkit::node_script("cockpit_browser.mjs")
         .args(["--url", &stack.url("cockpit", "/")])
         .args([
             "--user",

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::proc::{Proc, run};
-use crate::{FileLock, Stack, StackBuilder, js, portcullis_bin, repo, test_certs};
+use crate::{FileLock, Stack, StackBuilder, portcullis_bin, repo, test_certs};
 
 pub const COCKPIT_WS: &str = "/usr/lib/cockpit/cockpit-ws";
 pub const PAM_FILE: &str = "/etc/pam.d/cockpit";
@@ -611,7 +611,7 @@ pub fn write_jwks(stack: &Stack) -> PathBuf {
 /// Runs `node testkit/js/SCRIPT ARGS` and parses its stdout as JSON; panics with its
 /// output when it fails.
 pub fn node_json(script: &str, args: &[String]) -> serde_json::Value {
-    let out = run(Command::new("node").arg(js(script)).args(args));
+    let out = run(crate::node_script(script).args(args));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -14,7 +14,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::portcullis::probe_client;
-use crate::{Stack, envoy, js, run};
+use crate::{Stack, envoy, run};
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -67,8 +67,7 @@ pub struct Signed {
 /// Signs `claims` with the PKCS#8 key in `key_file` using node `jose`, with the header
 /// portcullis uses (`ES256`, `typ JWT`, `kid` = thumbprint computed by jose).
 pub fn sign_jwt(key_file: &Path, claims: &Value) -> Signed {
-    let out = run(Command::new("node")
-        .arg(js("sign_jwt.mjs"))
+    let out = run(crate::node_script("sign_jwt.mjs")
         .arg("--key-file")
         .arg(key_file)
         .args(["--claims", &claims.to_string()]));
@@ -106,8 +105,7 @@ pub fn grafana_verify(
     token: &str,
     expect_claims: &Value,
 ) -> Result<GrafanaUser, String> {
-    let out = run(Command::new("node")
-        .arg(js("grafana_verify.mjs"))
+    let out = run(crate::node_script("grafana_verify.mjs")
         .args(["--jwks-url", jwks_url, "--token", token])
         .args(["--expect-claims", &expect_claims.to_string()])
         .args(["--email-claim", "email"])
@@ -145,8 +143,7 @@ pub fn jose_verify(
 ) -> Result<Value, String> {
     let file = scratch.join(format!("jwks-{}.json", crate::hex(&crate::random_bytes(8))));
     fs::write(&file, jwks.to_string()).unwrap();
-    let out = run(Command::new("node")
-        .arg(js("verify_jwt.mjs"))
+    let out = run(crate::node_script("verify_jwt.mjs")
         .arg("--jwks-file")
         .arg(&file)
         .args(["--token", token, "--audience", audience]));
@@ -169,6 +166,7 @@ pub use crate::portcullis::keygen;
 /// The public half of a private key file, `openssl pkey -pubout` (SPKI `BEGIN PUBLIC KEY`),
 /// written beside it as `NAME.pub.pem`, as the README's rotation steps do.
 pub fn public_key_file(private: &Path) -> PathBuf {
+    crate::tier::require_openssl();
     let public = private.with_extension("pub.pem");
     let out = run(Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])

@@ -46,11 +46,17 @@ pub fn repo() -> &'static Path {
         .expect("testkit/ sits in the repository")
 }
 
-/// Where the node helpers of the tests live (`testkit/js/`).
-pub fn js(script: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("js")
-        .join(script)
+/// `node testkit/js/SCRIPT`, once node and the dev IdP's modules (jose, ws, playwright-core)
+/// are known to be there: the node helpers of the tests.
+pub fn node_script(script: &str) -> std::process::Command {
+    tier::require_node_modules();
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("js")
+            .join(script),
+    );
+    cmd
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago and is never handed out twice in this

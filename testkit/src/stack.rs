@@ -587,8 +587,7 @@ impl Stack {
 
     async fn run_verify_jwt(&self, token: &str, audience: &str) -> std::process::Output {
         let jwks = self.jwks_file().await;
-        run(Command::new("node")
-            .arg(crate::js("verify_jwt.mjs"))
+        run(crate::node_script("verify_jwt.mjs")
             .arg("--jwks-file")
             .arg(&jwks)
             .args(["--token", token, "--audience", audience]))
