@@ -89,6 +89,8 @@ try {
     const el = document.querySelector('#current-username');
     return el && el.textContent.trim() === name;
   }, opts['expect-user']);
+  // The title ("Overview - alice@host") is set apart from the switcher, a moment later.
+  await page.waitForFunction((name) => document.title.includes(`${name}@`), opts['expect-user']);
   result.current_username = (await page.textContent('#current-username')).trim();
   result.final_url = page.url();
   result.title = await page.title();
