@@ -71,17 +71,26 @@ pub fn ensure(dir: &Path) -> Result<Certs> {
     let _lock = FileLock::exclusive(&dir.join(".lock"))?;
     let certs = Certs::in_dir(dir);
     let tomorrow = SystemTime::now() + DAY;
-    let ca = match load_ca(&certs, tomorrow) {
+    let mut ca = match load_ca(&certs, tomorrow) {
         Some(ca) => ca,
         None => {
             eprintln!("testkit: creating a local CA in {}", dir.display());
             make_ca(&certs)?
         }
     };
-    if !leaf_ok(&certs, &ca.1, tomorrow) {
+    if !leaf_ok(&certs, &ca.der, tomorrow) {
+        if !ca.signs_alike {
+            // A CA from elsewhere (the openssl-made one of older scripts): its name cannot be
+            // rebuilt from its key, so it signs nothing new; a new CA replaces it.
+            eprintln!(
+                "testkit: the CA in {} cannot sign a new certificate: creating a new CA (trust it again)",
+                dir.display()
+            );
+            ca = make_ca(&certs)?;
+        }
         eprintln!("testkit: creating the TLS certificate in {}", dir.display());
-        make_leaf(&certs, &ca.0)?;
-        if !leaf_ok(&certs, &ca.1, SystemTime::now()) {
+        make_leaf(&certs, &ca.issuer)?;
+        if !leaf_ok(&certs, &ca.der, SystemTime::now()) {
             bail!("the new certificate in {} does not verify", dir.display());
         }
     }
@@ -91,11 +100,15 @@ pub fn ensure(dir: &Path) -> Result<Certs> {
 /// The CA's distinguished name. The CN names the key, so that two demo CAs never share a
 /// name, and the issuer can be rebuilt from the kept key alone.
 fn ca_name(key: &KeyPair) -> DistinguishedName {
-    let id = crate::hex(&ring_sha256(key.der_bytes())[..4]);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "portcullis demo");
-    dn.push(DnType::CommonName, format!("portcullis demo CA {id}"));
+    dn.push(DnType::CommonName, ca_common_name(key));
     dn
+}
+
+fn ca_common_name(key: &KeyPair) -> String {
+    let id = crate::hex(&ring_sha256(key.der_bytes())[..4]);
+    format!("portcullis demo CA {id}")
 }
 
 fn ring_sha256(data: &[u8]) -> Vec<u8> {
@@ -114,8 +127,16 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
     params
 }
 
-/// The kept CA, as (issuer, DER), when its files are there, match, and it is valid at `at`.
-fn load_ca(certs: &Certs, at: SystemTime) -> Option<(Issuer<'static, KeyPair>, Vec<u8>)> {
+/// A CA: the issuer that signs with it, and its certificate.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: Vec<u8>,
+    /// Whether `issuer` names the CA as its certificate does (one made here).
+    signs_alike: bool,
+}
+
+/// The kept CA, when its files are there, match, and it is valid at `at`.
+fn load_ca(certs: &Certs, at: SystemTime) -> Option<Ca> {
     let key = KeyPair::from_pem(&fs::read_to_string(&certs.ca_key).ok()?).ok()?;
     let der = pem_der(&fs::read_to_string(&certs.ca).ok()?)?;
     let (not_before, not_after) = validity(&der)?;
@@ -127,10 +148,16 @@ fn load_ca(certs: &Certs, at: SystemTime) -> Option<(Issuer<'static, KeyPair>, V
     if !der.windows(public.len()).any(|w| w == public) {
         return None;
     }
-    Some((Issuer::new(ca_params(&key), key), der))
+    let name = ca_common_name(&key);
+    let signs_alike = der.windows(name.len()).any(|w| w == name.as_bytes());
+    Some(Ca {
+        issuer: Issuer::new(ca_params(&key), key),
+        der,
+        signs_alike,
+    })
 }
 
-fn make_ca(certs: &Certs) -> Result<(Issuer<'static, KeyPair>, Vec<u8>)> {
+fn make_ca(certs: &Certs) -> Result<Ca> {
     let key = KeyPair::generate()?;
     let mut params = ca_params(&key);
     let now = time::OffsetDateTime::now_utc();
@@ -139,8 +166,11 @@ fn make_ca(certs: &Certs) -> Result<(Issuer<'static, KeyPair>, Vec<u8>)> {
     let cert = params.self_signed(&key)?;
     write_private(&certs.ca_key, &key.serialize_pem())?;
     write_public(&certs.ca, &cert.pem())?;
-    let der = cert.der().to_vec();
-    Ok((Issuer::new(ca_params(&key), key), der))
+    Ok(Ca {
+        der: cert.der().to_vec(),
+        issuer: Issuer::new(ca_params(&key), key),
+        signs_alike: true,
+    })
 }
 
 fn make_leaf(certs: &Certs, ca: &Issuer<'static, KeyPair>) -> Result<()> {
@@ -357,5 +387,36 @@ mod tests {
         );
         fs::remove_dir_all(dir).ok();
         fs::remove_dir_all(other).ok();
+    }
+
+    #[test]
+    fn a_ca_made_elsewhere_is_kept_until_it_must_sign_then_replaced() {
+        let dir = crate::temp_dir("certs-foreign");
+        let certs = Certs::in_dir(&dir);
+        // A CA named otherwise (as the openssl-made one of older scripts was) and its leaf.
+        let key = KeyPair::generate().unwrap();
+        let mut params = ca_params(&key);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "portcullis demo CA 2026-12-07");
+        params.distinguished_name = dn;
+        let ca = params.self_signed(&key).unwrap();
+        write_private(&certs.ca_key, &key.serialize_pem()).unwrap();
+        write_public(&certs.ca, &ca.pem()).unwrap();
+        make_leaf(&certs, &Issuer::new(params, key)).unwrap();
+        let (old_ca, old_leaf) = (fs::read(&certs.ca).unwrap(), fs::read(&certs.cert).unwrap());
+        ensure(&dir).unwrap();
+        assert_eq!(
+            fs::read(&certs.ca).unwrap(),
+            old_ca,
+            "a good CA and leaf are kept"
+        );
+        assert_eq!(fs::read(&certs.cert).unwrap(), old_leaf);
+        fs::remove_file(&certs.cert).unwrap();
+        ensure(&dir).unwrap();
+        let new_ca = fs::read(&certs.ca).unwrap();
+        assert_ne!(new_ca, old_ca, "a CA that cannot sign alike is replaced");
+        let ca_der = pem_der(&String::from_utf8(new_ca).unwrap()).unwrap();
+        assert!(leaf_ok(&certs, &ca_der, SystemTime::now()));
+        fs::remove_dir_all(dir).ok();
     }
 }
