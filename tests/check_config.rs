@@ -1,15 +1,13 @@
 //! `portcullis check-config` and `serve` on broken configs: every problem is reported with
 //! the path of the offending field, in one run, with exit code 64, before any port is bound.
 
-mod support;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, portcullis_bin, run, temp_dir, write_secrets};
+use testkit::{free_port, portcullis_bin, run, temp_dir, write_secrets};
 
 const EXIT_CONFIG: i32 = 64;
 
