@@ -2,41 +2,37 @@
 //!
 //! [`start`] runs the portal on a loopback port chosen at run time, from a state directory
 //! of the caller's: nginx (one process, foreground) in front of `llng-fastcgi-server` (one
-//! process, no FCGI::ProcManager) on a unix socket. Both are children of the calling thread
-//! (`PR_SET_PDEATHSIG`), logs go to files in the state directory, and [`LemonLdap::stop`]
-//! (or drop) kills them by pid. The configuration is written directly as the file backend's
-//! `conf/lmConf-1.json` (no `lemonldap-ng-cli`), from `lmConf.template.json`, with one
-//! relying party per [`RpSettings`].
+//! process, no FCGI::ProcManager) on a unix socket. Both are [`Proc`]s of the calling
+//! thread (they die with it), logs go to files in the state directory, and
+//! [`LemonLdap::stop`] (or drop) kills them by pid. The configuration is written directly as
+//! the file backend's `conf/lmConf-1.json` (no `lemonldap-ng-cli`), from
+//! `examples/lemonldap/lmConf.template.json`, with one relying party per [`RpSettings`].
 //!
 //! [`Portal`] drives the portal's HTML the way a browser would (cookie jar, login form with
 //! its hidden `token`/`url` fields, consent and logout confirmation pages) and hands back
 //! the redirect to the relying party.
 //!
-//! Self-contained on purpose (std, tokio's runtime for `async`, reqwest): it lives in
-//! `examples/lemonldap/` next to its templates (`include_str!`), and moves into the test kit
-//! crate with them. Install the Debian packages first: `scripts/lib/lemonldap.sh`
-//! (`ensure_lemonldap`). See `examples/lemonldap/README.md`.
+//! Install the Debian packages first: `scripts/lib/lemonldap.sh` (`ensure_lemonldap`;
+//! `scripts/test` does). See `examples/lemonldap/README.md`.
 //!
 //! Runs as root (the portal then runs as `www-data`: `llng-fastcgi-server` refuses root;
 //! the state directory's parents must be searchable by it) or as any other user.
 //! Call [`start`] from the thread that should own the processes (not from
 //! `spawn_blocking`: the processes die with the thread that started them).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::io::Read;
-use std::net::TcpListener;
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const INI_TEMPLATE: &str = include_str!("lemonldap-ng.ini.template");
-const NGINX_TEMPLATE: &str = include_str!("nginx.conf.template");
-const CONF_TEMPLATE: &str = include_str!("lmConf.template.json");
+use crate::proc::{Proc, tail};
+
+const INI_TEMPLATE: &str = include_str!("../../examples/lemonldap/lemonldap-ng.ini.template");
+const NGINX_TEMPLATE: &str = include_str!("../../examples/lemonldap/nginx.conf.template");
+const CONF_TEMPLATE: &str = include_str!("../../examples/lemonldap/lmConf.template.json");
 
 const LLNG_FASTCGI_SERVER: &str = "/usr/sbin/llng-fastcgi-server";
 const NGINX: &str = "/usr/sbin/nginx";
@@ -307,19 +303,13 @@ impl LemonLdap {
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.procs
             .iter()
-            .filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id())))
+            .filter_map(|p| Some((p.name.clone(), p.pid()?)))
             .collect()
     }
 
     /// The last `n` lines of each log, for a failing test's output.
     pub fn log_tail(&self, n: usize) -> String {
-        let mut out = String::new();
-        for name in ["llng.log", "nginx-error.log"] {
-            let _ = writeln!(out, "--- {name}");
-            out.push_str(&tail(&self.state_dir.join(name), n));
-            out.push('\n');
-        }
-        out
+        log_tails(&self.state_dir, n)
     }
 
     /// Kills both processes (SIGKILL by pid) and reaps them. Idempotent.
@@ -329,6 +319,17 @@ impl LemonLdap {
             p.stop();
         }
     }
+}
+
+/// The last `n` lines of the portal's and nginx's logs in `state`.
+fn log_tails(state: &Path, n: usize) -> String {
+    let mut out = String::new();
+    for name in ["llng.log", "nginx-error.log"] {
+        let _ = writeln!(out, "--- {name}");
+        out.push_str(&tail(&state.join(name), n));
+        out.push('\n');
+    }
+    out
 }
 
 impl Drop for LemonLdap {
@@ -381,7 +382,7 @@ pub async fn start_with(
         .to_string();
 
     check_not_running(&state)?;
-    let run_as = if is_root() {
+    let run_as = if crate::is_root() {
         let ids = lookup_user(PORTAL_USER)?;
         check_reachable(&state, ids)?;
         Some(ids)
@@ -685,21 +686,6 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> Result<String, String> {
 // Users (root only)
 // ---------------------------------------------------------------------------------------
 
-unsafe extern "C" {
-    fn geteuid() -> u32;
-    fn setgroups(size: usize, list: *const u32) -> i32;
-    fn setgid(gid: u32) -> i32;
-    fn setuid(uid: u32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-}
-const PR_SET_PDEATHSIG: i32 = 1;
-const SIGKILL: u64 = 9;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { geteuid() == 0 }
-}
-
 /// (uid, gid) of a user from /etc/passwd.
 fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     let passwd = fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
@@ -767,74 +753,6 @@ fn check_reachable(state: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
 // Processes
 // ---------------------------------------------------------------------------------------
 
-struct Proc {
-    name: String,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(
-        name: &str,
-        mut cmd: Command,
-        log: &Path,
-        run_as: Option<(u32, u32)>,
-    ) -> Result<Self, String> {
-        let file = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some((uid, gid)) = run_as
-                    && (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // After the uid change, which would clear it. Dies with the thread that
-                // started it, even if that never gets to Drop.
-                if prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
-        Ok(Self {
-            name: name.to_string(),
-            child: Some(child),
-        })
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (nginx's own bind is the real check).
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot bind a loopback port: {e}"))
-}
-
 /// Starts nginx on `port` (0: a free one, retried when taken between check and bind);
 /// returns the port once nginx has bound it (it writes its pid file only after that).
 fn start_nginx(
@@ -846,7 +764,7 @@ fn start_nginx(
     let attempts = if port == 0 { 8 } else { 1 };
     let mut last_err = String::new();
     for _ in 0..attempts {
-        let port = if port == 0 { free_port()? } else { port };
+        let port = if port == 0 { crate::free_port() } else { port };
         let conf = fill(
             NGINX_TEMPLATE,
             &[("STATE", state_str), ("PORT", &port.to_string())],
@@ -865,8 +783,8 @@ fn start_nginx(
             .arg(&error_log)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        let mut proc = Proc::spawn("nginx", cmd, &state.join("nginx.log"), None)?;
-        let pid = proc.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let mut proc = Proc::try_spawn("nginx", cmd, &state.join("nginx.log"), None)?;
+        let pid = proc.pid().unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(text) = fs::read_to_string(&pid_file)
@@ -921,7 +839,7 @@ fn spawn_portal(state: &Path, run_as: Option<(u32, u32)>) -> Result<Proc, String
         // in hash order. A fixed seed makes the `groups` claim's order repeatable.
         .env("PERL_HASH_SEED", "0")
         .env("PERL_PERTURB_KEYS", "0");
-    Proc::spawn("llng-fastcgi-server", cmd, &state.join("llng.log"), run_as)
+    Proc::try_spawn("llng-fastcgi-server", cmd, &state.join("llng.log"), run_as)
 }
 
 /// Polls the discovery document (the portal compiles on its first request) until it names
@@ -1032,12 +950,8 @@ pub enum Outcome {
 }
 
 impl Portal {
-    /// For the portal at `issuer` (only its origin matters).
+    /// For the portal at `issuer` (only its origin matters), with a cookie jar of its own.
     pub fn new(issuer: &str) -> Result<Self, String> {
-        let origin = reqwest::Url::parse(issuer)
-            .map_err(|e| format!("{issuer}: {e}"))?
-            .origin()
-            .ascii_serialization();
         let client = reqwest::Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -1045,6 +959,17 @@ impl Portal {
             .timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| e.to_string())?;
+        Self::with_client(issuer, client)
+    }
+
+    /// For the portal at `issuer`, through `client` (which must not follow redirects), so
+    /// that one cookie jar holds the portal's cookies and the relying party's, as in a
+    /// browser.
+    pub fn with_client(issuer: &str, client: reqwest::Client) -> Result<Self, String> {
+        let origin = reqwest::Url::parse(issuer)
+            .map_err(|e| format!("{issuer}: {e}"))?
+            .origin()
+            .ascii_serialization();
         Ok(Self {
             client,
             origin,
@@ -1444,63 +1369,20 @@ fn parse_attrs(html: &str, start: usize) -> (BTreeMap<String, String>, usize) {
                 while i < b.len() && b[i] != q {
                     i += 1;
                 }
-                value = unescape(&html[vs..i.min(b.len())]);
+                value = crate::html::decode_entities(&html[vs..i.min(b.len())]);
                 i += 1;
             } else {
                 let vs = i;
                 while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
                     i += 1;
                 }
-                value = unescape(&html[vs..i]);
+                value = crate::html::decode_entities(&html[vs..i]);
             }
         }
         if !name.is_empty() {
             attrs.entry(name).or_insert(value);
         }
     }
-}
-
-fn unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let end = rest.find(';').filter(|&e| e <= 10);
-        let decoded = end.and_then(|e| {
-            let ent = &rest[1..e];
-            let c = match ent {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                    u32::from_str_radix(&ent[2..], 16)
-                        .ok()
-                        .and_then(char::from_u32)
-                }
-                _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
-                _ => None,
-            }?;
-            Some((c, e))
-        });
-        match decoded {
-            Some((c, e)) => {
-                out.push(c);
-                rest = &rest[e + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The portal's result messages (`<div class="message …"><span trmsg="5">`): the page
@@ -1590,7 +1472,7 @@ fn strip_tags(s: &str) -> String {
             _ => {}
         }
     }
-    unescape(&out)
+    crate::html::decode_entities(&out)
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -1640,15 +1522,6 @@ fn fnv1a(data: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let mut text = String::new();
-    if let Err(e) = File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
-        return format!("({}: {e})", path.display());
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn snippet(body: &str) -> String {
