@@ -8,6 +8,10 @@
 //! the file backend's `conf/lmConf-1.json` (no `lemonldap-ng-cli`), from
 //! `examples/lemonldap/lmConf.template.json`, with one relying party per [`RpSettings`].
 //!
+//! [`shared`] is the test binary's one instance, started at first use and kept until the
+//! process exits, with the redirect URIs of a pool of Envoy ports registered for every
+//! relying party (a [`crate::Stack`] takes its port from the pool).
+//!
 //! [`Portal`] drives the portal's HTML the way a browser would (cookie jar, login form with
 //! its hidden `token`/`url` fields, consent and logout confirmation pages) and hands back
 //! the redirect to the relying party.
@@ -914,6 +918,232 @@ async fn wait_ready(llng: &mut LemonLdap, timeout: Duration, t0: Instant) -> Res
 }
 
 // ---------------------------------------------------------------------------------------
+// The test binary's instance
+// ---------------------------------------------------------------------------------------
+
+/// How many Envoy ports [`shared`] registers redirect URIs for: every [`crate::Stack`] on
+/// LemonLDAP takes one (another after a taken port), so this bounds the stacks per binary.
+pub const PORT_POOL: usize = 32;
+
+/// The test binary's one LemonLDAP::NG (see [`shared`]).
+#[derive(Debug)]
+pub struct Shared {
+    /// `http://127.0.0.1:<port>`.
+    pub issuer: String,
+    pub port: u16,
+    pub state_dir: PathBuf,
+    /// How long [`start_with`] took, and where the time went.
+    pub startup: Duration,
+    pub startup_steps: Vec<(&'static str, Duration)>,
+    /// The relying parties, with the pool's redirect URIs.
+    pub rps: Vec<RpSettings>,
+    /// What [`shared`] was first called with, to refuse a different set later.
+    asked: String,
+    ports: std::sync::Mutex<Vec<u16>>,
+}
+
+/// What the portal logs at `debug` for each secret it issues.
+const GENERATED: [&str; 4] = [
+    "Generated code: ",
+    "Generated access token: ",
+    "Generated id token: ",
+    "Generated refresh token: ",
+];
+
+/// The state directory and the processes of [`shared`]'s instance, for the clean-up at exit.
+static AT_EXIT: std::sync::OnceLock<(PathBuf, Vec<u32>)> = std::sync::OnceLock::new();
+/// Set when a test failed: the state directory (logs, sessions) stays for inspection.
+static KEEP_STATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The test binary's LemonLDAP::NG, started by the first caller (the others wait for it)
+/// and kept until the process exits, with the relying parties `rps` (their redirect URIs
+/// are filled in: `redirect_uris(port)` for each port of a pool of [`PORT_POOL`] Envoy
+/// ports, which [`Shared::take_port`] hands out) and `opts`, except that it logs at
+/// `debug` whatever `opts.log_level` says: that log names every code and token the portal
+/// issues, for [`Shared::secrets`]. Every caller must pass the same `rps` and `opts`.
+///
+/// Its processes belong to a thread of their own (each test runs on a thread that ends
+/// with it); they die with the process, and the state directory is removed at exit unless
+/// a test failed ([`Shared::keep_state`]). Panics with the logs if it does not start.
+pub fn shared(
+    rps: &[RpSettings],
+    opts: &Options,
+    redirect_uris: fn(u16) -> (String, String),
+) -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Result<Shared, String>> = std::sync::OnceLock::new();
+    let asked = format!("{rps:?} {opts:?}");
+    let shared = SHARED
+        .get_or_init(|| start_shared(rps, opts, redirect_uris, asked.clone()))
+        .as_ref()
+        .unwrap_or_else(|e| panic!("LemonLDAP::NG did not start: {e}"));
+    assert!(
+        shared.asked == asked,
+        "lemonldap::shared was called with other relying parties or options than at its \
+         start: every test of a binary must pass the same ones"
+    );
+    shared
+}
+
+fn start_shared(
+    templates: &[RpSettings],
+    opts: &Options,
+    redirect_uris: fn(u16) -> (String, String),
+    asked: String,
+) -> Result<Shared, String> {
+    let ports: Vec<u16> = (0..PORT_POOL).map(|_| crate::free_port()).collect();
+    let rps: Vec<RpSettings> = templates
+        .iter()
+        .map(|t| {
+            let (redirect, post_logout): (Vec<String>, Vec<String>) =
+                ports.iter().map(|&p| redirect_uris(p)).unzip();
+            RpSettings {
+                redirect_uris: redirect,
+                post_logout_redirect_uris: post_logout,
+                ..t.clone()
+            }
+        })
+        .collect();
+    let dir = crate::temp_dir("lemonldap");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_opts = Options {
+        log_level: "debug".into(),
+        ..opts.clone()
+    };
+    let (thread_rps, thread_dir) = (rps.clone(), dir.clone());
+    std::thread::Builder::new()
+        .name("lemonldap".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("a runtime: {e}")));
+                    return;
+                }
+            };
+            match runtime.block_on(start_with(&thread_dir, &thread_rps, &thread_opts)) {
+                Ok(llng) => {
+                    let pids = llng.pids().into_iter().map(|(_, pid)| pid).collect();
+                    let _ = AT_EXIT.set((llng.state_dir.clone(), pids));
+                    let _ = tx.send(Ok((
+                        llng.issuer.clone(),
+                        llng.port,
+                        llng.startup,
+                        llng.startup_steps.clone(),
+                    )));
+                    // The processes die with this thread: it waits for the process to end.
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    let (issuer, port, startup, startup_steps) = rx
+        .recv()
+        .map_err(|_| "the LemonLDAP thread ended without a word".to_string())??;
+    // SAFETY: registers a plain function; it runs once, at exit.
+    unsafe { libc::atexit(clean_up_at_exit) };
+    eprintln!(
+        "testkit: LemonLDAP::NG at {issuer} ({} relying parties, state in {}) started in {startup:?}",
+        rps.len(),
+        dir.display()
+    );
+    Ok(Shared {
+        issuer,
+        port,
+        state_dir: dir,
+        startup,
+        startup_steps,
+        rps,
+        asked,
+        ports: std::sync::Mutex::new(ports),
+    })
+}
+
+/// At exit: kill the shared instance's processes (by pid) and remove its state directory,
+/// unless a test failed.
+extern "C" fn clean_up_at_exit() {
+    let Some((dir, pids)) = AT_EXIT.get() else {
+        return;
+    };
+    for &pid in pids {
+        // SAFETY: kill has no memory-safety requirements; the pids are our unreaped children.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    if KEEP_STATE.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!(
+            "(kept LemonLDAP's state in {} for inspection)",
+            dir.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+impl Shared {
+    /// The relying party with this client id.
+    pub fn rp(&self, client_id: &str) -> &RpSettings {
+        self.rps
+            .iter()
+            .find(|rp| rp.client_id == client_id)
+            .unwrap_or_else(|| panic!("LemonLDAP has no relying party {client_id:?}"))
+    }
+
+    /// An Envoy port of the pool (its redirect URIs are registered with every relying
+    /// party); each is handed out once.
+    pub fn take_port(&self) -> u16 {
+        self.ports.lock().unwrap().pop().unwrap_or_else(|| {
+            panic!("all {PORT_POOL} Envoy ports of LemonLDAP's pool are taken: raise PORT_POOL")
+        })
+    }
+
+    /// Keeps the state directory at exit (a test failed).
+    pub fn keep_state(&self) {
+        KEEP_STATE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last `n` lines of the portal's and nginx's logs.
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tails(&self.state_dir, n)
+    }
+
+    /// Every secret LemonLDAP has handed out so far, for a log scan: the client secrets,
+    /// every code and token its debug log says it generated, and the ids of its live
+    /// sessions (SSO cookies, access tokens: each is a session file).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut seen: Vec<String> = self
+            .rps
+            .iter()
+            .filter_map(|rp| rp.client_secret.clone())
+            .collect();
+        let log = fs::read_to_string(self.state_dir.join("llng.log")).unwrap_or_default();
+        for line in log.lines() {
+            for what in GENERATED {
+                if let Some((_, rest)) = line.split_once(what)
+                    && let Some(value) = rest.split_whitespace().next()
+                {
+                    seen.push(value.to_string());
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.state_dir.join("sessions")) {
+            seen.extend(
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name != "lock"),
+            );
+        }
+        seen
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Driving the portal like a browser
 // ---------------------------------------------------------------------------------------
 
@@ -964,7 +1194,7 @@ impl Portal {
 
     /// For the portal at `issuer`, through `client` (which must not follow redirects), so
     /// that one cookie jar holds the portal's cookies and the relying party's, as in a
-    /// browser.
+    /// browser (see [`crate::Browser::portal`]).
     pub fn with_client(issuer: &str, client: reqwest::Client) -> Result<Self, String> {
         let origin = reqwest::Url::parse(issuer)
             .map_err(|e| format!("{issuer}: {e}"))?

@@ -31,7 +31,7 @@ pub use certs::{Certs, test_certs};
 pub use echo::{Echo, EchoRequest};
 pub use portcullis::{Secrets, portcullis_bin, write_secrets};
 pub use proc::{Proc, poll_until, run, tail};
-pub use stack::{Ports, Stack, StackBuilder};
+pub use stack::{IdpChoice, Ports, Stack, StackBuilder, shared_lemonldap};
 
 use std::collections::HashSet;
 use std::fs::{self, File};
