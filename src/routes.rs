@@ -132,7 +132,9 @@ pub fn canonical_path(path: &str) -> String {
             loop {
                 let trimmed = segment.trim_end_matches(['.', ' ']);
                 match trimmed.len().checked_sub(3) {
-                    Some(at) if trimmed[at..].eq_ignore_ascii_case("%20") => {
+                    // Bytes, not `str` slicing: `at` can fall inside a multi-byte
+                    // character (`/€x`), and `%20` is ASCII, so a match is on a boundary.
+                    Some(at) if trimmed.as_bytes()[at..].eq_ignore_ascii_case(b"%20") => {
                         segment = &trimmed[..at]
                     }
                     _ => break trimmed.to_ascii_lowercase(),
@@ -332,5 +334,21 @@ mod tests {
         assert_eq!(canonical_path("/%7e%41%2F"), "/~a%2f");
         assert_eq!(canonical_path("/%zz/%"), "/%zz/%");
         assert_eq!(canonical_path("/caf\u{e9}"), "/caf\u{e9}");
+    }
+
+    #[test]
+    fn canonical_path_of_multibyte_segment_ends() {
+        // Found by fuzzing (fuzz/regressions/check_request, return_url): the `%20` test
+        // sliced three bytes off the segment's end, inside a multi-byte character, and
+        // panicked; any CheckRequest with such a path took the Check task down.
+        assert_eq!(canonical_path("/\u{20ac}x"), "/\u{20ac}x");
+        assert_eq!(canonical_path("/a\u{e9}/b"), "/a\u{e9}/b");
+        assert_eq!(canonical_path("/x\u{20ac}%20."), "/x\u{20ac}");
+        assert_eq!(canonical_path("/\u{fffd}\u{fffd}"), "/\u{fffd}\u{fffd}");
+        let t = table();
+        assert_eq!(
+            t.select(None, "https", "apps.localhost:8443", "/adm\u{20ac}x"),
+            Ok(2)
+        );
     }
 }
