@@ -175,6 +175,11 @@ impl<L, T, C> Authorizer<L, T, C> {
         &self.tokens
     }
 
+    /// The header that carries the identity JWT upstream, lower case.
+    pub fn identity_header(&self) -> &str {
+        &self.identity_header
+    }
+
     /// The sign-in link on the auth host for `return_url`. With the route host's hop nonce,
     /// its hash goes along (`hb`) to be sealed into the hop; without one (API clients), the
     /// auth host first sends the browser to the route host to get one.

@@ -778,9 +778,11 @@ fn validate_routes(
         if routes.iter().any(|r| r.name == name) {
             errors.push(at("name"), format!("duplicate route name {name:?}"));
         }
+        // Paths match without regard to letter case (`Route::matches_path`), so `/Admin`
+        // and `/admin` are one prefix: the second route would never be chosen.
         if routes
             .iter()
-            .any(|r| r.authority == authority && r.path_prefix == path_prefix)
+            .any(|r| r.authority == authority && r.path_prefix.eq_ignore_ascii_case(&path_prefix))
         {
             errors.push(at("from"), format!("another route already serves {from}"));
         }

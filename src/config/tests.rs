@@ -383,3 +383,21 @@ fn log_format() {
     let bad = format!("{VALID}log: {{ format: xml }}\n");
     assert!(paths(f.parse(&bad)).contains(&"log.format".to_string()));
 }
+
+#[test]
+fn prefixes_that_differ_only_in_letter_case_are_one_route() {
+    // Found with the config_parse fuzz target (fuzz/regressions/config_parse): paths match
+    // without regard to case, so of `/Admin` and `/admin` the route listed first served
+    // both, and the other's policy never applied (here a public route listed first would
+    // have opened the protected one).
+    let f = Fixture::new();
+    let yaml = format!(
+        "{VALID}  - name: open
+    from: https://apps.localhost:8443/ADMIN
+    to: http://127.0.0.1:9300
+    policy: {{ public: true }}
+"
+    );
+    let p = paths(f.parse(&yaml));
+    assert!(p.iter().any(|x| x == "routes[3].from"), "{p:?}");
+}
