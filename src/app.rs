@@ -14,15 +14,18 @@ use crate::crypto::{Purpose, Sealer};
 use crate::identity::TokenMinter;
 use crate::metrics::Metrics;
 use crate::oidc::{IdentityProvider, OpenIdConnect};
-use crate::session::{CookieCodec, MemoryStore, SessionStore};
+use crate::refresh::Sessions;
+use crate::session::{CookieCodec, GrantSealer, MemoryStore, SessionStore};
 use crate::tokens::Tokens;
 
 /// The authorizer as the server runs it.
-pub type AppAuthorizer = Authorizer<Arc<dyn SessionStore>, Tokens, Arc<dyn Clock>>;
+pub type AppAuthorizer = Authorizer<Sessions, Tokens, Arc<dyn Clock>>;
 
 pub struct App {
     pub authorizer: AppAuthorizer,
     pub store: Arc<dyn SessionStore>,
+    /// The store's sessions with refresh: what the authorizer and the HTTP edge look up.
+    pub sessions: Sessions,
     pub idp: Arc<dyn IdentityProvider>,
     pub clock: Arc<dyn Clock>,
     pub urls: Urls,
@@ -128,18 +131,25 @@ impl App {
             TokenMinter::new(issuer, Arc::new(signing_keys)),
             metrics.tokens_signed(),
         );
+        let sessions = Sessions::new(
+            store.clone(),
+            idp.clone(),
+            Arc::new(GrantSealer::new(&cookie)),
+            metrics.refresh.clone(),
+        );
         let authorizer = Authorizer::new(
             RouteTable::new(routes.into_iter().map(|r| r.route).collect()),
             Arc::new(CookieCodec::new(&cookie)),
             &identity_header,
             urls.sign_in.clone(),
-            store.clone(),
+            sessions.clone(),
             tokens,
             clock.clone(),
         );
         Self {
             authorizer,
             store,
+            sessions,
             idp,
             clock,
             auth_authority: authority_of(&authenticate_url),

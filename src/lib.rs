@@ -5,7 +5,8 @@
 //! - `secret`, `crypto`, `pages`: leaves.
 //! - [`core`]: the domain and the decision, pure.
 //! - `config`, `identity`, `session`, `cockpit`, `oidc`, `metrics`: building blocks.
-//! - [`authorizer`] (the work around the decision), `tokens`, [`app`] (the shared state).
+//! - `refresh` (the store's sessions, refreshed when due), [`authorizer`] (the work around
+//!   the decision), `tokens`, [`app`] (the shared state).
 //! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP); then `server`, `envoy`, `cli`.
 
 pub mod app;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod refresh;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -5,8 +5,12 @@
 //! record itself ([`crate::core::Session`]) lives in a [`SessionStore`]; signing out removes
 //! it, which voids every route-host cookie of that sign-in at once.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 mod cookie;
+mod grant;
 mod store;
 
 pub use cookie::{CookieCodec, CookieJar, set_cookie};
-pub use store::{MemoryStore, SessionLookup, SessionStore, StoreError};
+pub use grant::GrantSealer;
+pub use store::{MemoryStore, Selector, SessionLookup, SessionStore, StoreError};

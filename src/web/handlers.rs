@@ -13,7 +13,7 @@ use crate::authorizer::hop_binding;
 use crate::core::{Route, Session, SessionId, authority_of};
 use crate::crypto::{constant_time_eq, random_token};
 use crate::pages;
-use crate::session::CookieJar;
+use crate::session::{CookieJar, Selector};
 
 /// How long a sign-in may take at the IdP.
 const CSRF_TTL_SECS: u64 = 600;
@@ -324,7 +324,15 @@ pub async fn oauth2_callback(
         })?;
     app.metrics.sign_ins.inc();
     tracing::info!(user = signed_in.user.display(), "signed in");
-    let session = Session::new(signed_in.user, now, app.session_lifetime.as_secs());
+    let mut session = Session::new(signed_in.user, now, app.session_lifetime.as_secs());
+    session.idp = app.sessions.grant(
+        &session.id,
+        &signed_in.tokens,
+        signed_in.idp_sid.as_deref(),
+        signed_in.used_userinfo,
+        None,
+        now,
+    );
     let mut cookies = vec![
         app.cookies()
             .issue(session.id, &app.auth_authority, session.expires_at, now),
@@ -500,7 +508,8 @@ pub async fn sign_out(
 }
 
 async fn revoke(app: &App, s: &Session) -> Result<(), WebError> {
-    app.store.remove(&s.id).await?;
+    let ended = app.store.revoke(Selector::Session(s.id), app.now()).await?;
+    app.metrics.sessions_revoked.inc_by(ended.len() as u64);
     app.tokens().forget_session(s.id);
     tracing::info!(user = s.user.display(), "signed out");
     Ok(())
