@@ -32,6 +32,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(handlers::sign_out_page).post(handlers::sign_out),
         )
         .route("/.portcullis/signed_out", get(handlers::signed_out))
+        .route(
+            "/.portcullis/backchannel_logout",
+            axum::routing::post(handlers::backchannel_logout),
+        )
         .route("/.portcullis/", get(handlers::user_page))
         .route("/.portcullis/user", get(handlers::user_json))
         .fallback(handlers::not_found)
@@ -99,6 +103,10 @@ pub enum WebError {
     IdpRefused(String),
     #[error(transparent)]
     Store(#[from] crate::session::StoreError),
+    /// A back-channel logout request that is not one (OpenID Connect Back-Channel Logout
+    /// 1.0, 2.8: 400).
+    #[error("back-channel logout refused: {0}")]
+    LogoutRefused(String),
 }
 
 /// What an error answer says, rendered by [`request_context`] with the request id: a page
@@ -171,6 +179,15 @@ impl IntoResponse for WebError {
                     "idp_refused",
                     "Sign-in refused",
                     format!("The identity provider did not sign you in ({e})."),
+                )
+            }
+            WebError::LogoutRefused(why) => {
+                tracing::warn!(why, "refused a back-channel logout");
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "Bad request",
+                    "This is not a valid logout token.".into(),
                 )
             }
             WebError::Store(e) => {

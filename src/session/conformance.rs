@@ -146,6 +146,21 @@ pub async fn run(store: &dyn SessionStore) {
         assert!(store.get(&s.id, now).await.unwrap().is_none());
         assert!(store.get_fresh(&s.id, now).await.unwrap().is_none());
     }
+    // By subject only: an email equal to the subject is no match.
+    let c1 = session(&format!("carol-{tag}"), Some(&alice), now, 3600);
+    store.put(c1.clone()).await.unwrap();
+    assert!(
+        store
+            .revoke(Selector::Subject(&alice), now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ended = store
+        .revoke(Selector::Subject(&c1.user.subject), now)
+        .await
+        .unwrap();
+    assert_eq!(ended.iter().map(|s| s.id).collect::<Vec<_>>(), vec![c1.id]);
     let b2 = session(&bob, None, now, 3600);
     store.put(b2.clone()).await.unwrap();
     let ended = store.revoke(Selector::Session(b2.id), now).await.unwrap();

@@ -23,6 +23,8 @@ pub enum Selector<'a> {
     Session(SessionId),
     /// Every session of a user, named by the IdP's subject or by email (any letter case).
     User(&'a str),
+    /// Every session of the IdP's subject (a back-channel logout's `sub` alone).
+    Subject(&'a str),
     /// The sessions of one IdP session (a back-channel logout's `sid`), and when `sub` is
     /// given, only if they are that user's.
     IdpSession { sid: &'a str, sub: Option<&'a str> },
@@ -41,6 +43,7 @@ impl Selector<'_> {
                         .as_deref()
                         .is_some_and(|e| e.eq_ignore_ascii_case(who))
             }
+            Selector::Subject(sub) => session.user.subject == sub,
             Selector::IdpSession { sid, sub } => {
                 session.idp_sid() == Some(sid) && sub.is_none_or(|s| session.user.subject == s)
             }
