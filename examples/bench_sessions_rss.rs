@@ -208,7 +208,7 @@ routes:
     let store = Arc::new(MemoryStore::default());
     let parts = Parts {
         store: store.clone() as Arc<dyn SessionStore>,
-        ..Parts::new(&config)
+        ..Parts::new(&config).expect("the memory store")
     };
     let app = App::with_parts(config, parts);
 

@@ -8,14 +8,14 @@ use std::time::Duration;
 use url::Url;
 
 use crate::authorizer::Authorizer;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::core::{Clock, RouteTable, SystemClock, authority_of};
 use crate::crypto::{Purpose, Sealer};
 use crate::identity::TokenMinter;
 use crate::metrics::Metrics;
 use crate::oidc::{IdentityProvider, OpenIdConnect};
 use crate::refresh::Sessions;
-use crate::session::{CookieCodec, GrantSealer, MemoryStore, SessionStore};
+use crate::session::{CookieCodec, GrantSealer, MemoryStore, RedisStore, SessionStore, StoreError};
 use crate::tokens::Tokens;
 
 /// The authorizer as the server runs it.
@@ -88,27 +88,32 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// The parts `portcullis serve` runs with: sessions in memory, the system clock, and the
-    /// configured OpenID Connect provider.
-    pub fn new(config: &Config) -> Self {
+    /// The parts `portcullis serve` runs with: the configured session store (in memory, or
+    /// Redis, connecting in the background), the system clock, and the configured OpenID
+    /// Connect provider.
+    pub fn new(config: &Config) -> Result<Self, StoreError> {
         let urls = Urls::new(&config.authenticate_url);
-        Self {
-            store: Arc::new(MemoryStore::default()),
+        let store: Arc<dyn SessionStore> = match &config.session_store {
+            StoreConfig::Memory => Arc::new(MemoryStore::default()),
+            StoreConfig::Redis(redis) => RedisStore::start(redis)?,
+        };
+        Ok(Self {
+            store,
             clock: Arc::new(SystemClock),
             idp: Arc::new(OpenIdConnect::new(
                 config.idp.clone(),
                 &urls.oauth2_callback,
                 &urls.signed_out,
             )),
-        }
+        })
     }
 }
 
 impl App {
     /// The app with the [`Parts::new`] defaults.
-    pub fn new(config: Config) -> Self {
-        let parts = Parts::new(&config);
-        Self::with_parts(config, parts)
+    pub fn new(config: Config) -> Result<Self, StoreError> {
+        let parts = Parts::new(&config)?;
+        Ok(Self::with_parts(config, parts))
     }
 
     pub fn with_parts(config: Config, parts: Parts) -> Self {
@@ -120,6 +125,7 @@ impl App {
             signing_keys,
             identity_header,
             routes,
+            session_store: _,
         } = config;
         let Parts { store, clock, idp } = parts;
         let urls = Urls::new(&authenticate_url);

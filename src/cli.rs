@@ -225,7 +225,13 @@ fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
         let grace = config.server.shutdown_grace;
-        let app = std::sync::Arc::new(crate::app::App::new(config));
+        let app = match crate::app::App::new(config) {
+            Ok(app) => std::sync::Arc::new(app),
+            Err(e) => {
+                eprintln!("error: session_store: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         match crate::server::serve(app, listeners, grace, crate::server::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

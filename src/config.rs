@@ -6,6 +6,9 @@
 //! prints that list; `serve` refuses to start on a non-empty one.
 
 mod raw;
+mod store;
+
+pub use store::{RedisConfig, StoreConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,6 +42,7 @@ pub struct Config {
     /// Header that carries the identity JWT upstream (as configured, e.g. `X-Portcullis-Jwt-Assertion`).
     pub identity_header: String,
     pub routes: Vec<RouteConfig>,
+    pub session_store: StoreConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +264,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         published_key_files,
         identity_header,
         routes,
+        session_store,
     } = raw;
 
     let server = validate_server(server.unwrap_or_default(), errors);
@@ -313,7 +318,10 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         }
     };
 
+    let session_store = store::validate(session_store, base, errors);
+
     Some(Config {
+        session_store: session_store?,
         server: server?,
         authenticate_url: authenticate_url?,
         idp: idp?,

@@ -13,6 +13,30 @@ pub struct RawConfig {
     pub published_key_files: Option<Vec<String>>,
     pub identity_header: Option<String>,
     pub routes: Option<Vec<RawRoute>>,
+    pub session_store: Option<RawSessionStore>,
+}
+
+/// `session_store: { memory: {} }` or `{ redis: { … } }`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSessionStore {
+    pub memory: Option<RawMemoryStore>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMemoryStore {}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub tls: Option<RawRedisTls>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRedisTls {
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,8 @@ pub struct StoreError(pub String);
 pub enum Selector<'a> {
     /// One session.
     Session(SessionId),
+    /// One session, by its public id (what the admin API and the user page show).
+    PublicId(&'a str),
     /// Every session of a user, named by the IdP's subject or by email (any letter case).
     User(&'a str),
     /// Every session of the IdP's subject (a back-channel logout's `sub` alone).
@@ -35,6 +37,7 @@ impl Selector<'_> {
     pub fn matches(&self, session: &Session) -> bool {
         match *self {
             Selector::Session(id) => session.id == id,
+            Selector::PublicId(p) => session.public_id() == p,
             Selector::User(who) => {
                 session.user.subject == who
                     || session
