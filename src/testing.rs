@@ -456,15 +456,36 @@ pub const T0: u64 = 1_800_000_000;
 
 impl TestApp {
     pub fn new(yaml: &str) -> Self {
+        Self::over(yaml, |memory| memory)
+    }
+
+    /// An app whose store is the memory store behind a switch that can cut it off, as a
+    /// Redis that stops answering.
+    pub fn with_flaky_store(yaml: &str) -> (Self, Arc<FlakyStore>) {
+        let mut flaky = None;
+        let t = Self::over(yaml, |memory| {
+            let f = Arc::new(FlakyStore {
+                inner: memory,
+                down: AtomicBool::new(false),
+            });
+            flaky = Some(f.clone());
+            f
+        });
+        (t, flaky.expect("built"))
+    }
+
+    fn over(yaml: &str, store: impl FnOnce(Arc<MemoryStore>) -> Arc<dyn SessionStore>) -> Self {
         let dir = ConfigDir::new();
         let config = dir.parse(yaml).expect("the test config is valid");
         let idp = Arc::new(FakeIdp::new());
         let clock = Arc::new(ManualClock::at(T0));
-        let store = Arc::new(MemoryStore::default());
+        let memory = Arc::new(MemoryStore::default());
+        let store_ = memory.clone();
+        let store = store(memory);
         let app = Arc::new(App::with_parts(
             config,
             Parts {
-                store: store.clone() as Arc<dyn SessionStore>,
+                store,
                 clock: clock.clone(),
                 idp: idp.clone(),
             },
@@ -473,7 +494,7 @@ impl TestApp {
             app,
             idp,
             clock,
-            store,
+            store: store_,
             yaml: yaml.to_string(),
             dir,
         }
@@ -569,6 +590,78 @@ impl TestApp {
             jar: HashMap::new(),
             headers: Vec::new(),
         }
+    }
+}
+
+/// A memory store that can be cut off: every call fails while `down` (as a Redis that is
+/// stopped or unreachable).
+pub struct FlakyStore {
+    inner: Arc<MemoryStore>,
+    pub down: AtomicBool,
+}
+
+impl FlakyStore {
+    fn up(&self) -> Result<&MemoryStore, crate::session::StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(crate::session::StoreError("connection refused".into()))
+        } else {
+            Ok(&self.inner)
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn get(
+        &self,
+        id: &crate::core::SessionId,
+        now: u64,
+    ) -> Result<Option<Arc<Session>>, crate::session::StoreError> {
+        self.up()?.get(id, now).await
+    }
+    async fn put(&self, session: Session) -> Result<(), crate::session::StoreError> {
+        self.up()?.put(session).await
+    }
+    async fn replace(&self, session: Session) -> Result<bool, crate::session::StoreError> {
+        self.up()?.replace(session).await
+    }
+    async fn remove(&self, id: &crate::core::SessionId) -> Result<(), crate::session::StoreError> {
+        self.up()?.remove(id).await
+    }
+    async fn revoke(
+        &self,
+        selector: crate::session::Selector<'_>,
+        now: u64,
+    ) -> Result<Vec<Arc<Session>>, crate::session::StoreError> {
+        self.up()?.revoke(selector, now).await
+    }
+    async fn list(
+        &self,
+        user: Option<&str>,
+        now: u64,
+    ) -> Result<Vec<Arc<Session>>, crate::session::StoreError> {
+        self.up()?.list(user, now).await
+    }
+    async fn claim_once(
+        &self,
+        token_id: &str,
+        expires_at: u64,
+    ) -> Result<bool, crate::session::StoreError> {
+        self.up()?.claim_once(token_id, expires_at).await
+    }
+    async fn lock(
+        &self,
+        name: &str,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, crate::session::StoreError> {
+        self.up()?.lock(name, owner, lease).await
+    }
+    async fn unlock(&self, name: &str, owner: &str) -> Result<(), crate::session::StoreError> {
+        self.up()?.unlock(name, owner).await
+    }
+    async fn sweep(&self, now: u64) {
+        self.inner.sweep(now).await
     }
 }
 

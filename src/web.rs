@@ -40,8 +40,29 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/.portcullis/user", get(handlers::user_json))
         .fallback(handlers::not_found)
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_store_errors,
+        ))
         .layer(axum::middleware::from_fn(request_context))
         .with_state(app)
+}
+
+/// Counts the answers that failed because the session store could not be reached.
+async fn count_store_errors(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if response
+        .extensions()
+        .get::<ErrorPage>()
+        .is_some_and(|p| p.code == "store_unavailable")
+    {
+        app.metrics.store_errors.inc();
+    }
+    response
 }
 
 /// The standalone JWKS listener: only the key set and health, no sessions, no sign-in, so it

@@ -592,3 +592,66 @@ async fn attack_backchannel_logouts_that_are_not_are_refused() {
     );
     assert_eq!(t.app.metrics.backchannel_logout_rejections.get(), 4);
 }
+
+#[tokio::test]
+async fn a_store_cut_off_fails_closed_with_503_everywhere_and_recovers_by_itself() {
+    use std::sync::atomic::Ordering;
+    let (t, flaky) = TestApp::with_flaky_store(CONFIG);
+    let mut b = t.browser();
+    b.sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::Allow);
+
+    flaky.down.store(true, Ordering::SeqCst);
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::StoreUnavailable);
+    let page = b
+        .request(
+            axum::http::Method::GET,
+            &format!("{APP}/.portcullis/"),
+            &[("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        page.body.contains("Temporarily unavailable"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("connection refused"), "no internals");
+    let json = b
+        .request(
+            axum::http::Method::GET,
+            &format!("{APP}/.portcullis/user"),
+            &[("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(json.status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(v["error"], "store_unavailable");
+    // A sign-in cannot finish either: no session is made that could not be revoked.
+    let mut other = t.browser();
+    let to_auth = other
+        .get(&format!("{APP}/.portcullis/sign_in?rd={APP}/"))
+        .await;
+    let to_idp = other.get(to_auth.location().unwrap()).await;
+    let back = t.idp.sign_in(
+        to_idp.location().unwrap(),
+        t.app.urls.oauth2_callback.as_str(),
+        user("bob@example.com", &[]),
+    );
+    let callback = other.get(&back).await;
+    assert_eq!(callback.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(other.cookie(AUTH_HOST, "__Host-_portcullis").is_none());
+    assert_eq!(
+        t.app.metrics.store_errors.get(),
+        3,
+        "page, JSON and callback"
+    );
+
+    flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        check(&t, &b, APP_HOST).await,
+        OutcomeKind::Allow,
+        "recovered"
+    );
+}
