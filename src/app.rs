@@ -15,6 +15,7 @@ use crate::identity::TokenMinter;
 use crate::metrics::Metrics;
 use crate::oidc::{IdentityProvider, OpenIdConnect};
 use crate::refresh::Sessions;
+use crate::secret::SecretString;
 use crate::session::{CookieCodec, GrantSealer, MemoryStore, RedisStore, SessionStore, StoreError};
 use crate::tokens::Tokens;
 
@@ -38,6 +39,8 @@ pub struct App {
     pub session_lifetime: Duration,
     pub jwks: JwksDocument,
     pub metrics: Arc<Metrics>,
+    /// The bearer token of the session administration API, when it is configured.
+    pub admin_token: Option<SecretString>,
 }
 
 /// The auth host's fixed URLs, parsed once.
@@ -126,6 +129,7 @@ impl App {
             identity_header,
             routes,
             session_store: _,
+            admin,
         } = config;
         let Parts { store, clock, idp } = parts;
         let urls = Urls::new(&authenticate_url);
@@ -166,6 +170,7 @@ impl App {
             session_lifetime: cookie.lifetime,
             jwks: JwksDocument { json, etag },
             metrics,
+            admin_token: admin.map(|a| a.token),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `keygen`, `jwks`, `client-jwk`,
-//! `pam-verify`, `envoy-config`.
+//! `pam-verify`, `sessions`, `envoy-config`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, EXIT_CONFIG};
+
+mod sessions;
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +78,19 @@ enum Command {
         #[arg(long)]
         replay_dir: Option<PathBuf>,
     },
+    /// List or end sessions through the admin API (the config's `admin` section).
+    Sessions {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin API, e.g. http://127.0.0.1:9102 (default: `admin.address`).
+        #[arg(long)]
+        address: Option<String>,
+        /// The file holding the admin token (default: `admin.token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: sessions::Action,
+    },
     /// Print an Envoy bootstrap config matching the portcullis config.
     EnvoyConfig {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
@@ -113,6 +128,19 @@ pub fn run() -> ExitCode {
             Err(errors) => config_failed(&errors),
         },
         Command::Keygen { out } => keygen(out),
+        Command::Sessions {
+            config,
+            address,
+            token_file,
+            action,
+        } => sessions::run(
+            sessions::AdminTarget {
+                config,
+                address,
+                token_file,
+            },
+            action,
+        ),
         Command::PamVerify {
             jwks,
             issuer,
@@ -200,15 +228,9 @@ fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(errors) => return config_failed(&errors),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listeners = match crate::server::bind(&config.server).await {
@@ -224,7 +246,10 @@ fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
             eprintln!("error: cannot write the ready file {}: {e}", file.display());
             return ExitCode::FAILURE;
         }
-        let grace = config.server.shutdown_grace;
+        let stopping = crate::server::Stopping {
+            drain_delay: config.server.drain_delay,
+            grace: config.server.shutdown_grace,
+        };
         let app = match crate::app::App::new(config) {
             Ok(app) => std::sync::Arc::new(app),
             Err(e) => {
@@ -232,13 +257,22 @@ fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match crate::server::serve(app, listeners, grace, crate::server::shutdown_signal()).await {
+        match crate::server::serve(app, listeners, stopping, crate::server::shutdown_signal()).await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// A tokio runtime from `builder`, or the exit code that says why there is none.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
     })
 }
 

@@ -7,8 +7,10 @@
 //! - `config`, `identity`, `session`, `cockpit`, `oidc`, `metrics`: building blocks.
 //! - `refresh` (the store's sessions, refreshed when due), [`authorizer`] (the work around
 //!   the decision), `tokens`, [`app`] (the shared state).
-//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP); then `server`, `envoy`, `cli`.
+//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP), [`admin`] (the session API, gRPC);
+//!   then `server`, `envoy`, `cli`.
 
+pub mod admin;
 pub mod app;
 pub mod authorizer;
 pub mod cli;

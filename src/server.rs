@@ -23,6 +23,8 @@ pub struct Listeners {
     pub http: TcpListener,
     pub jwks: Option<TcpListener>,
     pub metrics: Option<TcpListener>,
+    /// The session administration API.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -39,6 +41,9 @@ impl Listeners {
         }
         if let Some(l) = &self.metrics {
             ready.insert("metrics".into(), addr(l)?.into());
+        }
+        if let Some(l) = &self.admin {
+            ready.insert("admin".into(), addr(l)?.into());
         }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::Value::Object(ready).to_string())?;
@@ -72,26 +77,40 @@ pub async fn bind(config: &ServerConfig) -> std::io::Result<Listeners> {
     };
     let jwks = optional(config.jwks_address, "server.jwks_address").await?;
     let metrics = optional(config.metrics_address, "server.metrics_address").await?;
+    let admin = optional(config.admin_address, "admin.address").await?;
     Ok(Listeners {
         grpc,
         http,
         jwks,
         metrics,
+        admin,
     })
 }
 
-/// Serves `app` until `shutdown` resolves, then drains for at most `grace`.
+/// How a server stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopping {
+    /// After the shutdown signal, how long to keep serving while gRPC health says
+    /// NOT_SERVING (Envoy's health checks move traffic to other replicas meanwhile).
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests may finish.
+    pub grace: Duration,
+}
+
+/// Serves `app` until `shutdown` resolves, then drains as `stopping` says.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,
-    grace: Duration,
+    stopping: Stopping,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Stopping { drain_delay, grace } = stopping;
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
         jwks: jwks_listener,
         metrics: metrics_listener,
+        admin: admin_listener,
     } = listeners;
     let grpc_addr = grpc_listener.local_addr()?;
 
@@ -140,6 +159,15 @@ pub async fn serve(
             }
         }));
     }
+    // gRPC health on the ext_authz listener, for Envoy's active health checks: SERVING
+    // until shutdown begins.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     {
         let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
         let signal = stopped(rx.clone());
@@ -147,6 +175,7 @@ pub async fn serve(
         tracing::info!(addr = %grpc_addr, "ext_authz gRPC listening");
         servers.push(tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -155,8 +184,33 @@ pub async fn serve(
             }
         }));
     }
+    if let (Some(listener), Some(token)) = (admin_listener, app.admin_token.clone()) {
+        let svc = crate::admin::service(app.clone(), token);
+        let signal = stopped(rx.clone());
+        tracing::info!(addr = %listener.local_addr()?, "admin gRPC listening");
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+            {
+                tracing::error!(error = %e, "admin server error");
+            }
+        }));
+    }
 
     shutdown.await;
+    if !drain_delay.is_zero() {
+        tracing::info!(drain_delay = ?drain_delay, "draining: health NOT_SERVING, still answering");
+        health
+            .set_not_serving::<AuthorizationServer<AuthzService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        tokio::time::sleep(drain_delay).await;
+    }
     tracing::info!(grace = ?grace, "shutting down");
     let _ = tx.send(true);
     discovery.abort();

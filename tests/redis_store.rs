@@ -270,3 +270,109 @@ async fn a_three_node_cluster_keeps_the_contract_and_two_replicas_stay_coherent(
     let b = replica(&cfg).await;
     two_replicas(&a, &b, || nodes.iter().map(|n| n.calls("get")).sum()).await;
 }
+
+/// `portcullis serve` with the Redis store and the admin API, and `portcullis sessions`
+/// against it: sessions another replica made are listed, and revoked for every replica.
+#[tokio::test]
+async fn the_sessions_command_lists_and_revokes_through_a_serving_replica() {
+    let redis = Redis::start(&[]);
+    let cfg = config(format!("redis://127.0.0.1:{}", redis.port), None);
+    let dir = redis.dir.join("portcullis");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("key.pem"),
+        portcullis::identity::generate_pkcs8_pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("cookie"), portcullis::crypto::random_token(32)).unwrap();
+    std::fs::write(dir.join("client"), "s3cret").unwrap();
+    std::fs::write(
+        dir.join("admin-token"),
+        portcullis::crypto::random_token(24),
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"server: {{ grpc_address: "127.0.0.1:0", http_address: "127.0.0.1:0" }}
+authenticate_url: https://auth.example.com
+idp: {{ issuer: "http://127.0.0.1:9", client_id: portcullis, client_secret_file: client }}
+cookie: {{ secret_file: cookie }}
+signing_key_file: key.pem
+routes:
+  - {{ from: "https://app.example.com", to: "http://127.0.0.1:9", policy: {{ any_authenticated_user: true }} }}
+session_store: {{ redis: {{ url: "{}", key_prefix: "{}" }} }}
+admin: {{ address: "127.0.0.1:0", token_file: admin-token }}
+"#,
+        cfg.url, cfg.key_prefix
+    );
+    let config_file = dir.join("portcullis.yaml");
+    std::fs::write(&config_file, yaml).unwrap();
+    let ready = dir.join("ready.json");
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let _serving = Stopped(
+        Command::new(bin)
+            .args(["serve", "-c", config_file.to_str().unwrap()])
+            .args(["--ready-file", ready.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "portcullis did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addrs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let admin = format!("http://{}", addrs["admin"].as_str().unwrap());
+
+    let other = replica(&cfg).await;
+    let now = unix_now();
+    let a = conformance::session("alice-sub", Some("alice@example.com"), now, 3600);
+    let b = conformance::session("bob-sub", Some("bob@example.com"), now, 3600);
+    other.put(a.clone()).await.unwrap();
+    other.put(b.clone()).await.unwrap();
+    let sessions = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(["sessions", "--address", &admin])
+            .args(["--token-file", dir.join("admin-token").to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, listed) = sessions(&["list", "--json"]);
+    assert!(ok, "{listed}");
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains(&a.public_id()) && listed.contains(&b.public_id()));
+    let (ok, revoked) = sessions(&["revoke", "--user", "alice@example.com"]);
+    assert!(ok);
+    assert_eq!(revoked.trim(), a.public_id());
+    assert!(
+        other.get(&a.id, now).await.unwrap().is_none(),
+        "gone everywhere"
+    );
+    assert!(other.get(&b.id, now).await.unwrap().is_some());
+    // The token is required: a wrong one is refused.
+    std::fs::write(dir.join("wrong"), "not-the-token-at-all").unwrap();
+    let out = Command::new(bin)
+        .args(["sessions", "--address", &admin])
+        .args(["--token-file", dir.join("wrong").to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+}
+
+/// A child process stopped when dropped (also when a test fails).
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

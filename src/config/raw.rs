@@ -14,6 +14,15 @@ pub struct RawConfig {
     pub identity_header: Option<String>,
     pub routes: Option<Vec<RawRoute>>,
     pub session_store: Option<RawSessionStore>,
+    pub admin: Option<RawAdmin>,
+    pub websocket_max_duration: Option<String>,
+}
+
+/// The session administration API's listener.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// `session_store: { memory: {} }` or `{ redis: { … } }`.
@@ -46,6 +55,7 @@ pub struct RawServer {
     pub jwks_address: Option<String>,
     pub metrics_address: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub drain_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +91,7 @@ pub struct RawRoute {
     pub cockpit: Option<RawCockpit>,
     pub role: Option<RawRole>,
     pub tls: Option<RawUpstreamTls>,
+    pub websocket_max_duration: Option<String>,
 }
 
 /// How Envoy verifies an HTTPS upstream.

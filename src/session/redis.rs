@@ -283,7 +283,7 @@ impl RedisStore {
     async fn beat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(BEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut was_trusted = true;
+        let mut was_trusted = false;
         loop {
             tick.tick().await;
             let seq = self.health.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -299,7 +299,7 @@ impl RedisStore {
             let trusted = self.health.trusted();
             if trusted != was_trusted {
                 if trusted {
-                    tracing::info!("Redis reachable again; sessions are served");
+                    tracing::info!("Redis reachable; sessions are served");
                 } else {
                     tracing::error!(
                         "Redis unreachable: refusing every session (503) until it answers"
