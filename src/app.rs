@@ -41,6 +41,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The bearer token of the session administration API, when it is configured.
     pub admin_token: Option<SecretString>,
+    /// Set when shutdown begins: `/healthz` answers 503 so that Envoy sends the HTTP
+    /// service's requests to the other replicas while this one drains.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// The auth host's fixed URLs, parsed once.
@@ -171,6 +174,7 @@ impl App {
             jwks: JwksDocument { json, etag },
             metrics,
             admin_token: admin.map(|a| a.token),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

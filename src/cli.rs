@@ -106,9 +106,15 @@ enum Command {
         #[arg(long)]
         tls_key: PathBuf,
         /// Reach portcullis at this host name (e.g. a compose service) instead of the
-        /// configured listen addresses; the ports stay those of the config.
+        /// configured listen addresses; the ports stay those of the config. Repeat for
+        /// several replicas.
         #[arg(long)]
-        portcullis_host: Option<String>,
+        portcullis_host: Vec<String>,
+        /// A replica as `GRPC_HOST:PORT,HTTP_HOST:PORT` (e.g. two on one machine:
+        /// `--replica 127.0.0.1:9100,127.0.0.1:9101 --replica 127.0.0.1:9110,127.0.0.1:9111`).
+        /// Repeat for several.
+        #[arg(long, value_parser = crate::envoy::Replica::parse)]
+        replica: Vec<crate::envoy::Replica>,
         /// CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
         #[arg(long, default_value = crate::envoy::DEFAULT_UPSTREAM_CA_FILE)]
         upstream_ca_file: PathBuf,
@@ -197,15 +203,21 @@ pub fn run() -> ExitCode {
             tls_cert,
             tls_key,
             portcullis_host,
+            replica,
             upstream_ca_file,
         } => match config::load(&config) {
             Ok(c) => {
+                let mut replicas: Vec<_> = portcullis_host
+                    .iter()
+                    .map(|h| crate::envoy::Replica::named(h, &c))
+                    .collect();
+                replicas.extend(replica);
                 let opts = crate::envoy::EnvoyOptions {
                     listen,
                     admin,
                     tls_cert: &tls_cert,
                     tls_key: &tls_key,
-                    portcullis_host: portcullis_host.as_deref(),
+                    replicas,
                     upstream_ca_file: &upstream_ca_file,
                 };
                 print!("{}", crate::envoy::bootstrap_yaml(&c, &opts));

@@ -201,6 +201,8 @@ pub async fn serve(
     }
 
     shutdown.await;
+    app.draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     if !drain_delay.is_zero() {
         tracing::info!(drain_delay = ?drain_delay, "draining: health NOT_SERVING, still answering");
         health

@@ -180,6 +180,10 @@ async fn on_shutdown_health_says_not_serving_while_checks_are_still_answered() {
     stop.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(status(&mut health).await, 2, "NOT_SERVING while draining");
+    assert!(
+        t.app.draining.load(std::sync::atomic::Ordering::SeqCst),
+        "and /healthz answers 503"
+    );
     let answer = authz
         .check(check_request("admin.localhost:8443"))
         .await

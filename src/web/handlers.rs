@@ -95,8 +95,14 @@ fn redirect_with_cookies(location: &str, cookies: &[String]) -> Response {
     response
 }
 
-pub async fn healthz() -> &'static str {
-    "ok"
+/// `ok`, or 503 while draining before shutdown (Envoy's health check then moves the
+/// traffic to other replicas).
+pub async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ok".into_response()
+    }
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -400,6 +400,11 @@ async fn unknown_hosts_and_an_unready_idp_get_clear_answers() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let a = b.get(&format!("{APP}/healthz")).await;
     assert_eq!(a.status, StatusCode::OK);
+    t.app
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = b.get(&format!("{APP}/healthz")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "draining");
 }
 
 /// Signs in up to the IdP's answer and returns the callback URL with code and state.
