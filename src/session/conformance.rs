@@ -75,6 +75,18 @@ pub async fn run(store: &dyn SessionStore) {
     let fresh = store.get_fresh(&a1.id, now).await.unwrap().unwrap();
     assert_eq!(fresh.version, 2);
     assert!(fresh.user.groups.contains(&"refreshed".to_string()));
+    // A refresh that brings a new email: the session is found by it.
+    let mut renamed = (*fresh).clone();
+    renamed.version = 3;
+    let new_email = format!("renamed-{tag}@example.com");
+    renamed.user.email = Some(new_email.clone());
+    assert!(store.replace(renamed).await.unwrap());
+    let found = store.list(Some(&new_email), now).await.unwrap();
+    assert_eq!(found.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a1.id]);
+    let mut back = (*store.get_fresh(&a1.id, now).await.unwrap().unwrap()).clone();
+    back.version = 4;
+    back.user.email = Some(alice_email.clone());
+    assert!(store.replace(back).await.unwrap());
     let ghost = session(&bob, None, now, 60);
     let mut ghost2 = ghost.clone();
     ghost2.version = 2;

@@ -375,6 +375,24 @@ impl RedisStore {
         Ok(n > 0)
     }
 
+    /// Adds the session to its user's and its IdP session's index sets (idempotent).
+    async fn add_to_indexes(&self, session: &Session) -> Result<(), StoreError> {
+        let public_id = session.public_id();
+        for index in self.indexes_of(session) {
+            let _: i64 = self
+                .client
+                .with_options(&self.options)
+                .eval(
+                    INDEX,
+                    vec![index],
+                    vec![public_id.clone(), session.expires_at.to_string()],
+                )
+                .await
+                .map_err(Self::unavailable)?;
+        }
+        Ok(())
+    }
+
     fn indexes_of(&self, s: &Session) -> Vec<String> {
         let mut keys = vec![self.index("u", &s.user.subject)];
         if let Some(email) = &s.user.email {
@@ -514,22 +532,10 @@ impl SessionStore for RedisStore {
             )
             .await
             .map_err(Self::unavailable)?;
-        let public_id = session.public_id();
-        for index in self.indexes_of(&session) {
-            let added: Result<i64, _> = self
-                .client
-                .with_options(options)
-                .eval(
-                    INDEX,
-                    vec![index],
-                    vec![public_id.clone(), session.expires_at.to_string()],
-                )
-                .await;
-            if let Err(e) = added {
-                // A session that revocation by user could not find must not exist.
-                let _ = self.delete(&session).await;
-                return Err(Self::unavailable(e));
-            }
+        if let Err(e) = self.add_to_indexes(&session).await {
+            // A session that revocation by user could not find must not exist.
+            let _ = self.delete(&session).await;
+            return Err(e);
         }
         Ok(())
     }
@@ -553,6 +559,10 @@ impl SessionStore for RedisStore {
             .await
             .map_err(Self::unavailable)?;
         self.cache.invalidate(&session.id);
+        if stored == 1 {
+            // A refresh may have brought a new email: revocation by it must find the session.
+            self.add_to_indexes(&session).await?;
+        }
         Ok(stored == 1)
     }
 
