@@ -128,6 +128,7 @@ fn user(i: usize) -> User {
         name: Some(exact(format!("User {i:06} Example"))),
         preferred_username: Some(exact(format!("user{i:06}"))),
         groups: vec!["staff".into(), exact(format!("team-{}", i % 50))],
+        claims: Vec::new(),
     }
 }
 

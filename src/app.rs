@@ -44,6 +44,7 @@ pub struct App {
     /// Set when shutdown begins: `/healthz` answers 503 so that Envoy sends the HTTP
     /// service's requests to the other replicas while this one drains.
     pub draining: std::sync::atomic::AtomicBool,
+    pub limits: crate::limits::SignInLimits,
 }
 
 /// The auth host's fixed URLs, parsed once.
@@ -86,6 +87,19 @@ pub struct JwksDocument {
     pub etag: String,
 }
 
+/// Bearer tokens verified by the identity provider.
+struct IdpBearer(Arc<dyn IdentityProvider>);
+
+#[async_trait::async_trait]
+impl crate::authorizer::BearerVerifier for IdpBearer {
+    async fn verify(&self, token: &str, now: u64) -> Result<(crate::core::User, u64), String> {
+        self.0
+            .verify_bearer(token, now)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// What an [`App`] is built with besides its config: tests swap each for a fake.
 pub struct Parts {
     pub store: Arc<dyn SessionStore>,
@@ -126,15 +140,18 @@ impl App {
         let Config {
             server: _,
             authenticate_url,
-            idp: _,
+            idp: idp_config,
             cookie,
             signing_keys,
             identity_header,
             routes,
             session_store: _,
             admin,
+            log: _,
+            sign_in_limits,
         } = config;
         let Parts { store, clock, idp } = parts;
+        let config_bearer = idp_config.bearer_audiences.is_some();
         let urls = Urls::new(&authenticate_url);
         let issuer = authenticate_url.as_str().trim_end_matches('/').to_string();
         let json = serde_json::to_string(signing_keys.jwks()).expect("JWKS serializes");
@@ -150,6 +167,9 @@ impl App {
             Arc::new(GrantSealer::new(&cookie)),
             metrics.refresh.clone(),
         );
+        let bearer = config_bearer.then(|| {
+            Arc::new(IdpBearer(idp.clone())) as Arc<dyn crate::authorizer::BearerVerifier>
+        });
         let authorizer = Authorizer::new(
             RouteTable::new(routes.into_iter().map(|r| r.route).collect()),
             Arc::new(CookieCodec::new(&cookie)),
@@ -159,6 +179,10 @@ impl App {
             tokens,
             clock.clone(),
         );
+        let authorizer = match bearer {
+            Some(b) => authorizer.with_bearer(b),
+            None => authorizer,
+        };
         Self {
             authorizer,
             store,
@@ -175,6 +199,7 @@ impl App {
             metrics,
             admin_token: admin.map(|a| a.token),
             draining: std::sync::atomic::AtomicBool::new(false),
+            limits: crate::limits::SignInLimits::new(&sign_in_limits),
         }
     }
 

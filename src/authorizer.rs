@@ -46,6 +46,15 @@ pub struct Authorizer<L, T, C> {
     lookup: L,
     tokens: T,
     clock: C,
+    /// Verifies `Authorization: Bearer` tokens, when programmatic access is on.
+    bearer: Option<Arc<dyn BearerVerifier>>,
+}
+
+/// Verifies a bearer token (an ID token or a JWT access token from the IdP) and says whom it
+/// names, and until when.
+#[async_trait::async_trait]
+pub trait BearerVerifier: Send + Sync + 'static {
+    async fn verify(&self, token: &str, now: u64) -> Result<(crate::core::User, u64), String>;
 }
 
 /// What to do with one request, and the kind of outcome (for metrics and logs).
@@ -109,6 +118,8 @@ enum Denial<'a> {
     Refused(Refusal<'a>),
     Store(StoreError),
     CockpitToken(TokenTooLong),
+    /// A bearer token that does not verify (why, for the log).
+    InvalidBearer(String),
 }
 
 impl Denial<'_> {
@@ -117,6 +128,7 @@ impl Denial<'_> {
             Denial::Refused(r) => r.kind(),
             Denial::Store(_) => OutcomeKind::StoreUnavailable,
             Denial::CockpitToken(_) => OutcomeKind::CockpitTokenTooLong,
+            Denial::InvalidBearer(_) => OutcomeKind::InvalidBearerToken,
         }
     }
 }
@@ -140,7 +152,15 @@ impl<L, T, C> Authorizer<L, T, C> {
             lookup,
             tokens,
             clock,
+            bearer: None,
         }
+    }
+
+    /// Also accepts `Authorization: Bearer` tokens that `verifier` accepts, for scripts and
+    /// CLIs: the same policy applies, and the bearer header never reaches the upstream.
+    pub fn with_bearer(mut self, verifier: Arc<dyn BearerVerifier>) -> Self {
+        self.bearer = Some(verifier);
+        self
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -193,13 +213,18 @@ impl<L, T, C> Authorizer<L, T, C> {
 impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
     /// Decides one request.
     pub async fn check(&self, req: &Request<'_>) -> Decision {
+        let started = std::time::Instant::now();
         let now = self.clock.now();
         let route = match self
             .routes
             .select(req.route_hint, req.scheme, req.authority, req.path)
         {
             Ok(route) => route,
-            Err(e) => return self.deny(Denial::Refused(e.into()), req),
+            Err(e) => {
+                let d = self.deny(Denial::Refused(e.into()), req);
+                audit(req, None, None, d.kind, None, started);
+                return d;
+            }
         };
         let cookie_header = req.header("cookie").unwrap_or("");
         let session = match self
@@ -207,18 +232,76 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
             .await
         {
             Ok(session) => session,
-            Err(e) => return self.deny(Denial::Store(e), req),
+            Err(e) => {
+                let d = self.deny(Denial::Store(e), req);
+                audit(req, Some(route), None, d.kind, None, started);
+                return d;
+            }
         };
-        match decide(route, session.as_deref(), req, now) {
+        // No session cookie: a bearer token, when programmatic access is on.
+        let (session, by_bearer) = match (session, self.bearer_token(req)) {
+            (None, Some((verifier, token))) => match verifier.verify(token, now).await {
+                Ok((user, exp)) => {
+                    let session = Session {
+                        id: crate::core::SessionId::of_bearer(token),
+                        user,
+                        created_at: now,
+                        expires_at: exp,
+                        // A bearer token's "session" lives for one request: nothing to
+                        // refresh, nothing to revoke.
+                        version: 1,
+                        idp: None,
+                    };
+                    (Some(Arc::new(session)), true)
+                }
+                Err(why) => {
+                    let d = self.deny(Denial::InvalidBearer(why), req);
+                    audit(req, Some(route), None, d.kind, None, started);
+                    return d;
+                }
+            },
+            (session, _) => (session, false),
+        };
+        let outcome = decide(route, session.as_deref(), req, now);
+        let rule = match &outcome {
+            Outcome::Allow(grant) => Some(grant.reason),
+            Outcome::Refuse(Refusal::Forbidden { reason, .. }) => *reason,
+            Outcome::Refuse(_) => None,
+        };
+        let decision = match outcome {
             Outcome::Allow(grant) => match self.forward_edits(&grant, cookie_header, now) {
-                Ok(edits) => Decision {
-                    kind: OutcomeKind::Allow,
-                    action: Action::Forward(edits),
-                },
+                Ok(mut edits) => {
+                    // The bearer token was for us; the upstream gets the identity JWT.
+                    if by_bearer && !edits.set.iter().any(|(k, _)| k == "authorization") {
+                        edits.remove.push("authorization".into());
+                    }
+                    Decision {
+                        kind: OutcomeKind::Allow,
+                        action: Action::Forward(edits),
+                    }
+                }
                 Err(e) => self.deny(Denial::CockpitToken(e), req),
             },
             Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req),
-        }
+        };
+        audit(
+            req,
+            Some(route),
+            session.as_deref(),
+            decision.kind,
+            rule,
+            started,
+        );
+        decision
+    }
+
+    /// The bearer token of the request, when programmatic access is on and it has one.
+    fn bearer_token<'r>(&self, req: &Request<'r>) -> Option<(&Arc<dyn BearerVerifier>, &'r str)> {
+        let verifier = self.bearer.as_ref()?;
+        let value = req.headers.get("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some((verifier, token))
     }
 
     /// The live session a `Cookie` header points at for `authority`, if any. A tampered,
@@ -324,25 +407,38 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     )
                 }
             }
-            Denial::Refused(
-                Refusal::Forbidden { route, user } | Refusal::NoLocalAccount { route, user },
-            ) => {
-                let why = match denial {
-                    Denial::Refused(Refusal::NoLocalAccount { .. }) => {
-                        "no local account on this Cockpit route"
-                    }
-                    _ => "not allowed by the route's policy",
-                };
-                tracing::info!(user = user.display(), route = route.name, why, "refused");
-                if html {
-                    let sign_out = format!("{}/.portcullis/sign_out", route.origin());
-                    Response::html(403, pages::forbidden(user.display(), &sign_out))
-                } else {
-                    Response::json(
-                        403,
-                        serde_json::json!({"error": "forbidden", "user": user.display()}),
-                    )
-                }
+            Denial::Refused(Refusal::Forbidden {
+                route,
+                user,
+                reason,
+            }) => {
+                let who = user.map_or("", |u| u.display());
+                let rule = reason.map(|r| r.to_string());
+                tracing::info!(
+                    user = who,
+                    route = route.name,
+                    rule = rule.as_deref().unwrap_or("no allow rule matched"),
+                    "refused by the route's policy"
+                );
+                self.forbidden(route, user.map(|u| u.display()), html, req)
+            }
+            Denial::Refused(Refusal::NoLocalAccount { route, user }) => {
+                tracing::info!(
+                    user = user.display(),
+                    route = route.name,
+                    "refused: no local account on this Cockpit route"
+                );
+                self.forbidden(route, Some(user.display()), html, req)
+            }
+            Denial::InvalidBearer(why) => {
+                tracing::info!(host = req.authority, path, why, "refused a bearer token");
+                let mut r = Response::json(
+                    401,
+                    serde_json::json!({"error": "invalid_token", "request_id": req.header("x-request-id")}),
+                );
+                r.headers
+                    .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
+                r
             }
             Denial::CockpitToken(e) => {
                 tracing::error!(error = %e, "cannot sign in to Cockpit");
@@ -376,6 +472,61 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
     }
 }
 
+impl<L, T, C> Authorizer<L, T, C> {
+    /// The 403 answer: a page naming who is signed in (with a sign-out button) and the
+    /// request id to quote, or the same as JSON.
+    fn forbidden(
+        &self,
+        route: &Route,
+        user: Option<&str>,
+        html: bool,
+        req: &Request<'_>,
+    ) -> Response {
+        let request_id = req.header("x-request-id");
+        if html {
+            let sign_out = format!("{}/.portcullis/sign_out", route.origin());
+            Response::html(
+                403,
+                pages::forbidden(user, &route.name, &sign_out, request_id),
+            )
+        } else {
+            Response::json(
+                403,
+                serde_json::json!({"error": "forbidden", "user": user, "request_id": request_id}),
+            )
+        }
+    }
+}
+
+/// The audit line of one decision, at info on the target `portcullis::audit` (filter it with
+/// `RUST_LOG=portcullis::audit=off`): who, where, what was decided and by which rule. Never a
+/// token, cookie or credential; the path without its query.
+fn audit(
+    req: &Request<'_>,
+    route: Option<&Route>,
+    session: Option<&Session>,
+    kind: OutcomeKind,
+    rule: Option<crate::core::Reason<'_>>,
+    started: std::time::Instant,
+) {
+    let user = session.map(|s| &s.user);
+    tracing::info!(
+        target: "portcullis::audit",
+        request_id = req.header("x-request-id").unwrap_or(""),
+        method = req.method,
+        host = req.authority,
+        path = crate::core::decision::path_only(req.path),
+        route = route.map_or("", |r| r.name.as_str()),
+        sub = user.map_or("", |u| u.subject.as_str()),
+        email = user.and_then(|u| u.email.as_deref()).unwrap_or(""),
+        sid = session.map(|s| s.public_id()).unwrap_or_default(),
+        outcome = kind.as_str(),
+        rule = rule.map(|r| r.to_string()).unwrap_or_default(),
+        latency_us = started.elapsed().as_micros() as u64,
+        "decision"
+    );
+}
+
 /// What a hop carries to prove which browser started the sign-in: the nonce's hash, so the
 /// nonce itself only ever travels in the route host's cookie.
 pub fn hop_binding(nonce: &str) -> String {
@@ -391,13 +542,17 @@ impl Response {
         }
     }
 
+    /// A page, with the headers every page carries (pages::security_headers).
     pub fn html(status: u16, body: String) -> Self {
+        let mut headers = vec![("content-type", "text/html; charset=utf-8".to_string())];
+        headers.extend(
+            pages::security_headers()
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string())),
+        );
         Self {
             status,
-            headers: vec![
-                ("content-type", "text/html; charset=utf-8".into()),
-                ("cache-control", "no-store".into()),
-            ],
+            headers,
             body,
         }
     }

@@ -19,6 +19,10 @@ mod sessions;
     about = "OpenID Connect single sign-on behind Envoy ext_authz"
 )]
 pub struct Cli {
+    /// Log lines as `json` (one object a line) or `text`; default: `log.format` in the
+    /// config, else text.
+    #[arg(long, global = true, env = "PORTCULLIS_LOG_FORMAT", value_enum)]
+    log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         action: sessions::Action,
     },
+    /// Check route policies from the config alone (no IdP, no secrets needed).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print an Envoy bootstrap config matching the portcullis config.
     EnvoyConfig {
         #[arg(short, long, env = "PORTCULLIS_CONFIG")]
@@ -118,14 +127,60 @@ enum Command {
         /// CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
         #[arg(long, default_value = crate::envoy::DEFAULT_UPSTREAM_CA_FILE)]
         upstream_ca_file: PathBuf,
+        /// Proxies in front of Envoy trusted to name the client in X-Forwarded-For (a load
+        /// balancer: 1); the client address of policies and sign-in limits comes from them.
+        #[arg(long, default_value_t = 0)]
+        trusted_hops: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision for a request, and the rule that made it.
+    Explain {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The user's (verified) email; without any of --email, --user, --groups or --claim
+        /// the request is anonymous.
+        #[arg(long)]
+        email: Option<String>,
+        /// The IdP's subject (default: the email's local part).
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// A claim, `name=value`; repeat for more (or more values).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// The client address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// The email is not verified.
+        #[arg(long)]
+        unverified: bool,
+    },
+    /// Check a table of expected decisions (YAML: a list of {url, method, email, user,
+    /// groups, claims, ip, expect: allow|deny|sign_in|no_route, rule}); exit 1 on a mismatch.
+    Test {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+        cases: PathBuf,
     },
 }
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = cli.log_format;
+    // `serve` sets up logging once its config (which may name the format) is read.
+    let _log = (!matches!(cli.command, Command::Serve { .. }))
+        .then(|| init_tracing(format.unwrap_or_default()));
     match cli.command {
-        Command::Serve { config, ready_file } => serve(config, ready_file),
+        Command::Serve { config, ready_file } => serve(config, ready_file, format),
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(c) => {
                 println!("config OK: {} routes", c.routes.len());
@@ -179,6 +234,7 @@ pub fn run() -> ExitCode {
             }
             Err(errors) => config_failed(&errors),
         },
+        Command::Policy { command } => policy(command),
         Command::ClientJwk { config } => match config::load(&config) {
             Ok(c) => match &c.idp.client_key {
                 Some(key) => {
@@ -205,6 +261,7 @@ pub fn run() -> ExitCode {
             portcullis_host,
             replica,
             upstream_ca_file,
+            trusted_hops,
         } => match config::load(&config) {
             Ok(c) => {
                 let mut replicas: Vec<_> = portcullis_host
@@ -219,6 +276,7 @@ pub fn run() -> ExitCode {
                     tls_key: &tls_key,
                     replicas,
                     upstream_ca_file: &upstream_ca_file,
+                    trusted_hops,
                 };
                 print!("{}", crate::envoy::bootstrap_yaml(&c, &opts));
                 ExitCode::SUCCESS
@@ -228,18 +286,114 @@ pub fn run() -> ExitCode {
     }
 }
 
+fn policy(command: PolicyCommand) -> ExitCode {
+    use crate::explain::{Case, ClaimValue, explain, run_cases};
+    let load = |path: &PathBuf| {
+        config::load_routes(path)
+            .map(|r| crate::core::RouteTable::new(r.into_iter().map(|r| r.route).collect()))
+    };
+    match command {
+        PolicyCommand::Explain {
+            config,
+            url,
+            method,
+            email,
+            user,
+            groups,
+            claims,
+            ip,
+            unverified,
+        } => {
+            let routes = match load(&config) {
+                Ok(r) => r,
+                Err(errors) => return config_failed(&errors),
+            };
+            let mut by_name: std::collections::HashMap<String, ClaimValue> = Default::default();
+            for c in claims {
+                let Some((k, v)) = c.split_once('=') else {
+                    eprintln!("error: --claim {c:?}: write name=value");
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                };
+                let values = match by_name.remove(k) {
+                    Some(ClaimValue::One(one)) => vec![one, v.to_string()],
+                    Some(ClaimValue::Many(mut many)) => {
+                        many.push(v.to_string());
+                        many
+                    }
+                    None => vec![v.to_string()],
+                };
+                by_name.insert(k.to_string(), ClaimValue::Many(values));
+            }
+            let case = Case {
+                url,
+                method: Some(method),
+                user,
+                email,
+                email_verified: Some(!unverified),
+                groups,
+                claims: by_name,
+                ip,
+                ..Default::default()
+            };
+            match explain(&routes, &case) {
+                Ok(x) => {
+                    println!("route:    {}", x.route.as_deref().unwrap_or("(none)"));
+                    println!("decision: {:?}", x.result);
+                    println!("because:  {}", x.because);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
+            }
+        }
+        PolicyCommand::Test { config, cases } => {
+            let routes = match load(&config) {
+                Ok(r) => r,
+                Err(errors) => return config_failed(&errors),
+            };
+            let cases: Vec<Case> = match std::fs::read_to_string(&cases)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_yaml_ng::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", cases.display());
+                    return ExitCode::from(EXIT_CONFIG as u8);
+                }
+            };
+            let (n, failures) = run_cases(&routes, &cases);
+            for f in &failures {
+                println!("FAIL {f}");
+            }
+            println!("{} of {n} cases as expected", n - failures.len());
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 fn config_failed(errors: &config::ConfigErrors) -> ExitCode {
     eprintln!("{errors}");
     eprintln!("{} problem(s) in the config", errors.0.len());
     ExitCode::from(EXIT_CONFIG as u8)
 }
 
-fn serve(path: PathBuf, ready_file: Option<PathBuf>) -> ExitCode {
+fn serve(
+    path: PathBuf,
+    ready_file: Option<PathBuf>,
+    format: Option<crate::config::LogFormat>,
+) -> ExitCode {
     // Validate everything before any port is bound.
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(errors) => return config_failed(&errors),
     };
+    let _log = init_tracing(format.unwrap_or(config.log.format));
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
         Err(code) => return code,
@@ -313,12 +467,29 @@ fn keygen(out: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr through a background writer (a slow reader of stderr must not hold up
+/// `Check`s), at `RUST_LOG` (default info), as text or JSON lines. Keep the guard: dropping
+/// it flushes what is buffered.
+fn init_tracing(format: crate::config::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Block rather than drop lines when the buffer is full: audit lines must not vanish.
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(writer);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        crate::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+    guard
 }

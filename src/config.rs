@@ -5,10 +5,12 @@
 //! [`Config`], collecting every problem with the path of the offending key. `check-config`
 //! prints that list; `serve` refuses to start on a non-empty one.
 
+mod policy;
 mod raw;
 mod store;
 
 pub use store::{RedisConfig, StoreConfig};
+mod source;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,10 +21,10 @@ use std::time::Duration;
 use url::Url;
 
 use crate::core::cockpit::{AccountMapping, CockpitSettings, is_unix_account_name};
-use crate::core::{Policy, RoleMapping, Route, authority_of};
+use crate::core::{RoleMapping, Route, authority_of};
 use crate::identity::{ClientKey, SigningKeys, public_jwk_from_pem};
 use crate::secret::{SecretBytes, SecretString};
-use raw::{RawConfig, RawPolicy, RawRoute};
+use raw::{RawConfig, RawRoute};
 
 /// Exit code for an unusable config (sysexits EX_USAGE), shared by `check-config` and `serve`.
 pub const EXIT_CONFIG: i32 = 64;
@@ -41,6 +43,8 @@ pub struct Config {
     pub signing_keys: SigningKeys,
     /// Header that carries the identity JWT upstream (as configured, e.g. `X-Portcullis-Jwt-Assertion`).
     pub identity_header: String,
+    pub log: LogConfig,
+    pub sign_in_limits: SignInLimits,
     pub routes: Vec<RouteConfig>,
     pub session_store: StoreConfig,
     /// The session administration API, when configured.
@@ -95,6 +99,44 @@ pub struct IdpConfig {
     pub client_key: Option<Arc<ClientKey>>,
     /// Accepted ID token algorithms; `None`: the asymmetric ones the IdP advertises.
     pub id_token_algs: Option<Vec<String>>,
+    /// The claims route policies test (`claim/NAME`), kept on the user at sign-in.
+    pub policy_claims: Vec<String>,
+    /// Programmatic access: `Authorization: Bearer` tokens are accepted (ID tokens for our
+    /// client id, and access tokens for these audiences too); `None`: off.
+    pub bearer_audiences: Option<Vec<String>>,
+}
+
+/// Sign-ins per minute (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInLimits {
+    /// Sign-in starts and callbacks from one client address.
+    pub per_address: u32,
+    /// Completed sign-ins of one account.
+    pub per_account: u32,
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        Self {
+            per_address: 30,
+            per_account: 10,
+        }
+    }
+}
+
+/// How `serve` logs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 /// When to read claims from the IdP's UserInfo endpoint.
@@ -171,13 +213,30 @@ pub struct UpstreamTls {
 /// One problem found in the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The key path, e.g. `routes[1].policy.emails[0]`; empty for the document.
     pub path: String,
     pub message: String,
+    /// The file, when read from one.
+    pub file: Option<String>,
+    /// Line and column (both 1-based) of the key, or of its nearest ancestor.
+    pub at: Option<(usize, usize)>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        if let Some(file) = &self.file {
+            write!(f, "{file}:")?;
+        }
+        if let Some((line, column)) = self.at {
+            write!(f, "{line}:{column}:")?;
+        }
+        if self.file.is_some() || self.at.is_some() {
+            f.write_str(" ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -201,63 +260,109 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let (text, base, file) = read_file(path)?;
+    parse(&text, &base).map_err(|mut errors| {
+        for e in &mut errors.0 {
+            e.file = Some(file.clone());
+        }
+        errors
+    })
+}
+
+/// The config file's text, the directory its relative paths start from, and its name.
+fn read_file(path: &Path) -> Result<(String, PathBuf, String), ConfigErrors> {
+    let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
-            path: path.display().to_string(),
+            path: String::new(),
             message: format!("cannot read config file: {e}"),
+            file: Some(file.clone()),
+            at: None,
         }])
     })?;
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    parse(&text, &base)
+    Ok((text, base, file))
 }
 
-/// Parses and validates config text; relative file paths resolve against `base`.
-pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+/// Reads only the routes of the config at `path`, for `policy explain` and `policy test`:
+/// the secrets and keys the rest names need not be there (an admin's CI rarely has them).
+pub fn load_routes(path: &Path) -> Result<Vec<RouteConfig>, ConfigErrors> {
+    let (text, base, file) = read_file(path)?;
     let mut errors = Errors::default();
-    let mut unknown = Vec::new();
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    let raw: RawConfig = match serde_ignored::deserialize(de, |p| unknown.push(key_path(&p))) {
-        Ok(raw) => raw,
-        Err(e) => {
-            // Structure errors (wrong type, bad YAML) stop parsing; serde_yaml_ng's message
-            // already carries the key path and the line.
-            return Err(ConfigErrors(vec![ConfigError {
-                path: "config".into(),
-                message: e.to_string(),
-            }]));
-        }
-    };
-    for key in unknown {
-        errors.push(key, "unknown key");
+    let (raw, read_errors) = source::read(&text);
+    for e in read_errors
+        .into_iter()
+        .filter(|e| e.path.starts_with("routes") || e.path.is_empty())
+    {
+        errors.push(e.path, e.message);
     }
-    let config = validate(raw, base, &mut errors);
-    match config {
-        Some(c) if errors.0.is_empty() => Ok(c),
-        _ => Err(ConfigErrors(errors.0)),
-    }
-}
-
-/// Renders an ignored key's location the way errors name fields: `routes[1].policy.bogus`.
-fn key_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
-        Path::Map { parent, key } => {
-            let p = key_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
+    let routes = raw.map(|raw| {
+        let auth = raw
+            .authenticate_url
+            .as_deref()
+            .and_then(|u| parse_origin(u, "authenticate_url", &mut errors));
+        match raw.routes {
+            Some(r) if !r.is_empty() => validate_routes(r, auth.as_ref(), &base, &mut errors),
+            _ => {
+                errors.push("routes", "missing (at least one route is required)");
+                Vec::new()
             }
         }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => key_path(parent),
+    });
+    match routes {
+        Some(routes) if errors.0.is_empty() => Ok(routes),
+        _ => {
+            let positions = source::Positions::of(&text);
+            let mut all = errors.0;
+            for e in &mut all {
+                e.at = positions.find(&e.path);
+                e.file = Some(file.clone());
+            }
+            Err(ConfigErrors(all))
+        }
     }
+}
+
+/// Parses and validates config text; relative file paths resolve against `base`. Every
+/// problem is reported, each with its key path and position.
+pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors::default();
+    let (raw, read_errors) = source::read(text);
+    let positions = source::Positions::of(text);
+    let mut syntax_at = Vec::new();
+    let mut unreadable = std::collections::HashSet::new();
+    for e in read_errors {
+        syntax_at.push(e.at);
+        unreadable.insert(e.path.clone());
+        errors.push(e.path, e.message);
+    }
+    let read = errors.0.len();
+    let config = raw.and_then(|raw| validate(raw, base, &mut errors));
+    // A value of the wrong type was dropped to read the rest; it is not also "missing".
+    let mut i = 0;
+    errors.0.retain(|e| {
+        i += 1;
+        i <= read || !(unreadable.contains(&e.path) && e.message.starts_with("missing"))
+    });
+    if errors.0.is_empty()
+        && let Some(c) = config
+    {
+        return Ok(c);
+    }
+    let mut all = errors.0;
+    for (i, e) in all.iter_mut().enumerate() {
+        e.at = syntax_at
+            .get(i)
+            .copied()
+            .flatten()
+            .or_else(|| positions.find(&e.path));
+    }
+    // In file order, so the list reads top to bottom.
+    all.sort_by_key(|e| e.at.unwrap_or((usize::MAX, 0)));
+    Err(ConfigErrors(all))
 }
 
 #[derive(Default)]
@@ -268,6 +373,8 @@ impl Errors {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
+            file: None,
+            at: None,
         });
     }
 
@@ -292,7 +399,16 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         session_store,
         admin,
         websocket_max_duration,
+        log,
+        sign_in_limits,
     } = raw;
+    let sign_in_limits = sign_in_limits.map_or_else(SignInLimits::default, |l| {
+        let d = SignInLimits::default();
+        SignInLimits {
+            per_address: l.per_address.unwrap_or(d.per_address),
+            per_account: l.per_account.unwrap_or(d.per_account),
+        }
+    });
 
     let server = validate_server(server.unwrap_or_default(), errors);
     let authenticate_url = match authenticate_url {
@@ -330,6 +446,18 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         },
         None => errors.missing("signing_key_file"),
     };
+    let log = match log.and_then(|l| l.format).as_deref() {
+        None | Some("text") => Some(LogConfig {
+            format: LogFormat::Text,
+        }),
+        Some("json") => Some(LogConfig {
+            format: LogFormat::Json,
+        }),
+        Some(other) => {
+            errors.push("log.format", format!("{other:?}: use text or json"));
+            None
+        }
+    };
     let identity_header = identity_header.unwrap_or_else(|| DEFAULT_IDENTITY_HEADER.into());
     if !is_safe_header_name(&identity_header) {
         errors.push(
@@ -362,12 +490,22 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
     }
     let mut server = server?;
     server.admin_address = admin.as_ref().map(|a| a.address);
+    let mut idp = idp?;
+    for route in &routes {
+        for claim in route.policy.claims() {
+            if !idp.policy_claims.contains(&claim) {
+                idp.policy_claims.push(claim);
+            }
+        }
+    }
     Some(Config {
         session_store: session_store?,
         admin,
+        sign_in_limits,
+        log: log?,
         server,
         authenticate_url: authenticate_url?,
-        idp: idp?,
+        idp,
         cookie: cookie?,
         signing_keys: signing_keys?,
         identity_header,
@@ -468,6 +606,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         token_endpoint_auth,
         client_key_file,
         id_token_algs,
+        bearer,
     } = raw;
     let issuer = match issuer {
         Some(i) => match Url::parse(&i) {
@@ -595,6 +734,8 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         token_endpoint_auth: token_endpoint_auth.ok()?,
         client_key,
         id_token_algs,
+        policy_claims: Vec::new(),
+        bearer_audiences: bearer.map(|b| b.audiences.unwrap_or_default()),
     })
 }
 
@@ -689,7 +830,7 @@ fn validate_routes(
             None => errors.missing(&at("to")),
         };
         let policy = match policy {
-            Some(p) => validate_policy(p, &at("policy"), errors),
+            Some(p) => policy::validate_policy(p, &at("policy"), errors),
             None => {
                 errors.push(
                     at("policy"),
@@ -854,59 +995,6 @@ fn validate_cockpit(
             errors.push(
                 format!("{path}.account"),
                 format!("{other:?}: use subject (the default), email_local_part, preferred_username, or an accounts table"),
-            );
-            None
-        }
-    }
-}
-
-fn validate_policy(raw: RawPolicy, path: &str, errors: &mut Errors) -> Option<Policy> {
-    let RawPolicy {
-        public,
-        any_authenticated_user,
-        emails,
-        domains,
-        groups,
-    } = raw;
-    let public = public.unwrap_or(false);
-    let any = any_authenticated_user.unwrap_or(false);
-    let emails = emails.unwrap_or_default();
-    let domains = domains.unwrap_or_default();
-    let groups = groups.unwrap_or_default();
-    let lists = !(emails.is_empty() && domains.is_empty() && groups.is_empty());
-    match (public, any, lists) {
-        (true, false, false) => Some(Policy::Public),
-        (false, true, false) => Some(Policy::AnyAuthenticatedUser),
-        (false, false, true) => {
-            for (j, d) in domains.iter().enumerate() {
-                if d.contains('@') || d.trim().is_empty() {
-                    errors.push(
-                        format!("{path}.domains[{j}]"),
-                        format!("{d:?} is not a domain"),
-                    );
-                }
-            }
-            for (j, e) in emails.iter().enumerate() {
-                if !e.contains('@') {
-                    errors.push(
-                        format!("{path}.emails[{j}]"),
-                        format!("{e:?} is not an email address"),
-                    );
-                }
-            }
-            Some(Policy::allow_list(emails, domains, groups))
-        }
-        (false, false, false) => {
-            errors.push(
-                path,
-                "empty: set one of public, any_authenticated_user, or emails/domains/groups",
-            );
-            None
-        }
-        _ => {
-            errors.push(
-                path,
-                "choose exactly one of public, any_authenticated_user, or emails/domains/groups",
             );
             None
         }

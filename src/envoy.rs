@@ -23,6 +23,9 @@ pub struct EnvoyOptions<'a> {
     pub replicas: Vec<Replica>,
     /// The system CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
     pub upstream_ca_file: &'a Path,
+    /// How many proxies in front of Envoy append to `X-Forwarded-For` and are trusted to
+    /// say who the client is (`xff_num_trusted_hops`); 0 when clients reach Envoy directly.
+    pub trusted_hops: u32,
 }
 
 /// Debian's and Ubuntu's CA bundle (`ca-certificates`); Fedora's is
@@ -256,6 +259,7 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "ingress",
                             "use_remote_address": true,
+                            "xff_num_trusted_hops": opts.trusted_hops,
                             // CGI, WSGI, Rack and PHP read `X_Portcullis_Jwt_Assertion` as the
                             // identity header: such headers are dropped before anything sees
                             // them. Dropped rather than refused, since a few real clients send
@@ -498,6 +502,7 @@ mod tests {
                 tls_key: Path::new("k.pem"),
                 replicas,
                 upstream_ca_file: Path::new(DEFAULT_UPSTREAM_CA_FILE),
+                trusted_hops: 0,
             },
         )
     }

@@ -17,7 +17,6 @@ use tonic::{Response, Status};
 use crate::app::App;
 use crate::authorizer::Action;
 use crate::core::Request;
-use crate::core::decision::path_only;
 
 pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -41,16 +40,10 @@ impl Authorization for AuthzService {
         let started = std::time::Instant::now();
         let request = request.into_inner();
         let req = to_request(&request)?;
+        // The authorizer writes the audit line; the action's Debug (header names only,
+        // never values) is for debugging.
         let decision = self.app.authorizer.check(&req).await;
-        // The query is left out (apps put their own tokens there) and the action prints
-        // header names only: no log line carries a token, credential or cookie value.
-        tracing::debug!(
-            host = req.authority,
-            path = path_only(req.path),
-            outcome = decision.kind.as_str(),
-            action = ?decision.action,
-            "check"
-        );
+        tracing::debug!(action = ?decision.action, "check");
         self.app
             .metrics
             .observe_check(decision.kind, started.elapsed());
@@ -86,7 +79,27 @@ pub fn to_request(request: &CheckRequest) -> Result<Request<'_>, Status> {
             .context_extensions
             .get("route")
             .map(String::as_str),
+        source_ip: source_ip(attributes),
     })
+}
+
+/// The client's address: Envoy's `source` peer, which with `use_remote_address` and
+/// `xff_num_trusted_hops` is the client as seen past the trusted proxies.
+fn source_ip(
+    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> Option<std::net::IpAddr> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    match attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    {
+        Address::SocketAddress(s) => s.address.parse().ok(),
+        _ => None,
+    }
 }
 
 /// Converts an action into Envoy's answer.

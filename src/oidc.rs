@@ -70,6 +70,8 @@ pub enum OidcError {
     UserInfo(String),
     #[error("logout token rejected: {0}")]
     LogoutToken(String),
+    #[error("bearer token rejected: {0}")]
+    Bearer(String),
 }
 
 /// A sign-in in flight: where to send the browser, and what to remember until it comes back.
@@ -147,6 +149,12 @@ pub trait IdentityProvider: Send + Sync + 'static {
 
     /// The RP-initiated logout URL at the provider, if it has one.
     fn end_session_url(&self, id_token_hint: Option<&SecretString>) -> Option<Url>;
+
+    /// Verifies a bearer token for programmatic access: who it names, and its `exp`.
+    async fn verify_bearer(&self, token: &str, now: u64) -> Result<(User, u64), OidcError> {
+        let _ = (token, now);
+        Err(OidcError::Bearer("bearer tokens are not accepted".into()))
+    }
 }
 
 /// The client as configured from discovery metadata with a redirect URI.
@@ -180,6 +188,8 @@ pub struct OpenIdConnect {
     post_logout_redirect_uri: PostLogoutRedirectUrl,
     http: reqwest::Client,
     provider: RwLock<Option<Arc<Provider>>>,
+    /// When an unknown bearer `kid` last made portcullis fetch the IdP's keys (Unix s).
+    last_rediscovery: std::sync::atomic::AtomicU64,
 }
 
 /// The largest UserInfo answer read.
@@ -203,6 +213,7 @@ impl OpenIdConnect {
             ),
             http,
             provider: RwLock::new(None),
+            last_rediscovery: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -214,10 +225,29 @@ impl OpenIdConnect {
             .ok_or(OidcError::NotReady)
     }
 
+    /// Whether an unknown `kid` may send portcullis to the IdP for its keys now.
+    fn may_rediscover(&self) -> bool {
+        let now = crate::core::unix_now();
+        let last = self
+            .last_rediscovery
+            .load(std::sync::atomic::Ordering::Relaxed);
+        now >= last + 60
+            && self
+                .last_rediscovery
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     fn rules(&self) -> ClaimRules<'_> {
         ClaimRules {
             groups_claim: &self.config.groups_claim,
             assume_email_verified: self.config.assume_email_verified,
+            keep: &self.config.policy_claims,
         }
     }
 
@@ -499,8 +529,44 @@ impl OpenIdConnect {
             &p.keys,
             self.config.client_secret.as_ref(),
             &p.issuer,
-            &self.config.client_id,
+            &[self.config.client_id.as_str()],
             require_exp,
+        )
+    }
+
+    /// Verifies a bearer token: an ID token for us, or a JWT access token for one of the
+    /// configured audiences; signed by the IdP's keys, `iss`, `exp` (required), `nbf`.
+    fn verify_bearer_with(&self, p: &Provider, token: &str) -> Result<Claims, String> {
+        let mut audiences = vec![self.config.client_id.as_str()];
+        audiences.extend(
+            self.config
+                .bearer_audiences
+                .iter()
+                .flatten()
+                .map(String::as_str),
+        );
+        // An access token keyed by our own client secret would be one we could forge.
+        let asymmetric: Vec<CoreJwsSigningAlgorithm> = p
+            .algs
+            .iter()
+            .filter(|a| {
+                !matches!(
+                    a,
+                    CoreJwsSigningAlgorithm::HmacSha256
+                        | CoreJwsSigningAlgorithm::HmacSha384
+                        | CoreJwsSigningAlgorithm::HmacSha512
+                )
+            })
+            .cloned()
+            .collect();
+        logout::verify_jws(
+            token,
+            &asymmetric,
+            &p.keys,
+            None,
+            &p.issuer,
+            &audiences,
+            true,
         )
     }
 }
@@ -674,6 +740,26 @@ impl IdentityProvider for OpenIdConnect {
         LogoutToken::from_claims(&claims, now).map_err(OidcError::LogoutToken)
     }
 
+    async fn verify_bearer(&self, token: &str, _now: u64) -> Result<(User, u64), OidcError> {
+        let p = self.provider()?;
+        let claims = match self.verify_bearer_with(&p, token) {
+            Ok(c) => c,
+            // A key the IdP rotated in since discovery: fetch its keys again, at most once a
+            // minute (a stream of tokens under made-up kids must not hammer the IdP).
+            Err(e) if e.starts_with("no IdP key with kid") && self.may_rediscover() => {
+                self.discover().await.map_err(OidcError::Bearer)?;
+                let p = self.provider()?;
+                self.verify_bearer_with(&p, token)
+                    .map_err(OidcError::Bearer)?
+            }
+            Err(e) => return Err(OidcError::Bearer(e)),
+        };
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
+        let user = user_from_claims(&claims, &self.rules())
+            .ok_or_else(|| OidcError::Bearer("no string sub".into()))?;
+        Ok((user, exp))
+    }
+
     fn end_session_url(&self, id_token_hint: Option<&SecretString>) -> Option<Url> {
         let endpoint = self.provider().ok()?.end_session.clone()?;
         let mut request = LogoutRequest::from(endpoint);
@@ -807,6 +893,7 @@ pub fn user_from_verified_token(
         &ClaimRules {
             groups_claim,
             assume_email_verified: assume_missing_verified,
+            keep: &[],
         },
     )
 }

@@ -127,6 +127,7 @@ pub async fn serve(
                 let now = app.now();
                 app.store.sweep(now).await;
                 app.tokens().prune(now);
+                app.limits.sweep();
             }
         })
     };
@@ -151,7 +152,8 @@ pub async fn serve(
         tracing::info!(addr = %listener.local_addr()?, "{name} listening");
         let signal = stopped(rx.clone());
         servers.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service)
                 .with_graceful_shutdown(signal)
                 .await
             {

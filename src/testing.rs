@@ -120,6 +120,7 @@ pub fn user(email: &str, groups: &[&str]) -> User {
         name: None,
         preferred_username: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims: Vec::new(),
     }
 }
 
@@ -377,6 +378,13 @@ impl IdentityProvider for FakeIdp {
             },
             user: Some(user),
         })
+    }
+
+    async fn verify_bearer(&self, token: &str, now: u64) -> Result<(User, u64), OidcError> {
+        match token.strip_prefix("fake-bearer.") {
+            Some(email) => Ok((user(email, &[]), now + 300)),
+            None => Err(OidcError::Bearer("not a fake bearer token".into())),
+        }
     }
 
     fn verify_logout_token(&self, token: &str, now: u64) -> Result<LogoutToken, OidcError> {

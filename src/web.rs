@@ -87,21 +87,17 @@ pub fn metrics_router(app: Arc<App>) -> Router {
 }
 
 /// Pages about sign-in must not be framed, cached or leak their URLs (which can carry
-/// one-time tokens) in a Referer.
+/// one-time tokens) in a Referer; [`pages::security_headers`] says how.
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
-    let set = |h: &mut HeaderMap, k: HeaderName, v: &'static str| {
-        h.entry(k).or_insert(HeaderValue::from_static(v));
-    };
-    set(h, header::CACHE_CONTROL, "no-store");
-    set(h, header::REFERRER_POLICY, "no-referrer");
-    set(h, header::X_FRAME_OPTIONS, "DENY");
-    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(
-        h,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-    );
+    for (name, value) in pages::security_headers() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.entry(name).or_insert(value);
+        }
+    }
     response
 }
 
@@ -128,6 +124,8 @@ pub enum WebError {
     /// 1.0, 2.8: 400).
     #[error("back-channel logout refused: {0}")]
     LogoutRefused(String),
+    #[error("too many sign-in attempts; retry in {0} s")]
+    TooMany(u64),
 }
 
 /// What an error answer says, rendered by [`request_context`] with the request id: a page
@@ -211,6 +209,21 @@ impl IntoResponse for WebError {
                     "This is not a valid logout token.".into(),
                 )
             }
+            WebError::TooMany(secs) => {
+                tracing::warn!(retry_after = secs, "sign-in limit reached");
+                let mut response = StatusCode::TOO_MANY_REQUESTS.into_response();
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                response.extensions_mut().insert(ErrorPage {
+                    code: "too_many_attempts",
+                    title: "Too many attempts",
+                    message: format!(
+                        "There have been too many sign-in attempts. Please wait {secs} seconds, then try again."
+                    ),
+                });
+                return response;
+            }
             WebError::Store(e) => {
                 tracing::error!(error = %e, "session store failed");
                 (
@@ -229,6 +242,24 @@ impl IntoResponse for WebError {
         });
         response
     }
+}
+
+/// The client's address: Envoy's `x-real-ip` (set on every request from what it saw, with
+/// its trusted hops; a client's own is removed), else the connection's peer.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+fn client_address(request: &axum::extract::Request) -> ClientAddress {
+    let from_envoy = request
+        .headers()
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    ClientAddress(from_envoy.or(peer))
 }
 
 /// The id of a request: Envoy's `x-request-id` when it is a plausible one, else a new one.
@@ -267,6 +298,8 @@ async fn request_context(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("json"));
     request.extensions_mut().insert(id.clone());
+    let address = client_address(&request);
+    request.extensions_mut().insert(address);
     let span = tracing::info_span!("request", request_id = %id.0);
     let mut response = next.run(request).instrument(span).await;
     if let Some(page) = response.extensions_mut().remove::<ErrorPage>() {

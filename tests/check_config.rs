@@ -1,15 +1,13 @@
 //! `portcullis check-config` and `serve` on broken configs: every problem is reported with
 //! the path of the offending field, in one run, with exit code 64, before any port is bound.
 
-mod support;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, portcullis_bin, run, temp_dir, write_secrets};
+use testkit::{free_port, portcullis_bin, run, temp_dir, write_secrets};
 
 const EXIT_CONFIG: i32 = 64;
 
@@ -103,8 +101,24 @@ fn check_config(path: &Path) -> Output {
         .arg(path))
 }
 
-/// Asserts `check-config` failed with 64 and reported each of `fields` on an error line.
-fn assert_reports(out: &Output, fields: &[&str]) {
+/// Whether `line` reports `field` as `error: FILE:LINE:COLUMN: FIELD...`, with the line
+/// and column of the key (or of its nearest ancestor) in `file`.
+fn reports(line: &str, file: &Path, field: &str) -> bool {
+    let Some(rest) = line.strip_prefix(&format!("error: {}:", file.display())) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, ':');
+    let (Some(l), Some(c), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    l.parse::<usize>().is_ok_and(|l| l >= 1)
+        && c.parse::<usize>().is_ok_and(|c| c >= 1)
+        && tail.starts_with(&format!(" {field}"))
+}
+
+/// Asserts `check-config` of `file` failed with 64 and reported each of `fields` on an
+/// error line with its position.
+fn assert_reports(out: &Output, file: &Path, fields: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -113,10 +127,8 @@ fn assert_reports(out: &Output, fields: &[&str]) {
     );
     for field in fields {
         assert!(
-            stderr
-                .lines()
-                .any(|l| l.starts_with(&format!("error: {field}"))),
-            "no `error: {field}...` line in stderr:\n{stderr}"
+            stderr.lines().any(|l| reports(l, file, field)),
+            "no `error: FILE:LINE:COLUMN: {field}...` line in stderr:\n{stderr}"
         );
     }
 }
@@ -124,7 +136,7 @@ fn assert_reports(out: &Output, fields: &[&str]) {
 fn one_problem(problems: Problems, field: &str) {
     let dir = Dir::new();
     let path = dir.config("portcullis.yaml", problems, 9100, 9101);
-    assert_reports(&check_config(&path), &[field]);
+    assert_reports(&check_config(&path), &path, &[field]);
 }
 
 #[test]
@@ -200,6 +212,7 @@ fn every_problem_is_reported_in_one_run() {
     let path = dir.config("portcullis.yaml", all, 9100, 9101);
     assert_reports(
         &check_config(&path),
+        &path,
         &[
             "idp.bogus",
             "idp.issuer",
@@ -246,7 +259,7 @@ fn serve_refuses_a_broken_config_before_binding() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(status.code(), Some(EXIT_CONFIG), "stderr:\n{stderr}");
     assert!(
-        stderr.lines().any(|l| l.starts_with("error: idp.bogus")),
+        stderr.lines().any(|l| reports(l, &path, "idp.bogus")),
         "stderr:\n{stderr}"
     );
     for port in [grpc, http] {

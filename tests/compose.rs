@@ -12,8 +12,6 @@
 //!   Rust new enough for Cargo.toml, into a runtime image that can run the binary;
 //! * the settings that must agree across services (Grafana, Keycloak, portcullis, Envoy) do.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use support::{envoy_bin, portcullis_bin, repo, run, temp_dir};
+use testkit::{portcullis_bin, repo, run, temp_dir};
 
 fn compose_dir() -> PathBuf {
     repo().join("examples/compose")
@@ -99,6 +97,7 @@ fn compose_cli() -> Vec<&'static str> {
 }
 
 #[test]
+#[ignore = "tier compose: needs docker-compose (or Docker's compose plugin); run scripts/test"]
 fn docker_compose_accepts_the_compose_file() {
     let cli = compose_cli();
     let rendered = ok(Command::new(cli[0])
@@ -157,6 +156,13 @@ fn run_init(dir: &Path) -> PathBuf {
 fn compose_config_tree() -> (PathBuf, PathBuf) {
     let dir = temp_dir("compose");
     let out = run_init(&dir);
+    let config = compose_config_in(&dir);
+    std::os::unix::fs::symlink(out.join("portcullis"), config.with_file_name("secrets")).unwrap();
+    (dir, config)
+}
+
+/// The compose `portcullis.yaml` copied into `dir/etc-portcullis/`, without its secrets.
+fn compose_config_in(dir: &Path) -> PathBuf {
     let etc = dir.join("etc-portcullis");
     fs::create_dir_all(&etc).unwrap();
     fs::copy(
@@ -164,8 +170,7 @@ fn compose_config_tree() -> (PathBuf, PathBuf) {
         etc.join("portcullis.yaml"),
     )
     .unwrap();
-    std::os::unix::fs::symlink(out.join("portcullis"), etc.join("secrets")).unwrap();
-    (dir, etc.join("portcullis.yaml"))
+    etc.join("portcullis.yaml")
 }
 
 /// The arguments the compose stack's Envoy bootstrap is generated with.
@@ -184,7 +189,11 @@ const ENVOY_CONFIG_ARGS: [&str; 10] = [
 
 #[test]
 fn the_compose_envoy_yaml_is_what_envoy_config_makes_of_the_compose_config() {
-    let (dir, config) = compose_config_tree();
+    // Secrets of our own where init.sh would put them: envoy-config reads only their paths,
+    // and this check runs without openssl.
+    let dir = temp_dir("compose");
+    let config = compose_config_in(&dir);
+    testkit::write_secrets(config.parent().unwrap());
     let generated = ok(Command::new(portcullis_bin())
         .arg("envoy-config")
         .arg("-c")
@@ -259,7 +268,9 @@ fn envoy_configs(compose: &Value) -> Vec<(String, PathBuf, String)> {
 }
 
 #[test]
+#[ignore = "tier compose: needs Envoy and openssl (init.sh makes the certificates); run scripts/test"]
 fn envoy_validates_every_envoy_config_the_compose_stack_runs() {
+    testkit::tier::require_openssl();
     let compose = compose();
     let configs = envoy_configs(&compose);
     let names: Vec<&str> = configs.iter().map(|(s, _, _)| s.as_str()).collect();
@@ -286,19 +297,12 @@ fn envoy_validates_every_envoy_config_the_compose_stack_runs() {
             text.replace("/certs/", &format!("{}/", certs.display())),
         )
         .unwrap();
-        let result = run(Command::new(envoy_bin())
-            .args(["--mode", "validate", "-c"])
-            .arg(&copy));
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
-        assert!(
-            result.status.success() && log.contains("OK"),
-            "envoy --mode validate rejects {} (service {svc}):\n{log}",
-            file.display()
-        );
+        if let Err(log) = testkit::envoy::validate(&copy) {
+            panic!(
+                "envoy --mode validate rejects {} (service {svc}):\n{log}",
+                file.display()
+            );
+        }
     }
     let _ = fs::remove_dir_all(dir);
 }
@@ -316,7 +320,9 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[test]
+#[ignore = "tier compose: needs openssl (init.sh); run scripts/test"]
 fn init_makes_secrets_and_certificates_portcullis_accepts_and_keeps_them() {
+    testkit::tier::require_openssl();
     let (dir, config) = compose_config_tree();
     let out = dir.join("out");
     let files = [
@@ -425,7 +431,8 @@ fn authority_of(url: &str) -> String {
 // Dockerfile
 // ---------------------------------------------------------------------------------------
 
-/// One instruction of a Dockerfile, continuation lines joined.
+/// One instruction of a Dockerfile, as text: the keyword, and its arguments with the
+/// continuation lines joined (COPY's flags as `--name=value`, exec forms as JSON arrays).
 #[derive(Debug)]
 struct Instruction {
     stage: usize,
@@ -433,41 +440,72 @@ struct Instruction {
     args: String,
 }
 
-/// (stages as (image, name), instructions).
+/// (stages as (image, name), instructions), read with the `dockerfile-parser` crate.
 fn parse_dockerfile(text: &str) -> (Vec<(String, String)>, Vec<Instruction>) {
+    use dockerfile_parser::{
+        BreakableStringComponent, Dockerfile, Instruction as I, ShellOrExecExpr,
+    };
+    let dockerfile =
+        Dockerfile::parse(text).unwrap_or_else(|e| panic!("the Dockerfile does not parse: {e}"));
+    let joined = |b: &dockerfile_parser::BreakableString| -> String {
+        b.components
+            .iter()
+            .filter_map(|c| match c {
+                BreakableStringComponent::String(s) => Some(s.content.trim()),
+                BreakableStringComponent::Comment(_) => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let expr = |e: &ShellOrExecExpr| match e {
+        ShellOrExecExpr::Shell(b) => joined(b),
+        ShellOrExecExpr::Exec(a) => serde_json::to_string(
+            &a.elements
+                .iter()
+                .map(|s| s.content.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    };
     let mut stages = Vec::new();
     let mut instructions = Vec::new();
-    let mut pending = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if pending.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
-        }
-        if trimmed.starts_with('#') {
-            continue;
-        }
-        if let Some(head) = trimmed.strip_suffix('\\') {
-            pending.push_str(head);
-            pending.push(' ');
-            continue;
-        }
-        pending.push_str(trimmed);
-        let full = std::mem::take(&mut pending);
-        let (keyword, args) = full.split_once(' ').unwrap_or((&full, ""));
-        let keyword = keyword.to_ascii_uppercase();
-        if keyword == "FROM" {
-            let words: Vec<&str> = args.split_whitespace().collect();
-            let name = match words.as_slice() {
-                [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
-                _ => String::new(),
+    for stage in dockerfile.iter_stages() {
+        for instruction in &stage.instructions {
+            let (keyword, args) = match instruction {
+                I::From(f) => {
+                    let alias = f
+                        .alias
+                        .as_ref()
+                        .map(|a| a.content.clone())
+                        .unwrap_or_default();
+                    stages.push((f.image.content.clone(), alias));
+                    ("FROM".to_string(), f.image.content.clone())
+                }
+                I::Run(r) => ("RUN".to_string(), expr(&r.expr)),
+                I::Entrypoint(e) => ("ENTRYPOINT".to_string(), expr(&e.expr)),
+                I::Cmd(c) => ("CMD".to_string(), expr(&c.expr)),
+                I::Copy(c) => {
+                    let words: Vec<String> = c
+                        .flags
+                        .iter()
+                        .map(|f| format!("--{}={}", f.name.content, f.value.content))
+                        .chain(c.sources.iter().map(|s| s.content.clone()))
+                        .chain([c.destination.content.clone()])
+                        .collect();
+                    ("COPY".to_string(), words.join(" "))
+                }
+                I::Misc(m) => (
+                    m.instruction.content.to_ascii_uppercase(),
+                    joined(&m.arguments),
+                ),
+                other => (format!("{other:?}"), String::new()),
             };
-            stages.push((words[0].to_string(), name));
+            instructions.push(Instruction {
+                stage: stage.index,
+                keyword,
+                args,
+            });
         }
-        instructions.push(Instruction {
-            stage: stages.len().saturating_sub(1),
-            keyword,
-            args: args.trim().to_string(),
-        });
     }
     (stages, instructions)
 }
@@ -484,65 +522,39 @@ fn kept_by_dockerignore(patterns: &[String], path: &str) -> bool {
     })
 }
 
-/// `key = "value"` of a section of Cargo.toml (a flat reading; enough for [package]).
-fn cargo_toml_value(text: &str, section: &str, key: &str) -> Option<String> {
-    let mut current = String::new();
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            current = line.to_string();
-            continue;
-        }
-        if current == section
-            && let Some((k, v)) = line.split_once('=')
-            && k.trim() == key
-        {
-            return Some(v.trim().trim_matches('"').to_string());
-        }
-    }
-    None
+/// Cargo.toml, read with the `toml` crate.
+fn cargo_manifest(path: &Path) -> toml::Table {
+    read(path)
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()))
 }
 
-/// The files of the targets Cargo.toml declares explicitly (`[[bench]]`, `[[test]]`,
-/// `[[example]]`): their `path`, else the conventional `DIR/NAME.rs`.
-fn cargo_targets(cargo: &str) -> Vec<String> {
+/// The files of the targets a manifest declares explicitly (`[[bench]]`, `[[test]]`,
+/// `[[example]]`, `[[bin]]`): their `path`, else the conventional `DIR/NAME.rs`.
+fn cargo_targets(cargo: &toml::Table) -> Vec<String> {
     let mut files = Vec::new();
-    // (kind, name, path) of the [[...]] section being read.
-    let mut current: Option<(String, String, String)> = None;
-    let mut finish = |t: Option<(String, String, String)>| {
-        if let Some((kind, name, path)) = t {
-            let dir = match kind.as_str() {
-                "bench" => "benches",
-                "test" => "tests",
-                "example" => "examples",
-                "bin" => "src/bin",
-                other => panic!("unexpected Cargo.toml target [[{other}]]"),
-            };
-            files.push(if path.is_empty() {
-                format!("{dir}/{name}.rs")
-            } else {
-                path
+    for (kind, dir) in [
+        ("bench", "benches"),
+        ("test", "tests"),
+        ("example", "examples"),
+        ("bin", "src/bin"),
+    ] {
+        for target in cargo
+            .get(kind)
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = target
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            files.push(match target.get("path").and_then(|p| p.as_str()) {
+                Some(path) => path.to_string(),
+                None => format!("{dir}/{name}.rs"),
             });
         }
-    };
-    for line in cargo.lines().map(str::trim) {
-        if line.starts_with('[') {
-            finish(current.take());
-            if line.starts_with("[[") {
-                let kind = line.trim_matches(['[', ']']).to_string();
-                current = Some((kind, String::new(), String::new()));
-            }
-            continue;
-        }
-        if let (Some((_, name, path)), Some((k, v))) = (current.as_mut(), line.split_once('=')) {
-            let v = v.trim().trim_matches('"').to_string();
-            match k.trim() {
-                "name" => *name = v,
-                "path" => *path = v,
-                _ => {}
-            }
-        }
     }
-    finish(current.take());
     files
 }
 
@@ -570,15 +582,16 @@ fn the_dockerfile_builds_the_binary_from_what_the_context_holds() {
     };
 
     // The build stage's Rust is at least Cargo.toml's rust-version.
-    let cargo = read(&repo().join("Cargo.toml"));
-    let msrv = cargo_toml_value(&cargo, "[package]", "rust-version").expect("rust-version");
+    let cargo = cargo_manifest(&repo().join("Cargo.toml"));
+    let package = &cargo["package"];
+    let msrv = package["rust-version"].as_str().expect("rust-version");
     let build_image = &stages[0].0;
     let tag = build_image
         .strip_prefix("rust:")
         .unwrap_or_else(|| panic!("the build stage is an official rust image: {build_image}"));
     let (rust, distro) = tag.split_once('-').expect("rust:VERSION-DISTRO");
     assert!(
-        version(rust) >= version(&msrv),
+        version(rust) >= version(msrv),
         "{build_image} is older than rust-version {msrv}"
     );
     // The binary links against the build image's glibc: the runtime must be the same Debian.
@@ -590,10 +603,10 @@ fn the_dockerfile_builds_the_binary_from_what_the_context_holds() {
     );
 
     // The binary the Dockerfile builds and runs is the package's.
-    let package = cargo_toml_value(&cargo, "[package]", "name").expect("package name");
+    let package = package["name"].as_str().expect("package name");
     assert_eq!(package, "portcullis");
     assert!(
-        !cargo.contains("[[bin]]"),
+        !cargo.contains_key("bin"),
         "Cargo.toml declares [[bin]] targets: check the Dockerfile's --bin"
     );
     let build_runs = in_stage(0, "RUN").join("\n");
@@ -672,10 +685,27 @@ fn the_dockerfile_builds_the_binary_from_what_the_context_holds() {
         );
     }
     // With `COPY . .`, what Cargo needs must survive .dockerignore, including every target
-    // Cargo.toml names (cargo refuses a manifest whose [[bench]] file is missing).
+    // Cargo.toml names (cargo refuses a manifest whose [[bench]] file is missing) and every
+    // workspace member with its sources and targets (cargo loads them all).
     if sources.iter().any(|s| s == ".") {
         let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src".into()];
         needed.extend(cargo_targets(&cargo));
+        let members = cargo["workspace"]["members"]
+            .as_array()
+            .expect("workspace members");
+        for member in members.iter().map(|m| m.as_str().expect("a member path")) {
+            if member == "." {
+                continue;
+            }
+            let manifest = cargo_manifest(&repo().join(member).join("Cargo.toml"));
+            needed.push(format!("{member}/Cargo.toml"));
+            needed.push(format!("{member}/src"));
+            needed.extend(
+                cargo_targets(&manifest)
+                    .into_iter()
+                    .map(|t| format!("{member}/{t}")),
+            );
+        }
         for path in needed {
             assert!(repo().join(&path).exists(), "{path} is missing");
             assert!(

@@ -1,27 +1,28 @@
 //! Cockpit single sign-on, end to end: the real cockpit-ws (Debian's 287), the real Envoy,
 //! the real IdP, portcullis, and Cockpit's own PAM stack with `portcullis pam-verify` in it.
 //!
+//! Tier `cockpit` (and `browser` for Chromium); the `pam-verify` process tests need only
+//! node's jose (tier `stack`), and the check of the examples runs everywhere.
+//!
 //! The tests that start Cockpit edit `/etc/pam.d/cockpit` (and one edits
 //! `/etc/cockpit/disallowed-users`): they hold a cross-process lock for their whole run and
 //! undo their edits, also when they fail. They need root, cockpit-ws/-bridge/-system, the
 //! local account `alice`, Debian's `chromium` and the demo's node modules: `scripts/test`
 //! installs all of them.
 
-mod support;
-
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, SET_COOKIE};
-use support::cockpit::{
+use testkit::cockpit::{
     CockpitStack, DISALLOWED_USERS, PasswordUser, RestoreFile, TEST_ISSUER, jose_tokens,
     open_socket, pam_verify,
 };
-use support::{Browser, EchoRequest, list, portcullis_bin, repo, run, send, temp_dir};
+use testkit::{Browser, EchoRequest, list, portcullis_bin, repo, run, send, temp_dir};
 
 /// PAM hands a module at most this many bytes of password (Linux-PAM `PAM_MAX_RESP_SIZE` - 1).
 const PAM_MAX: usize = 511;
@@ -82,6 +83,7 @@ async fn echoed(response: reqwest::Response) -> EchoRequest {
 }
 
 #[tokio::test]
+#[ignore = "tier cockpit: needs root, cockpit-ws/-bridge/-system, the account alice, Envoy and the dev IdP; run scripts/test as root"]
 async fn alice_signs_in_to_cockpit_and_the_bridge_runs_as_alice() {
     let cs = CockpitStack::start().await;
     let stack = &cs.stack;
@@ -144,6 +146,7 @@ async fn alice_signs_in_to_cockpit_and_the_bridge_runs_as_alice() {
 }
 
 #[tokio::test]
+#[ignore = "tier cockpit: needs root, cockpit-ws/-bridge/-system, the account alice, Envoy and the dev IdP; run scripts/test as root"]
 async fn the_url_root_sub_path_variant_logs_in_the_same_way() {
     let cs = CockpitStack::start().await;
     let stack = &cs.stack;
@@ -181,6 +184,7 @@ async fn the_url_root_sub_path_variant_logs_in_the_same_way() {
 }
 
 #[tokio::test]
+#[ignore = "tier cockpit: needs root, cockpit-ws/-bridge/-system, the account alice, Envoy and the dev IdP; run scripts/test as root"]
 async fn only_the_login_request_carries_credentials_and_never_the_clients() {
     let cs = CockpitStack::start().await;
     let stack = &cs.stack;
@@ -333,6 +337,7 @@ async fn only_the_login_request_carries_credentials_and_never_the_clients() {
 }
 
 #[tokio::test]
+#[ignore = "tier cockpit: needs root, cockpit-ws/-bridge/-system, the account alice, Envoy and the dev IdP; run scripts/test as root"]
 async fn bob_is_refused_before_cockpit() {
     let cs = CockpitStack::start().await;
     let stack = &cs.stack;
@@ -379,6 +384,7 @@ async fn bob_is_refused_before_cockpit() {
 }
 
 #[tokio::test]
+#[ignore = "tier cockpit: needs root, cockpit-ws/-bridge/-system, the account alice, Envoy and the dev IdP; run scripts/test as root"]
 async fn a_disallowed_user_is_refused_even_with_sso() {
     let cs = CockpitStack::start().await;
     let stack = &cs.stack;
@@ -410,20 +416,16 @@ async fn a_disallowed_user_is_refused_even_with_sso() {
 }
 
 #[tokio::test]
+#[ignore = "tier browser: needs Debian's chromium and npm playwright-core, and the cockpit tier's parts; run scripts/test as root"]
 async fn alice_reaches_the_cockpit_shell_in_chromium() {
+    testkit::tier::require_chromium();
     let cs = CockpitStack::start().await;
     let stack = &cs.stack;
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is missing: scripts/test installs it (apt-get install chromium)"
-    );
     let artifacts = repo().join("tests/artifacts");
     fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("cockpit-shell.png");
     let _ = fs::remove_file(&screenshot);
-    let out = run(Command::new("node")
-        .current_dir(repo())
-        .arg("tests/support/cockpit_browser.mjs")
+    let out = run(testkit::node_script("cockpit_browser.mjs")
         .args(["--url", &stack.url("cockpit", "/")])
         .args([
             "--user",
@@ -483,7 +485,7 @@ async fn alice_reaches_the_cockpit_shell_in_chromium() {
 /// A signing key and the JWKS `portcullis jwks` prints for it.
 fn pam_fixture() -> (PathBuf, PathBuf, PathBuf) {
     let dir = temp_dir("pam-verify");
-    let secrets = support::write_secrets(&dir);
+    let secrets = testkit::write_secrets(&dir);
     let config = dir.join("portcullis.yaml");
     fs::write(
         &config,
@@ -512,6 +514,7 @@ routes:
 }
 
 #[test]
+#[ignore = "tier stack: needs node and examples/demo/node_modules (jose); run scripts/test"]
 fn pam_verify_accepts_only_a_fresh_token_for_this_host_and_account() {
     const AUD: &str = "cockpit.localhost:8443";
     let (dir, key, jwks) = pam_fixture();
@@ -634,6 +637,7 @@ fn pam_verify_accepts_only_a_fresh_token_for_this_host_and_account() {
 }
 
 #[test]
+#[ignore = "tier stack: needs node and examples/demo/node_modules (jose); run scripts/test"]
 fn pam_verify_with_a_replay_dir_accepts_a_token_once() {
     const AUD: &str = "cockpit.localhost:8443";
     let (dir, key, jwks) = pam_fixture();
@@ -675,100 +679,11 @@ fn pam_verify_with_a_replay_dir_accepts_a_token_once() {
 // The PAM edit and the examples
 // ---------------------------------------------------------------------------------------
 
-/// Debian 12's /etc/pam.d/cockpit (cockpit-ws 287), auth part.
-const DEBIAN_PAM: &str = "#%PAM-1.0
-auth       required     pam_sepermit.so
-auth       substack     common-auth
-auth       optional     pam_ssh_add.so
-# List of users to deny access to Cockpit, by default root is included.
-auth       required     pam_listfile.so item=user sense=deny file=/etc/cockpit/disallowed-users onerr=succeed
-account    required     pam_nologin.so
-account    include      common-account
-";
-
-/// Runs `source scripts/lib/cockpit.sh && SCRIPT` with the PAM file at `pam_file`.
-fn cockpit_sh(pam_file: &std::path::Path, script: &str) -> std::process::Output {
-    run(Command::new("bash")
-        .current_dir(repo())
-        .env("PORTCULLIS_PAM_FILE", pam_file)
-        .arg("-c")
-        .arg(format!("source scripts/lib/cockpit.sh && {script}")))
-}
-
-#[test]
-fn the_pam_block_is_written_idempotently_and_keeps_every_other_line() {
-    let dir = temp_dir("pam-edit");
-    let file = dir.join("cockpit");
-    fs::write(&file, DEBIAN_PAM).unwrap();
-    let ok = |script: &str| {
-        let out = cockpit_sh(&file, script);
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fs::read_to_string(&file).unwrap()
-    };
-
-    let once = ok(
-        "cockpit_pam_write t /usr/local/bin/portcullis /etc/portcullis/jwks.json https://auth.example a.example b.example:8443",
-    );
-    let lines: Vec<&str> = once.lines().collect();
-    assert_eq!(lines[1], "auth       required     pam_sepermit.so");
-    assert!(
-        lines[2].starts_with("# BEGIN portcullis-cockpit t "),
-        "{once}"
-    );
-    assert!(lines[3].contains("pam_listfile.so") && lines[3].contains("sense=deny"));
-    assert_eq!(
-        lines[4],
-        "auth       sufficient   pam_exec.so expose_authtok quiet /usr/local/bin/portcullis pam-verify --jwks /etc/portcullis/jwks.json --issuer https://auth.example --replay-dir /run/portcullis-pam --audience a.example --audience b.example:8443"
-    );
-    assert_eq!(lines[5], "# END portcullis-cockpit t");
-    assert_eq!(lines[6], "auth       substack     common-auth");
-    // Writing the same block again changes nothing; new values replace the block in place.
-    assert_eq!(
-        ok(
-            "cockpit_pam_write t /usr/local/bin/portcullis /etc/portcullis/jwks.json https://auth.example a.example b.example:8443"
-        ),
-        once
-    );
-    let other = ok("cockpit_pam_write t /opt/p /etc/j.json https://auth.example c.example");
-    assert_eq!(
-        other.matches("# BEGIN portcullis-cockpit").count(),
-        1,
-        "{other}"
-    );
-    assert!(other.contains(
-        "/opt/p pam-verify --jwks /etc/j.json --issuer https://auth.example --replay-dir /run/portcullis-pam --audience c.example"
-    ));
-    // Another block is kept apart, and removing one leaves the other.
-    let both = ok("cockpit_pam_write demo /d/p /d/j.json https://auth.example d.example");
-    assert_eq!(
-        both.matches("# BEGIN portcullis-cockpit").count(),
-        2,
-        "{both}"
-    );
-    let demo_only = ok("cockpit_pam_remove t");
-    assert!(demo_only.contains("/d/p pam-verify") && !demo_only.contains("/opt/p"));
-    // Removing everything gives back the file byte for byte.
-    assert_eq!(ok("cockpit_pam_remove demo"), DEBIAN_PAM);
-    assert_eq!(ok("cockpit_pam_remove absent"), DEBIAN_PAM);
-
-    // PAM splits on white space: such paths are refused, and the file is left alone.
-    let out = cockpit_sh(
-        &file,
-        "cockpit_pam_write t '/a b/portcullis' /j.json https://auth.example a.example",
-    );
-    assert!(!out.status.success());
-    assert_eq!(fs::read_to_string(&file).unwrap(), DEBIAN_PAM);
-    fs::remove_dir_all(dir).ok();
-}
-
 #[test]
 fn the_cockpit_examples_match_what_portcullis_and_the_scripts_expect() {
     let examples = repo().join("examples/cockpit");
-    // The PAM lines in the example are the ones scripts/lib/cockpit.sh writes.
+    // The PAM lines in the example are the ones testkit::cockpit::pam_block writes (the demo's
+    // and the tests' block).
     let example = fs::read_to_string(examples.join("pam.d-cockpit")).unwrap();
     let rules = |text: &str| -> Vec<String> {
         text.lines()
@@ -776,14 +691,17 @@ fn the_cockpit_examples_match_what_portcullis_and_the_scripts_expect() {
             .map(str::to_string)
             .collect()
     };
-    let out = run(Command::new("bash").current_dir(repo()).arg("-c").arg(
-        "source scripts/lib/cockpit.sh && cockpit_pam_block x /usr/local/bin/portcullis /etc/portcullis/jwks.json https://auth.example.com cockpit.example.com",
-    ));
-    assert!(out.status.success());
+    let block = testkit::cockpit::pam_block(
+        "x",
+        Path::new("/usr/local/bin/portcullis"),
+        Path::new("/etc/portcullis/jwks.json"),
+        "https://auth.example.com",
+        &["cockpit.example.com".to_string()],
+    );
     assert_eq!(
         rules(&example),
-        rules(&String::from_utf8_lossy(&out.stdout)),
-        "examples/cockpit/pam.d-cockpit and scripts/lib/cockpit.sh disagree"
+        rules(&block),
+        "examples/cockpit/pam.d-cockpit and testkit::cockpit::pam_block disagree"
     );
 
     let conf = fs::read_to_string(examples.join("cockpit.conf")).unwrap();

@@ -1,17 +1,16 @@
 //! Acceptance tests for the foundation: real IdP, echo upstream, portcullis and Envoy.
 //!
-//! Each test starts its own [`Stack`] on free ports, so the tests run in parallel and
-//! never see each other's sessions. They need Envoy (`PORTCULLIS_ENVOY_BIN` or
-//! `.deps/envoy/envoy/_bin/envoy`) and the demo's node modules; `scripts/test` sets both up.
+//! Each test starts its own [`Stack`] on ports of its own, so the tests run in parallel and
+//! never see each other's sessions. Tier `stack`: they need Envoy (`PORTCULLIS_ENVOY_BIN` or
+//! `.deps/envoy/envoy/_bin/envoy`) and the demo's node modules; `scripts/test` sets both up
+//! and runs them (`cargo test -- --include-ignored`).
 
-mod support;
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, CONNECTION, UPGRADE};
 use reqwest::{Response, StatusCode, Url};
 use serde_json::json;
-use support::{Browser, EchoRequest, Stack, list, location, send};
+use testkit::{Browser, EchoRequest, Stack, list, location, send};
 
 const IDENTITY_HEADER: &str = "x-portcullis-jwt-assertion";
 /// With `cookie.secure` (the default) every cookie of ours carries the `__Host-` prefix.
@@ -92,6 +91,7 @@ fn flip_char(value: &str, at: f64) -> String {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn alice_signs_in_and_the_app_gets_a_verifiable_identity_jwt() {
     let stack = Stack::start().await;
     let browser = stack.browser();
@@ -166,6 +166,7 @@ async fn alice_signs_in_and_the_app_gets_a_verifiable_identity_jwt() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn the_app_never_sees_the_session_cookie_or_a_forged_identity() {
     let stack = Stack::start().await;
     let browser = stack.browser();
@@ -233,6 +234,7 @@ async fn the_app_never_sees_the_session_cookie_or_a_forged_identity() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn bob_may_use_the_app_but_not_the_admin_app() {
     let stack = Stack::start().await;
     let browser = stack.browser();
@@ -273,6 +275,7 @@ async fn bob_may_use_the_app_but_not_the_admin_app() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn unauthenticated_non_navigation_requests_get_401_and_browsers_a_redirect() {
     let stack = Stack::start().await;
     let browser = stack.browser();
@@ -325,6 +328,7 @@ async fn unauthenticated_non_navigation_requests_get_401_and_browsers_a_redirect
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn a_tampered_session_cookie_is_no_session() {
     let stack = Stack::start().await;
     let browser = stack.browser();
@@ -358,6 +362,7 @@ async fn a_tampered_session_cookie_is_no_session() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn an_expired_session_cookie_is_no_session() {
     let stack = Stack::builder().cookie_lifetime("3s").start().await;
     let browser = stack.browser();
@@ -367,12 +372,27 @@ async fn an_expired_session_cookie_is_no_session() {
         .cookie(&app, SESSION_COOKIE)
         .expect("the app host has a session cookie");
 
-    tokio::time::sleep(Duration::from_secs(4)).await;
-
     // The browser itself may drop the cookie at its Max-Age; a copy re-sent without an
-    // expiry checks that the server enforces the lifetime too.
+    // expiry checks that the server enforces the lifetime too. The copy opens the app until
+    // the lifetime is over (no fixed sleep: ask until it no longer does).
     let replay = stack.browser();
     replay.set_cookie(&app, SESSION_COOKIE, &real);
+    let json = || replay.get(&app).header(ACCEPT, "application/json");
+    assert_eq!(
+        send(json()).await.status(),
+        StatusCode::OK,
+        "the copied cookie is a session within its lifetime"
+    );
+    let started = Instant::now();
+    let refused = testkit::poll_until(Duration::from_secs(15), || async {
+        (send(json()).await.status() != StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the session cookie still opens the app 15 s after its 3 s lifetime"
+    );
+    eprintln!("the cookie stopped working after {:?}", started.elapsed());
     for (who, b) in [("the browser", &browser), ("a replayed copy", &replay)] {
         let response = send(b.get(&app)).await;
         assert_eq!(
@@ -385,6 +405,7 @@ async fn an_expired_session_cookie_is_no_session() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn sign_in_only_returns_to_our_own_apps() {
     let stack = Stack::start().await;
     let signed_out = stack.browser();
@@ -443,6 +464,7 @@ async fn sign_in_only_returns_to_our_own_apps() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn with_portcullis_down_envoy_fails_closed_with_503() {
     let mut stack = Stack::start().await;
     let browser = stack.browser();
@@ -453,7 +475,7 @@ async fn with_portcullis_down_envoy_fails_closed_with_503() {
     stack.stop_portcullis();
     let fresh = stack.browser();
     for (who, b) in [("signed in", &browser), ("signed out", &fresh)] {
-        for accept in [support::BROWSER_ACCEPT, "application/json"] {
+        for accept in [testkit::BROWSER_ACCEPT, "application/json"] {
             let response = send(b.get(&app).header(ACCEPT, accept)).await;
             assert_eq!(
                 response.status(),
@@ -470,6 +492,7 @@ async fn with_portcullis_down_envoy_fails_closed_with_503() {
 }
 
 #[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
 async fn sign_out_ends_the_session_everywhere() {
     let stack = Stack::start().await;
     let browser = stack.browser();

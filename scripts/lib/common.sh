@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/demo, scripts/test and scripts/lib/certs.sh.
+# Package installation for scripts/demo, scripts/test and scripts/bench; everything else
+# (certificates, processes, ports) is the test kit's (testkit/, Rust).
 #
 # Source it; it defines functions and the ROOT variable and changes no shell options,
 # so it is safe under `set -euo pipefail`. Every ensure_* function is idempotent and
@@ -193,174 +194,25 @@ ensure_rust_components() {
     rustup component add "${missing[@]}" >&2
 }
 
-# --- certificates -------------------------------------------------------------------------
+# --- accounts -----------------------------------------------------------------------------
 
-# The names the demo and the tests use; the leaf certificate covers all of them.
-PORTCULLIS_CERT_DNS_NAMES=(
-    localhost '*.localhost' auth.localhost app.localhost admin.localhost
-    cockpit.localhost apps.localhost grafana.localhost
-)
-PORTCULLIS_CERT_IPS=(127.0.0.1)
-
-# ensure_certs DIR: a local CA (DIR/ca.pem, DIR/ca-key.pem) and a leaf signed by it
-# (DIR/tls.pem, DIR/tls-key.pem) for the names above. Keeps what is there while it is valid
-# for more than a day (and, for the leaf, still covers every name); a kept CA stays trusted.
-ensure_certs() {
-    local dir="${1:?usage: ensure_certs DIR}"
-    command -v openssl >/dev/null 2>&1 || ensure_apt openssl || return 1
-    mkdir -p "$dir" || return 1
-    # Test binaries (and a demo) may call this at the same time for the same directory.
-    if command -v flock >/dev/null 2>&1; then
-        (
-            flock 9
-            _ensure_certs_locked "$dir"
-        ) 9>"$dir/.lock"
-    else
-        _ensure_certs_locked "$dir"
-    fi
-}
-
-_ensure_certs_locked() {
-    local dir="$1"
-    local ca="$dir/ca.pem" ca_key="$dir/ca-key.pem" leaf="$dir/tls.pem" leaf_key="$dir/tls-key.pem"
-    local renew_leaf=0
-
-    if ! _cert_fresh "$ca" || [[ ! -s "$ca_key" ]]; then
-        log "creating local CA in $dir"
-        _make_ca "$ca" "$ca_key" || return 1
-        renew_leaf=1
-    fi
-    if ((renew_leaf)) || ! _cert_fresh "$leaf" || [[ ! -s "$leaf_key" ]] ||
-        ! openssl verify -CAfile "$ca" "$leaf" >/dev/null 2>&1 ||
-        ! _leaf_has_all_names "$leaf"; then
-        log "creating TLS certificate in $dir"
-        _make_leaf "$ca" "$ca_key" "$leaf" "$leaf_key" || return 1
-    fi
-}
-
-# True when the certificate file exists and is valid for more than one more day.
-_cert_fresh() {
-    [[ -s "$1" ]] && openssl x509 -in "$1" -noout -checkend 86400 >/dev/null 2>&1
-}
-
-_leaf_has_all_names() {
-    local sans name
-    sans="$(openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null)" || return 1
-    for name in "${PORTCULLIS_CERT_DNS_NAMES[@]}"; do
-        [[ "$sans" == *"DNS:$name"* ]] || return 1
-    done
-    for name in "${PORTCULLIS_CERT_IPS[@]}"; do
-        [[ "$sans" == *"IP Address:$name"* ]] || return 1
-    done
-}
-
-_make_ca() {
-    local ca="$1" ca_key="$2" tmp
-    tmp="$(mktemp -d)"
-    (
-        umask 077
-        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/ca-key.pem" &&
-            openssl req -x509 -new -key "$tmp/ca-key.pem" -sha256 -days 3650 \
-                -subj "/O=portcullis demo/CN=portcullis demo CA $(date -u +%Y-%m-%d)" \
-                -addext 'basicConstraints=critical,CA:TRUE,pathlen:0' \
-                -addext 'keyUsage=critical,keyCertSign,cRLSign' \
-                -addext 'subjectKeyIdentifier=hash' \
-                -out "$tmp/ca.pem"
-    ) >/dev/null 2>"$tmp/err" || {
-        cat "$tmp/err" >&2
-        rm -rf "$tmp"
+# ensure_local_account NAME: a local account with a home and no password (Cockpit's SSO
+# logs it in through portcullis).
+ensure_local_account() {
+    id -u "$1" >/dev/null 2>&1 && return 0
+    if [[ "$(id -u)" != 0 ]]; then
+        printf 'error: the local account %s is missing; create it (useradd -m %s) or run as root\n' \
+            "$1" "$1" >&2
         return 1
-    }
-    chmod 644 "$tmp/ca.pem" &&
-        mv "$tmp/ca-key.pem" "$ca_key" &&
-        mv "$tmp/ca.pem" "$ca" || return 1
-    rm -rf "$tmp"
-}
-
-_make_leaf() {
-    local ca="$1" ca_key="$2" leaf="$3" leaf_key="$4" tmp san="" name
-    for name in "${PORTCULLIS_CERT_DNS_NAMES[@]}"; do san+="DNS:$name,"; done
-    for name in "${PORTCULLIS_CERT_IPS[@]}"; do san+="IP:$name,"; done
-    san="${san%,}"
-    tmp="$(mktemp -d)"
-    cat >"$tmp/ext.cnf" <<EOF
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid,issuer
-subjectAltName = $san
-EOF
-    (
-        umask 077
-        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/tls-key.pem" &&
-            openssl req -new -key "$tmp/tls-key.pem" -subj '/O=portcullis demo/CN=localhost' \
-                -out "$tmp/tls.csr" &&
-            # 397 days: inside the lifetime browsers accept for server certificates.
-            openssl x509 -req -in "$tmp/tls.csr" -CA "$ca" -CAkey "$ca_key" \
-                -set_serial "0x$(openssl rand -hex 16)" -sha256 -days 397 \
-                -extfile "$tmp/ext.cnf" -out "$tmp/tls.pem"
-    ) >/dev/null 2>"$tmp/err" || {
-        cat "$tmp/err" >&2
-        rm -rf "$tmp"
-        return 1
-    }
-    # Envoy reads the key as whatever user runs it; keep it private to that user.
-    chmod 644 "$tmp/tls.pem" && chmod 600 "$tmp/tls-key.pem" &&
-        mv "$tmp/tls-key.pem" "$leaf_key" &&
-        mv "$tmp/tls.pem" "$leaf" || return 1
-    rm -rf "$tmp"
-}
-
-# --- processes and ports ------------------------------------------------------------------
-
-# wait_http URL [TIMEOUT_S] [CACERT]: poll until URL answers 2xx; returns 1 on timeout.
-# For https://*.localhost pass the demo CA (curl resolves *.localhost to loopback itself).
-# If WAIT_HTTP_PID is set and that process exits meanwhile, returns 2 at once.
-wait_http() {
-    local url="${1:?usage: wait_http URL [TIMEOUT_S] [CACERT]}" timeout="${2:-30}" cacert="${3:-}"
-    local args=(--silent --output /dev/null --fail --max-time 2)
-    if [[ -n "$cacert" ]]; then
-        args+=(--cacert "$cacert")
     fi
-    local deadline=$((SECONDS + timeout))
-    while true; do
-        if curl "${args[@]}" "$url" 2>/dev/null; then
-            return 0
-        fi
-        if [[ -n "${WAIT_HTTP_PID:-}" ]] && ! kill -0 "$WAIT_HTTP_PID" 2>/dev/null; then
-            return 2
-        fi
-        if ((SECONDS >= deadline)); then
-            return 1
-        fi
-        sleep 0.2
-    done
+    log "useradd -m $1"
+    useradd -m -s /bin/bash -c "portcullis demo user" "$1"
 }
 
-# free_port: print a TCP port on 127.0.0.1 that is free right now.
-free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()'
-}
+# --- build --------------------------------------------------------------------------------
 
-# ports_in_use PORT...: print the ports that something is already listening on
-# (on 127.0.0.1 or on all addresses); prints nothing when all are free.
-ports_in_use() {
-    python3 - "$@" <<'EOF'
-import socket, sys
-for port in sys.argv[1:]:
-    s = socket.socket()
-    # SO_REUSEADDR so that TIME_WAIT leftovers do not count; a listener still does.
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", int(port)))
-    except OSError:
-        print(port)
-    finally:
-        s.close()
-EOF
+# build_release ARGS...: cargo build --release ARGS (output to stderr).
+build_release() {
+    log "cargo build --release $*"
+    cargo build --release "$@" >&2
 }

@@ -38,7 +38,7 @@ fn routes() -> RouteTable {
     let mut cockpit = route(
         "cockpit",
         &format!("https://{COCKPIT}"),
-        Policy::AnyAuthenticatedUser,
+        Policy::any_authenticated_user(),
     );
     cockpit.cockpit = Some(CockpitSettings {
         url_root: String::new(),
@@ -50,14 +50,14 @@ fn routes() -> RouteTable {
         route(
             "app",
             &format!("https://{APP}"),
-            Policy::AnyAuthenticatedUser,
+            Policy::any_authenticated_user(),
         ),
         route(
             "admin",
             &format!("https://{ADMIN}"),
             Policy::allow_list(vec![], vec![], vec!["admins".into()]),
         ),
-        route("public", &format!("https://{PUBLIC}"), Policy::Public),
+        route("public", &format!("https://{PUBLIC}"), Policy::public()),
         route(
             "app-admin",
             &format!("https://{APP}/admin"),
@@ -126,6 +126,7 @@ async fn get_with_session<L: SessionLookup>(
         path,
         headers: &headers,
         route_hint: None,
+        source_ip: None,
     };
     a.check(&req).await
 }
@@ -166,6 +167,7 @@ impl Harness {
             path,
             headers: &headers,
             route_hint: hint,
+            source_ip: None,
         };
         self.authorizer.check(&req).await
     }
@@ -318,23 +320,29 @@ async fn policy_refusal_is_403_naming_the_user() {
     assert_eq!(d.kind, OutcomeKind::Forbidden);
     let r = response(d);
     assert_eq!(r.status, 403);
-    assert!(r.body.contains("bob@example.com"));
+    assert!(r.body.contains("bob@example.com") && r.body.contains("<strong>admin</strong>"));
     assert!(
         r.body
             .contains("https://admin.localhost:8443/.portcullis/sign_out")
     );
+    assert_eq!(header(&r, "content-security-policy"), crate::pages::csp());
+    assert_eq!(header(&r, "cache-control"), "no-store");
     let r = response(
         h.check(
             ADMIN,
             "/",
-            &[("cookie", &cookie), ("accept", "application/json")],
+            &[
+                ("cookie", &cookie),
+                ("accept", "application/json"),
+                ("x-request-id", "r-42"),
+            ],
         )
         .await,
     );
     assert_eq!(r.status, 403);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&r.body).unwrap(),
-        serde_json::json!({"error": "forbidden", "user": "bob@example.com"})
+        serde_json::json!({"error": "forbidden", "user": "bob@example.com", "request_id": "r-42"})
     );
     assert_eq!(h.authorizer.tokens().identity.load(Ordering::SeqCst), 0);
 }
@@ -468,7 +476,7 @@ async fn a_cockpit_token_that_cannot_fit_is_a_clear_error() {
     let mut cockpit = route(
         "cockpit",
         &format!("https://{long}"),
-        Policy::AnyAuthenticatedUser,
+        Policy::any_authenticated_user(),
     );
     cockpit.cockpit = Some(CockpitSettings {
         url_root: String::new(),
@@ -532,6 +540,7 @@ async fn a_store_that_fails_refuses_with_503_and_never_allows() {
         path: "/",
         headers: &headers,
         route_hint: None,
+        source_ip: None,
     };
     let r = response(a.check(&req).await);
     assert_eq!(r.status, 503);
@@ -546,6 +555,7 @@ async fn a_store_that_fails_refuses_with_503_and_never_allows() {
         path: "/",
         headers: &none,
         route_hint: None,
+        source_ip: None,
     };
     assert_eq!(a.check(&req).await.kind, OutcomeKind::SignInRequired);
 }
@@ -562,5 +572,172 @@ fn debug_output_carries_no_values() {
     assert!(
         printed.contains("x-id") && printed.contains("302"),
         "{printed}"
+    );
+}
+
+/// Log lines written while the returned guard lives, as JSON objects.
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || Captured(writer.clone()))
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn each_decision_writes_one_audit_line_with_no_secret_in_it() {
+    let h = harness();
+    let cookie = h.sign_in(user("bob@example.com", &["admins"]), ADMIN).await;
+    let (logs, guard) = capture_logs();
+    let allowed = h
+        .check(
+            ADMIN,
+            "/x?token=s3cret",
+            &[("cookie", &cookie), ("x-request-id", "req-1")],
+        )
+        .await;
+    let refused = h
+        .check(
+            APP,
+            "/",
+            &[("x-request-id", "req-2"), ("accept", "text/html")],
+        )
+        .await;
+    drop(guard);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portcullis::audit")
+        .collect();
+    assert_eq!(audit.len(), 2, "{text}");
+    let a = &audit[0];
+    assert_eq!(a["level"], "INFO");
+    assert_eq!(a["request_id"], "req-1");
+    assert_eq!(a["route"], "admin");
+    assert_eq!(a["sub"], "bob");
+    assert_eq!(a["email"], "bob@example.com");
+    assert_eq!(a["outcome"], "allow");
+    assert_eq!(a["rule"], "groups (admins)");
+    assert_eq!(a["path"], "/x", "no query");
+    assert!(a["latency_us"].is_u64());
+    assert_eq!(audit[1]["outcome"], "sign_in_required");
+    assert_eq!(audit[1]["request_id"], "req-2");
+    // Nothing secret anywhere in the log: not the cookie, the token, nor the hop nonce.
+    let set_cookie = match &refused.action {
+        Action::Respond(r) => header(r, "set-cookie").to_string(),
+        Action::Forward(_) => panic!("refused"),
+    };
+    let nonce = set_cookie.split(['=', ';']).nth(1).unwrap();
+    let jwt = match &allowed.action {
+        Action::Forward(e) => e.set[0].1.clone(),
+        Action::Respond(_) => panic!("allowed"),
+    };
+    for secret in [cookie.split_once('=').unwrap().1, "s3cret", nonce, &jwt] {
+        assert!(!text.contains(secret), "{secret} in:\n{text}");
+    }
+}
+
+/// Accepts `good-<sub>` bearer tokens until T0 + 300.
+struct FakeBearer;
+
+#[async_trait]
+impl BearerVerifier for FakeBearer {
+    async fn verify(&self, token: &str, _now: u64) -> Result<(User, u64), String> {
+        match token.strip_prefix("good-") {
+            Some(sub) => Ok((user(&format!("{sub}@example.com"), &[]), T0 + 300)),
+            None => Err("signature does not verify".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn scripts_get_in_with_a_bearer_token_that_never_reaches_the_upstream() {
+    let store = Arc::new(MemoryStore::default());
+    let a = authorizer(routes(), store.clone(), Arc::new(ManualClock::at(T0)))
+        .with_bearer(Arc::new(FakeBearer));
+    let with = |headers: &[(&str, &str)]| -> HashMap<String, String> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let req = |authority: &'static str, h: &'static HashMap<String, String>| Request {
+        method: "GET",
+        scheme: "https",
+        authority,
+        path: "/",
+        headers: h,
+        route_hint: None,
+        source_ip: None,
+    };
+    let good: &'static HashMap<String, String> =
+        Box::leak(Box::new(with(&[("authorization", "Bearer good-carol")])));
+    let d = a.check(&req(APP, good)).await;
+    assert_eq!(d.kind, OutcomeKind::Allow);
+    let e = edits(d);
+    assert!(e.remove.contains(&"authorization".to_string()), "{e:?}");
+    let set: HashMap<_, _> = e.set.iter().cloned().collect();
+    assert_eq!(
+        set["x-portcullis-jwt-assertion"],
+        "jwt:carol:app.localhost:8443"
+    );
+    // The same policy applies: carol is not an admin.
+    let d = a.check(&req(ADMIN, good)).await;
+    assert_eq!(d.kind, OutcomeKind::Forbidden);
+    // A token that does not verify: 401, saying so, whatever the Accept.
+    let bad: &'static HashMap<String, String> = Box::leak(Box::new(with(&[
+        ("authorization", "bearer forged"),
+        ("accept", "text/html"),
+    ])));
+    let d = a.check(&req(APP, bad)).await;
+    assert_eq!(d.kind, OutcomeKind::InvalidBearerToken);
+    let r = response(d);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        "Bearer error=\"invalid_token\""
+    );
+    // Not a bearer: the usual answers.
+    let basic: &'static HashMap<String, String> =
+        Box::leak(Box::new(with(&[("authorization", "Basic Zm9vOmJhcg==")])));
+    assert_eq!(
+        a.check(&req(APP, basic)).await.kind,
+        OutcomeKind::SignInRequired
+    );
+
+    // Off (the default): the header is the app's own business and passes untouched.
+    let off = authorizer(routes(), store, Arc::new(ManualClock::at(T0)));
+    let s = Session::new(user("dave@example.com", &[]), T0, 60);
+    off.lookup.put(s.clone()).await.unwrap();
+    let cookie = off.cookies().issue(s.id, PUBLIC, s.expires_at, T0);
+    let public: &'static HashMap<String, String> = Box::leak(Box::new(with(&[
+        ("authorization", "Bearer app-token"),
+        ("cookie", cookie.split(';').next().unwrap()),
+    ])));
+    let e = edits(off.check(&req(PUBLIC, public)).await);
+    assert!(!e.remove.contains(&"authorization".to_string()), "{e:?}");
+    assert_eq!(
+        off.check(&req(APP, good)).await.kind,
+        OutcomeKind::SignInRequired
     );
 }

@@ -192,6 +192,7 @@ fn attack_a_real_identity_jwt_is_not_a_cockpit_password() {
         name: None,
         preferred_username: Some("alice".into()),
         groups: vec![],
+        claims: Vec::new(),
     };
     let (identity, _) = minter.mint(&alice, "sid", AUD, None, NOW);
     assert!(

@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub session_store: Option<RawSessionStore>,
     pub admin: Option<RawAdmin>,
     pub websocket_max_duration: Option<String>,
+    pub log: Option<RawLog>,
+    pub sign_in_limits: Option<RawSignInLimits>,
 }
 
 /// The session administration API's listener.
@@ -49,6 +51,18 @@ pub struct RawRedisTls {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub struct RawSignInLimits {
+    pub per_address: Option<u32>,
+    pub per_account: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct RawServer {
     pub grpc_address: Option<String>,
     pub http_address: Option<String>,
@@ -72,6 +86,14 @@ pub struct RawIdp {
     pub token_endpoint_auth: Option<String>,
     pub client_key_file: Option<String>,
     pub id_token_algs: Option<Vec<String>>,
+    /// Present: `Authorization: Bearer` tokens are accepted.
+    pub bearer: Option<RawBearer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBearer {
+    /// Audiences of access tokens accepted besides our client id.
+    pub audiences: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,4 +146,7 @@ pub struct RawPolicy {
     pub emails: Option<Vec<String>>,
     pub domains: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
+    /// Rules (`and`/`or`/`not` over criteria), read by `config::policy`.
+    pub allow: Option<serde_yaml_ng::Value>,
+    pub deny: Option<serde_yaml_ng::Value>,
 }

@@ -397,3 +397,71 @@ fn every_session_store_problem_is_reported_with_its_path() {
         );
     }
 }
+
+#[test]
+fn type_errors_and_validation_errors_come_together_each_at_its_line() {
+    let f = Fixture::new();
+    let text = VALID
+        .replace(
+            "  scopes: [openid, email, profile, groups]\n",
+            "  scopes: openid\n",
+        )
+        .replace("  lifetime: 1h\n", "  lifetime: [1h]\n")
+        .replace(
+            "    policy: { groups: [admins] }\n",
+            "    policy: { groups: [admins], bogus: 1 }\n",
+        )
+        .replace("https://apps.localhost:8443/admin/", "not a url");
+    let errors = f.parse(&text).unwrap_err().0;
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let at = |path: &str| {
+        errors
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("{path} in {errors:?}"))
+            .at
+            .map(|(line, _)| line)
+    };
+    assert_eq!(
+        at("idp.scopes"),
+        Some(line_of("scopes: openid")),
+        "a type error"
+    );
+    assert_eq!(
+        at("cookie.lifetime"),
+        Some(line_of("lifetime: [1h]")),
+        "another"
+    );
+    assert_eq!(
+        at("routes[1].policy.bogus"),
+        Some(line_of("bogus: 1")),
+        "unknown key"
+    );
+    assert_eq!(
+        at("routes[2].from"),
+        Some(line_of("not a url")),
+        "validation"
+    );
+    // Sorted in file order.
+    let lines: Vec<usize> = errors.iter().filter_map(|e| e.at.map(|(l, _)| l)).collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{lines:?}");
+    let shown = errors
+        .iter()
+        .find(|e| e.path == "routes[2].from")
+        .unwrap()
+        .to_string();
+    assert!(
+        shown.starts_with(&format!("{}:", line_of("not a url"))),
+        "{shown}"
+    );
+}
+
+#[test]
+fn log_format() {
+    let f = Fixture::new();
+    assert_eq!(f.parse(VALID).unwrap().log.format, LogFormat::Text);
+    let json = format!("{VALID}log: {{ format: json }}\n");
+    assert_eq!(f.parse(&json).unwrap().log.format, LogFormat::Json);
+    let bad = format!("{VALID}log: {{ format: xml }}\n");
+    assert!(paths(f.parse(&bad)).contains(&"log.format".to_string()));
+}

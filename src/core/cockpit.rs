@@ -73,6 +73,7 @@ mod tests {
             name: None,
             preferred_username: username.map(str::to_string),
             groups: vec![],
+            claims: Vec::new(),
         };
         let by = |account| CockpitSettings {
             url_root: String::new(),

@@ -4,10 +4,11 @@
 //! response.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use super::cockpit::CockpitSettings;
-use super::policy::{Reason, Verdict};
-use super::route::{NoRoute, Route};
+use super::policy::{Facts, Reason, Verdict};
+use super::route::{NoRoute, Route, canonical_path};
 use super::session::Session;
 use super::user::User;
 
@@ -22,6 +23,8 @@ pub struct Request<'a> {
     pub headers: &'a HashMap<String, String>,
     /// The route named by Envoy's per-route `context_extensions`, if any.
     pub route_hint: Option<&'a str>,
+    /// The client's address, as Envoy determined it (its `xff_num_trusted_hops`).
+    pub source_ip: Option<IpAddr>,
 }
 
 impl Request<'_> {
@@ -68,8 +71,13 @@ pub enum Refusal<'a> {
     AmbiguousPath,
     /// No (valid) session on a route that needs one.
     SignInRequired { route: &'a Route },
-    /// Signed in, but the route's policy does not allow this user.
-    Forbidden { route: &'a Route, user: &'a User },
+    /// The route's policy refuses: a deny rule matched (`reason`), or no allow rule did for
+    /// this user. `user` is `None` when a deny rule refused an anonymous request.
+    Forbidden {
+        route: &'a Route,
+        user: Option<&'a User>,
+        reason: Option<Reason<'a>>,
+    },
     /// Allowed on a Cockpit route, but the user maps to no local account.
     NoLocalAccount { route: &'a Route, user: &'a User },
 }
@@ -97,6 +105,8 @@ pub enum OutcomeKind {
     CockpitTokenTooLong,
     /// The session store could not be read.
     StoreUnavailable,
+    /// A bearer token that does not verify.
+    InvalidBearerToken,
 }
 
 impl OutcomeKind {
@@ -111,6 +121,7 @@ impl OutcomeKind {
             OutcomeKind::NoLocalAccount => "no_local_account",
             OutcomeKind::CockpitTokenTooLong => "cockpit_token_too_long",
             OutcomeKind::StoreUnavailable => "store_unavailable",
+            OutcomeKind::InvalidBearerToken => "invalid_bearer_token",
         }
     }
 }
@@ -145,17 +156,23 @@ pub fn decide<'a>(
     now: u64,
 ) -> Outcome<'a> {
     let session = session.filter(|s| s.expires_at > now);
-    let reason = match (session, route.policy.evaluate(session.map(|s| &s.user))) {
-        (_, Verdict::Allow(reason)) => reason,
-        (Some(s), Verdict::Forbidden) => {
+    let user = session.map(|s| &s.user);
+    // The canonical path is a copy; only policies that test the path pay for it.
+    let canonical = route.policy.uses_path().then(|| canonical_path(req.path));
+    let facts = Facts {
+        method: req.method,
+        path: canonical.as_deref().unwrap_or(""),
+        source_ip: req.source_ip,
+    };
+    let reason = match route.policy.evaluate(user, &facts) {
+        Verdict::Allow(reason) => reason,
+        Verdict::SignInRequired => return Outcome::Refuse(Refusal::SignInRequired { route }),
+        Verdict::Forbidden(reason) => {
             return Outcome::Refuse(Refusal::Forbidden {
                 route,
-                user: &s.user,
+                user,
+                reason,
             });
-        }
-        // No session (a policy cannot forbid nobody; if it did, signing in is the answer).
-        (_, Verdict::SignInRequired | Verdict::Forbidden) => {
-            return Outcome::Refuse(Refusal::SignInRequired { route });
         }
     };
     let cockpit = match (&route.cockpit, session) {

@@ -269,7 +269,7 @@ mod tests {
         Route::new(
             name.into(),
             Url::parse(from).unwrap(),
-            Policy::AnyAuthenticatedUser,
+            Policy::any_authenticated_user(),
         )
     }
 

@@ -19,6 +19,17 @@ impl SessionId {
         Self(crate::crypto::random_bytes())
     }
 
+    /// The id that stands for a bearer token: its hash, so that the identity JWTs minted
+    /// for one token are cached as a session's are, and the token itself is kept nowhere.
+    pub fn of_bearer(token: &str) -> Self {
+        Self(
+            *ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .first_chunk::<32>()
+                .unwrap_or(&[0; 32]),
+        )
+    }
+
     /// The id in its base64url text form (as sealed into cookies), if it is one.
     pub fn parse(text: &str) -> Option<Self> {
         let mut bytes = [0u8; 32];
@@ -212,6 +223,7 @@ mod tests {
                 name: None,
                 preferred_username: None,
                 groups: vec![],
+                claims: Vec::new(),
             },
             100,
             3600,

@@ -13,6 +13,10 @@ pub struct User {
     pub name: Option<String>,
     pub preferred_username: Option<String>,
     pub groups: Vec<String>,
+    /// The claims route policies test (`claim/NAME`), kept from the sign-in: name → values
+    /// (a string claim has one; a list, each of its strings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<(String, Vec<String>)>,
 }
 
 impl User {
@@ -20,6 +24,14 @@ impl User {
     /// the identity JWT's `email` use only this.
     pub fn verified_email(&self) -> Option<&str> {
         self.email.as_deref().filter(|_| self.email_verified)
+    }
+
+    /// The values of claim `name` (empty when the IdP did not send it or no policy asked).
+    pub fn claim(&self, name: &str) -> &[String] {
+        self.claims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&[], |(_, v)| v.as_slice())
     }
 
     /// The best human-readable label for pages and logs.

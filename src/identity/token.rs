@@ -180,6 +180,7 @@ mod tests {
             name: Some("Alice".into()),
             preferred_username: Some("alice".into()),
             groups: vec![],
+            claims: Vec::new(),
         }
     }
 

@@ -72,6 +72,8 @@ impl Idp {
                 token_endpoint_auth: None,
                 client_key: None,
                 id_token_algs: configured.map(|c| c.iter().map(|a| a.to_string()).collect()),
+                policy_claims: Vec::new(),
+                bearer_audiences: None,
             },
             &Url::parse("https://auth.example/callback").unwrap(),
             &Url::parse("https://auth.example/").unwrap(),

@@ -19,6 +19,8 @@ pub struct ClaimRules<'a> {
     pub groups_claim: &'a str,
     /// A missing `email_verified` counts as verified (`idp.assume_email_verified`).
     pub assume_email_verified: bool,
+    /// Further claims to keep on the user, for policies (`claim/NAME`).
+    pub keep: &'a [String],
 }
 
 /// The payload of a JWT whose signature was already verified, as a JSON object.
@@ -81,6 +83,23 @@ pub fn user_from_claims(claims: &Claims, rules: &ClaimRules<'_>) -> Option<User>
         name: text("name"),
         preferred_username: text("preferred_username"),
         groups,
+        claims: rules
+            .keep
+            .iter()
+            .filter_map(|name| {
+                let values: Vec<String> = match claim_at(claims, name)? {
+                    Value::String(s) => vec![s.clone()],
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                    Value::Bool(b) => vec![b.to_string()],
+                    Value::Number(n) => vec![n.to_string()],
+                    _ => return None,
+                };
+                Some((name.clone(), values))
+            })
+            .collect(),
     })
 }
 
@@ -111,6 +130,7 @@ mod tests {
     const RULES: ClaimRules<'static> = ClaimRules {
         groups_claim: "groups",
         assume_email_verified: false,
+        keep: &[],
     };
 
     #[test]
@@ -163,6 +183,35 @@ mod tests {
         assert_eq!(u.name.as_deref(), Some("From Token"));
         assert_eq!(u.verified_email(), Some("a@corp.example"));
         assert_eq!(u.groups, ["admins"]);
+    }
+
+    #[test]
+    fn claims_policies_test_are_kept_and_no_others() {
+        let claims = obj(
+            json!({"sub": "u", "department": "eng", "amr": ["pwd", "otp"],
+            "org": {"level": 3}, "admin": true, "secret_stuff": "x"}),
+        );
+        let keep = [
+            "department".to_string(),
+            "amr".into(),
+            "org.level".into(),
+            "admin".into(),
+            "absent".into(),
+        ];
+        let u = user_from_claims(
+            &claims,
+            &ClaimRules {
+                keep: &keep,
+                ..RULES
+            },
+        )
+        .unwrap();
+        assert_eq!(u.claim("department"), ["eng"]);
+        assert_eq!(u.claim("amr"), ["pwd", "otp"]);
+        assert_eq!(u.claim("org.level"), ["3"]);
+        assert_eq!(u.claim("admin"), ["true"]);
+        assert!(u.claim("absent").is_empty() && u.claim("secret_stuff").is_empty());
+        assert_eq!(u.claims.len(), 4);
     }
 
     #[test]

@@ -75,14 +75,14 @@ fn to_jsonwebtoken(alg: &CoreJwsSigningAlgorithm) -> Option<Algorithm> {
 
 /// Verifies `token`: its algorithm among `allowed`, its signature by the IdP key its `kid`
 /// names (or its only key of that type; HS* with the client secret), `iss` and `aud`, and
-/// `exp` when present (required when `require_exp`). Returns the claims.
+/// `exp` when present (required when `require_exp`), `nbf` when present. Returns the claims.
 pub fn verify_jws(
     token: &str,
     allowed: &[CoreJwsSigningAlgorithm],
     keys: &[Jwk],
     client_secret: Option<&SecretString>,
     issuer: &str,
-    client_id: &str,
+    audiences: &[&str],
     require_exp: bool,
 ) -> Result<Claims, String> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed: {e}"))?;
@@ -126,8 +126,9 @@ pub fn verify_jws(
     };
     let mut validation = Validation::new(alg);
     validation.set_issuer(&[issuer]);
-    validation.set_audience(&[client_id]);
+    validation.set_audience(audiences);
     validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
     let required: &[&str] = if require_exp {
         &["iss", "aud", "exp"]
     } else {
@@ -178,7 +179,7 @@ mod tests {
             keys,
             None,
             ISS,
-            "portcullis",
+            &["portcullis"],
             false,
         )?;
         LogoutToken::from_claims(&claims, NOW)

@@ -270,6 +270,8 @@ fn config(issuer: &str) -> IdpConfig {
         token_endpoint_auth: None,
         client_key: None,
         id_token_algs: None,
+        policy_claims: Vec::new(),
+        bearer_audiences: None,
     }
 }
 
@@ -637,4 +639,110 @@ async fn attack_the_backchannel_logout_endpoint_refuses_what_the_idp_did_not_sig
         "ended"
     );
     assert_eq!(post(valid).await, StatusCode::BAD_REQUEST, "replayed");
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_the_idp_for_us_or_a_configured_audience_and_nothing_else() {
+    let m = serve(Mock::new()).await;
+    let rp = rp(&m, |c| {
+        c.bearer_audiences = Some(vec!["api://portcullis".into()])
+    })
+    .await;
+    let now = crate::core::unix_now();
+    let (issuer, keys_pem) = {
+        let m = m.lock().unwrap();
+        (m.issuer.clone(), m.keys.encoding_key().clone())
+    };
+    let kid = m.lock().unwrap().keys.kid().to_string();
+    let sign = |claims: Value, key: &EncodingKey, alg: Algorithm, kid: Option<&str>| {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    };
+    let claims = |aud: &str, iss: &str, exp: u64| {
+        json!({"iss": iss, "aud": aud, "sub": "svc-1", "exp": exp, "iat": now,
+            "email": "ci@corp.example", "email_verified": true, "groups": ["deploy"]})
+    };
+    let ok = |t: String| {
+        let rp = &rp;
+        async move { rp.verify_bearer(&t, now).await }
+    };
+    let (u, exp) = ok(sign(
+        claims("api://portcullis", &issuer, now + 300),
+        &keys_pem,
+        Algorithm::ES256,
+        Some(&kid),
+    ))
+    .await
+    .unwrap();
+    assert_eq!((u.subject.as_str(), exp), ("svc-1", now + 300));
+    assert_eq!(u.groups, ["deploy"]);
+    // An ID token for our client id, from a sign-in.
+    let s = sign_in(&m, &rp).await.unwrap();
+    assert_eq!(
+        ok(s.id_token.expose().to_string()).await.unwrap().0.subject,
+        "u-alice"
+    );
+
+    let stranger = SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap();
+    let refused = [
+        (
+            "another audience",
+            sign(
+                claims("api://other", &issuer, now + 300),
+                &keys_pem,
+                Algorithm::ES256,
+                Some(&kid),
+            ),
+        ),
+        (
+            "expired",
+            sign(
+                claims("api://portcullis", &issuer, now - 3600),
+                &keys_pem,
+                Algorithm::ES256,
+                Some(&kid),
+            ),
+        ),
+        (
+            "another issuer",
+            sign(
+                claims("api://portcullis", "https://evil.example", now + 300),
+                &keys_pem,
+                Algorithm::ES256,
+                Some(&kid),
+            ),
+        ),
+        (
+            "another key",
+            sign(
+                claims("api://portcullis", &issuer, now + 300),
+                stranger.encoding_key(),
+                Algorithm::ES256,
+                Some(stranger.kid()),
+            ),
+        ),
+        (
+            "HS256 keyed by the client secret",
+            sign(
+                claims("api://portcullis", &issuer, now + 300),
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                Algorithm::HS256,
+                None,
+            ),
+        ),
+        (
+            "no exp",
+            sign(
+                json!({"iss": issuer, "aud": "api://portcullis", "sub": "x"}),
+                &keys_pem,
+                Algorithm::ES256,
+                Some(&kid),
+            ),
+        ),
+        ("garbage", "a.b.c".into()),
+    ];
+    for (what, token) in refused {
+        assert!(ok(token).await.is_err(), "{what} was accepted");
+    }
 }

@@ -15,6 +15,7 @@ pub fn session(subject: &str, email: Option<&str>, now: u64, life: u64) -> Sessi
         name: None,
         preferred_username: None,
         groups: vec!["staff".into()],
+        claims: Vec::new(),
     };
     Session::new(user, now, life)
 }

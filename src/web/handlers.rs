@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
-use super::WebError;
+use super::{ClientAddress, WebError};
 use crate::app::App;
 use crate::authorizer::hop_binding;
 use crate::core::{Route, Session, SessionId, authority_of};
@@ -153,6 +153,13 @@ pub struct SignInQuery {
     hb: Option<String>,
 }
 
+/// One sign-in start or callback from `address`, within its allowance.
+fn limit_address(app: &App, address: ClientAddress) -> Result<(), WebError> {
+    app.limits
+        .address(address.0)
+        .map_err(|l| WebError::TooMany(l.retry_after_secs()))
+}
+
 /// A hop binding as [`hop_binding`] makes it: a SHA-256 in base64url.
 fn is_binding(hb: &str) -> bool {
     hb.len() == 43
@@ -169,10 +176,12 @@ const NOT_OURS: WebError =
 /// sends it on to the auth host: every hop is bound to the browser that asked for it.
 pub async fn sign_in(
     State(app): State<Arc<App>>,
+    Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     Query(q): Query<SignInQuery>,
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
+    limit_address(&app, address)?;
     if let Host::Route(route) = host {
         return route_sign_in(&app, &headers, route, &authority, q.rd.as_deref());
     }
@@ -274,12 +283,14 @@ pub struct CallbackQuery {
 /// The OIDC redirect URI: validates state, exchanges the code, creates the session.
 pub async fn oauth2_callback(
     State(app): State<Arc<App>>,
+    Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, WebError> {
     let (Host::Auth, _) = host_of(&app, &headers)? else {
         return Err(WebError::NotFound);
     };
+    limit_address(&app, address)?;
     let now = app.now();
     let cookies = cookie_header(&headers);
     let jar = CookieJar::new(&cookies);
@@ -328,6 +339,9 @@ pub async fn oauth2_callback(
         .inspect_err(|_| {
             app.metrics.sign_in_failures.inc();
         })?;
+    app.limits
+        .account(&signed_in.user.subject)
+        .map_err(|l| WebError::TooMany(l.retry_after_secs()))?;
     app.metrics.sign_ins.inc();
     tracing::info!(user = signed_in.user.display(), "signed in");
     let mut session = Session::new(signed_in.user, now, app.session_lifetime.as_secs());
@@ -624,10 +638,10 @@ async fn end_idp_sessions(app: &App, token: Option<String>) -> Result<Response, 
     Ok(StatusCode::OK.into_response())
 }
 
-pub async fn signed_out() -> Response {
+pub async fn signed_out(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        pages::signed_out(),
+        pages::signed_out(app.urls.sign_in.as_str()),
     )
         .into_response()
 }

@@ -27,6 +27,7 @@ async fn check(t: &TestApp, b: &TestBrowser<'_>, host: &str) -> OutcomeKind {
         path: "/",
         headers: &headers,
         route_hint: None,
+        source_ip: None,
     };
     let d = t.app.authorizer.check(&req).await;
     if d.kind == OutcomeKind::Allow {
@@ -514,6 +515,7 @@ async fn a_backchannel_logout_ends_the_idp_sessions_on_every_replica() {
                 path: "/",
                 headers: &headers,
                 route_hint: None,
+                source_ip: None,
             };
             replica.authorizer.check(&req).await.kind
         }
@@ -659,4 +661,49 @@ async fn a_store_cut_off_fails_closed_with_503_everywhere_and_recovers_by_itself
         OutcomeKind::Allow,
         "recovered"
     );
+}
+
+#[tokio::test]
+async fn sign_in_starts_and_callbacks_are_limited_per_address_and_per_account() {
+    let t = TestApp::new(&format!(
+        "{CONFIG}sign_in_limits: {{ per_address: 3, per_account: 1 }}\n"
+    ));
+    let mut b = t.browser();
+    b.always_send("x-real-ip", "192.0.2.10");
+    let start = format!("{APP}/.portcullis/sign_in?rd={APP}/");
+    for _ in 0..3 {
+        assert_eq!(b.get(&start).await.status, StatusCode::SEE_OTHER);
+    }
+    let a = b
+        .request(axum::http::Method::GET, &start, &[("accept", "text/html")])
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(a.body.contains("Too many attempts") && a.body.contains("Request id"));
+    let a = b
+        .request(
+            axum::http::Method::GET,
+            &start,
+            &[("accept", "application/json")],
+        )
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(json["error"], "too_many_attempts");
+    assert!(json["request_id"].is_string());
+
+    // Another address has its own allowance; a second sign-in of one account within the
+    // minute is refused even from a fresh address.
+    let mut other = t.browser();
+    other.always_send("x-real-ip", "192.0.2.11");
+    let last = other
+        .sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    assert_eq!(last.status, StatusCode::SEE_OTHER);
+    let mut third = t.browser();
+    third.always_send("x-real-ip", "192.0.2.12");
+    let back = to_callback(&t, &mut third).await;
+    let a = third.get(&back).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!third.has_session(AUTH_HOST).await);
 }

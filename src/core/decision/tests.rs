@@ -35,6 +35,7 @@ fn user(email: &str, groups: &[&str]) -> User {
         name: None,
         preferred_username: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims: Vec::new(),
     }
 }
 
@@ -50,20 +51,21 @@ fn get<'a>(path: &'a str, headers: &'a HashMap<String, String>) -> Request<'a> {
         path,
         headers,
         route_hint: None,
+        source_ip: None,
     }
 }
 
 #[test]
 fn anyone_on_a_public_route_and_only_the_signed_in_elsewhere() {
     let h = HashMap::new();
-    let public = route("https://app.example", Policy::Public);
+    let public = route("https://app.example", Policy::public());
     let Outcome::Allow(g) = decide(&public, None, &get("/", &h), NOW) else {
         panic!("a public route lets anyone in")
     };
-    assert_eq!(g.reason, Reason::Public);
+    assert_eq!(g.reason.rule, "public");
     assert!(g.session.is_none());
 
-    let any = route("https://app.example", Policy::AnyAuthenticatedUser);
+    let any = route("https://app.example", Policy::any_authenticated_user());
     assert!(matches!(
         decide(&any, None, &get("/", &h), NOW),
         Outcome::Refuse(Refusal::SignInRequired { .. })
@@ -72,7 +74,7 @@ fn anyone_on_a_public_route_and_only_the_signed_in_elsewhere() {
     let Outcome::Allow(g) = decide(&any, Some(&s), &get("/", &h), NOW) else {
         panic!("any signed-in user")
     };
-    assert_eq!(g.reason, Reason::AnyAuthenticatedUser);
+    assert_eq!(g.reason.rule, "any_authenticated_user");
     assert_eq!(g.session.map(|s| s.id), Some(s.id));
     assert_eq!(g.cockpit, CockpitStep::None);
 }
@@ -87,8 +89,13 @@ fn a_refusal_names_the_user_and_keeps_its_kind() {
     let bob = session(user("bob@example.com", &["users"]));
     let outcome = decide(&admins, Some(&bob), &get("/", &h), NOW);
     assert_eq!(outcome.kind(), OutcomeKind::Forbidden);
-    let Outcome::Refuse(Refusal::Forbidden { user: who, route }) = outcome else {
-        panic!("bob is not an admin")
+    let Outcome::Refuse(Refusal::Forbidden {
+        user: Some(who),
+        route,
+        reason: None,
+    }) = outcome
+    else {
+        panic!("bob is not an admin, and no deny rule is involved")
     };
     assert_eq!(who.email.as_deref(), Some("bob@example.com"));
     assert_eq!(route.authority, "admin.example");
@@ -97,13 +104,19 @@ fn a_refusal_names_the_user_and_keeps_its_kind() {
     let Outcome::Allow(g) = decide(&admins, Some(&alice), &get("/", &h), NOW) else {
         panic!("alice is an admin")
     };
-    assert_eq!(g.reason, Reason::Group("admins"));
+    assert_eq!(
+        g.reason,
+        Reason {
+            rule: "groups",
+            value: Some("admins")
+        }
+    );
 }
 
 #[test]
 fn an_expired_session_is_no_session() {
     let h = HashMap::new();
-    let any = route("https://app.example", Policy::AnyAuthenticatedUser);
+    let any = route("https://app.example", Policy::any_authenticated_user());
     let s = session(user("alice@example.com", &[]));
     assert!(matches!(
         decide(&any, Some(&s), &get("/", &h), NOW + 3599),
@@ -114,7 +127,7 @@ fn an_expired_session_is_no_session() {
         assert_eq!(outcome.kind(), OutcomeKind::SignInRequired, "at {later}");
     }
     // On a public route, an expired session's identity does not go upstream either.
-    let public = route("https://app.example", Policy::Public);
+    let public = route("https://app.example", Policy::public());
     let Outcome::Allow(g) = decide(&public, Some(&s), &get("/", &h), NOW + 3600) else {
         panic!()
     };

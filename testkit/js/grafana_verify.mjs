@@ -2,7 +2,7 @@
 // grafana_verify.mjs - checks an identity JWT the way Grafana's `[auth.jwt]` does, with a JOSE
 // library other than ours (`jose`, panva), so the tests see what Grafana would make of it.
 //
-//   node tests/support/grafana_verify.mjs (--jwks-url URL | --jwks-file F) --token T
+//   node testkit/js/grafana_verify.mjs (--jwks-url URL | --jwks-file F) --token T
 //        [--expect-claims JSON] [--email-claim email] [--username-claim preferred_username]
 //        [--role-attribute-path role]
 //

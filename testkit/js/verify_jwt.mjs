@@ -5,7 +5,7 @@
 // own verifier would accept. Accepts ES256 only, requires a `kid` in the header (Grafana and
 // other consumers select keys by kid), checks signature, audience and exp/nbf.
 //
-//   node tests/support/verify_jwt.mjs --jwks-file JWKS.json --token JWT --audience AUD [--issuer ISS]
+//   node testkit/js/verify_jwt.mjs --jwks-file JWKS.json --token JWT --audience AUD [--issuer ISS]
 //
 // Success: prints {"header":{...},"payload":{...}} on stdout, exit 0.
 // Failure (bad token, bad arguments, jose missing): prints the reason on stderr, exit 1.

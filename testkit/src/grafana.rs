@@ -13,7 +13,8 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{Stack, envoy_bin, free_port, portcullis_bin, probe_client, repo, run};
+use crate::portcullis::probe_client;
+use crate::{Stack, envoy, run};
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -66,9 +67,7 @@ pub struct Signed {
 /// Signs `claims` with the PKCS#8 key in `key_file` using node `jose`, with the header
 /// portcullis uses (`ES256`, `typ JWT`, `kid` = thumbprint computed by jose).
 pub fn sign_jwt(key_file: &Path, claims: &Value) -> Signed {
-    let out = run(Command::new("node")
-        .current_dir(repo())
-        .arg("tests/support/sign_jwt.mjs")
+    let out = run(crate::node_script("sign_jwt.mjs")
         .arg("--key-file")
         .arg(key_file)
         .args(["--claims", &claims.to_string()]));
@@ -106,9 +105,7 @@ pub fn grafana_verify(
     token: &str,
     expect_claims: &Value,
 ) -> Result<GrafanaUser, String> {
-    let out = run(Command::new("node")
-        .current_dir(repo())
-        .arg("tests/support/grafana_verify.mjs")
+    let out = run(crate::node_script("grafana_verify.mjs")
         .args(["--jwks-url", jwks_url, "--token", token])
         .args(["--expect-claims", &expect_claims.to_string()])
         .args(["--email-claim", "email"])
@@ -136,7 +133,7 @@ pub fn grafana_verify(
 }
 
 /// Verifies `token` for `audience` against the JWKS document `jwks` with
-/// `tests/support/verify_jwt.mjs` (jose: ES256, kid required, signature, aud, exp).
+/// `testkit/js/verify_jwt.mjs` (jose: ES256, kid required, signature, aud, exp).
 /// `Ok` holds `{"header","payload"}`; `Err` the verifier's reason.
 pub fn jose_verify(
     scratch: &Path,
@@ -144,11 +141,9 @@ pub fn jose_verify(
     token: &str,
     audience: &str,
 ) -> Result<Value, String> {
-    let file = scratch.join(format!("jwks-{}.json", free_port()));
+    let file = scratch.join(format!("jwks-{}.json", crate::hex(&crate::random_bytes(8))));
     fs::write(&file, jwks.to_string()).unwrap();
-    let out = run(Command::new("node")
-        .current_dir(repo())
-        .arg("tests/support/verify_jwt.mjs")
+    let out = run(crate::node_script("verify_jwt.mjs")
         .arg("--jwks-file")
         .arg(&file)
         .args(["--token", token, "--audience", audience]));
@@ -166,23 +161,12 @@ pub fn jose_verify(
         .unwrap_or_else(|e| panic!("verify_jwt.mjs output is not JSON ({e}): {stdout}")))
 }
 
-/// `portcullis keygen -o FILE`: a new PKCS#8 P-256 key.
-pub fn keygen(file: &Path) {
-    let out = run(Command::new(portcullis_bin())
-        .arg("keygen")
-        .arg("-o")
-        .arg(file));
-    assert!(
-        out.status.success(),
-        "portcullis keygen -o {} failed: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use crate::portcullis::keygen;
 
 /// The public half of a private key file, `openssl pkey -pubout` (SPKI `BEGIN PUBLIC KEY`),
 /// written beside it as `NAME.pub.pem`, as the README's rotation steps do.
 pub fn public_key_file(private: &Path) -> PathBuf {
+    crate::tier::require_openssl();
     let public = private.with_extension("pub.pem");
     let out = run(Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
@@ -195,6 +179,18 @@ pub fn public_key_file(private: &Path) -> PathBuf {
         private.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    public
+}
+
+/// The same file as [`public_key_file`], made in process (rcgen) instead of by openssl: for
+/// the checks that run without any real part installed.
+pub fn public_key_file_in_process(private: &Path) -> PathBuf {
+    let public = private.with_extension("pub.pem");
+    let pem =
+        fs::read_to_string(private).unwrap_or_else(|e| panic!("read {}: {e}", private.display()));
+    let key = rcgen::KeyPair::from_pem(&pem)
+        .unwrap_or_else(|e| panic!("{} is no private key rcgen reads: {e}", private.display()));
+    fs::write(&public, key.public_key_pem()).unwrap();
     public
 }
 
@@ -239,16 +235,14 @@ impl Stack {
     /// standalone JWKS listener (`remote_jwks`) and requires `iss` = the auth origin and
     /// `aud` = `audience`. Returns the listener's base URL, e.g. `http://127.0.0.1:PORT`.
     pub async fn start_jwt_authn_envoy(&mut self, audience: &str) -> String {
-        let port = free_port();
-        let admin = free_port();
         let socket =
             |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
         let bootstrap = json!({
-            "admin": {"address": socket(admin)},
+            "admin": {"address": socket(0)},
             "static_resources": {
                 "listeners": [{
                     "name": "verifier",
-                    "address": socket(port),
+                    "address": socket(0),
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": {
@@ -304,21 +298,17 @@ impl Stack {
         });
         let file = self.dir.join("verifier-envoy.json");
         fs::write(&file, serde_json::to_string_pretty(&bootstrap).unwrap()).unwrap();
-        let mut envoy = Command::new(envoy_bin());
-        envoy
-            .arg("-c")
-            .arg(&file)
-            .args(["--concurrency", "1", "--log-level", "info"])
-            .arg("--use-dynamic-base-id");
-        self.spawn("verifier-envoy", envoy);
-        let probe = probe_client();
-        let ready = format!("http://127.0.0.1:{admin}/ready");
-        self.wait_ready(
+        let started = envoy::start(
             "verifier-envoy",
-            || probe.get(&ready),
-            |s| s == StatusCode::OK,
+            &file,
+            1,
+            "info",
+            &self.log_path("verifier-envoy"),
         )
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("the verifier Envoy did not start: {e}"));
+        let port = started.listener_port("verifier").await;
+        self.adopt(started.proc);
         format!("http://127.0.0.1:{port}")
     }
 }

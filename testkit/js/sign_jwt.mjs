@@ -3,7 +3,7 @@
 // `jose` (panva) instead of our Rust code. Tests use it to make tokens portcullis would never
 // hand out (already expired, say) that are still signed by the real key.
 //
-//   node tests/support/sign_jwt.mjs --key-file KEY.pem --claims '{"sub":"alice",...}'
+//   node testkit/js/sign_jwt.mjs --key-file KEY.pem --claims '{"sub":"alice",...}'
 //
 // KEY.pem is a PKCS#8 P-256 private key (`portcullis keygen`). The header is
 // {"alg":"ES256","typ":"JWT","kid":K}, where K is the key's RFC 7638 thumbprint (SHA-256,

@@ -10,7 +10,7 @@ use reqwest::cookie::{CookieStore, Jar};
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{Client, RequestBuilder, Response, Url, redirect};
 
-use super::html;
+use crate::html;
 
 /// The host names Envoy serves in tests (all resolve to Envoy's listener).
 pub const HOSTS: [&str; 6] = [
@@ -34,19 +34,33 @@ pub struct Browser {
 }
 
 impl Browser {
-    pub(super) fn new(envoy_port: u16, ca_pem: &[u8]) -> Self {
+    /// A browser that reaches every test host at Envoy's `envoy_port` and trusts the CA in
+    /// the PEM file `ca`.
+    pub fn new(envoy_port: u16, ca: &std::path::Path) -> Self {
+        let ca_pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+        let ca = reqwest::Certificate::from_pem(&ca_pem).expect("test CA is valid PEM");
+        Self::build(envoy_port, Some(ca))
+    }
+
+    /// A browser for a plain-HTTP Envoy (the bench's).
+    pub fn plain(envoy_port: u16) -> Self {
+        Self::build(envoy_port, None)
+    }
+
+    fn build(envoy_port: u16, ca: Option<reqwest::Certificate>) -> Self {
         let jar = Arc::new(Jar::default());
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(BROWSER_ACCEPT));
-        let ca = reqwest::Certificate::from_pem(ca_pem).expect("test CA is valid PEM");
         let envoy = SocketAddr::from(([127, 0, 0, 1], envoy_port));
         let mut builder = Client::builder()
             .cookie_provider(jar.clone())
             .redirect(redirect::Policy::none())
             .default_headers(headers)
-            .add_root_certificate(ca)
             .no_proxy()
             .timeout(Duration::from_secs(20));
+        if let Some(ca) = ca {
+            builder = builder.add_root_certificate(ca);
+        }
         for host in HOSTS {
             builder = builder.resolve(host, envoy);
         }
@@ -55,7 +69,7 @@ impl Browser {
     }
 
     /// Another handle on the same client and cookie jar.
-    pub(super) fn share(&self) -> Self {
+    pub(crate) fn share(&self) -> Self {
         Self {
             client: self.client.clone(),
             jar: self.jar.clone(),
@@ -170,7 +184,7 @@ impl Browser {
     }
 
     /// Every cookie value this browser holds for the test hosts on `port`, on the paths our
-    /// cookies use: what the log scan of [`super::Stack`] looks for.
+    /// cookies use: what the log scan of [`crate::Stack`] looks for.
     pub fn all_cookie_values(&self, port: u16) -> Vec<String> {
         let mut values = Vec::new();
         for host in HOSTS {

@@ -2,7 +2,7 @@
 // cockpit_ws.mjs - opens Cockpit's WebSocket (`/cockpit/socket`) the way the Cockpit shell
 // does, and reports what the bridge says, for the Cockpit end-to-end tests.
 //
-//   node tests/support/cockpit_ws.mjs --url wss://cockpit.localhost:PORT/cockpit/socket \
+//   node testkit/js/cockpit_ws.mjs --url wss://cockpit.localhost:PORT/cockpit/socket \
 //     [--cookie 'a=b; c=d'] [--origin https://cockpit.localhost:PORT] [--ca CA.pem] \
 //     [--connect-to 127.0.0.1] [--timeout-ms 15000]
 //

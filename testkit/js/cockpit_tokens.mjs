@@ -3,7 +3,7 @@
 // process tests. Signed with `jose` (panva), not our Rust code, so the verifier is checked
 // against an independent implementation of the token format.
 //
-//   node tests/support/cockpit_tokens.mjs --key SIGNING_KEY.pem --issuer ISS --audience AUD --account NAME
+//   node testkit/js/cockpit_tokens.mjs --key SIGNING_KEY.pem --issuer ISS --audience AUD --account NAME
 //
 // Prints one JSON object on stdout, case name -> token:
 //   valid             ES256, typ cockpit+jwt, kid = RFC 7638 thumbprint of the key, iss,

@@ -3,7 +3,7 @@
 // goes from a Cockpit URL behind portcullis through the IdP's login form into the Cockpit
 // shell, for the Cockpit end-to-end tests.
 //
-//   node tests/support/cockpit_browser.mjs --url https://cockpit.localhost:PORT/ \
+//   node testkit/js/cockpit_browser.mjs --url https://cockpit.localhost:PORT/ \
 //     --user alice --password alice --expect-user alice --screenshot OUT.png \
 //     [--chromium /usr/bin/chromium] [--timeout-ms 60000]
 //
@@ -89,6 +89,8 @@ try {
     const el = document.querySelector('#current-username');
     return el && el.textContent.trim() === name;
   }, opts['expect-user']);
+  // The title ("Overview - alice@host") is set apart from the switcher, a moment later.
+  await page.waitForFunction((name) => document.title.includes(`${name}@`), opts['expect-user']);
   result.current_username = (await page.textContent('#current-username')).trim();
   result.final_url = page.url();
   result.title = await page.title();

@@ -1,0 +1,662 @@
+//! One test's whole stack: the dev IdP, the echo upstream (in process), portcullis and
+//! Envoy, in a temp dir, on ports of their own.
+//!
+//! Every port is bound by the process that uses it and reported back (port 0), except
+//! Envoy's HTTPS listener: the IdP's redirect URIs and portcullis's routes name it, so it is
+//! picked first. Envoy binding it is the check: if something took it meanwhile, Envoy says
+//! so, and the IdP and portcullis are started again for another port.
+//!
+//! Each test builds its own [`Stack`], so tests run in parallel and stay isolated. When the
+//! stack is dropped it stops everything by pid and fails the test if portcullis (run at
+//! `RUST_LOG=trace`) logged any secret the test saw; on a failing test it prints the tail
+//! of every log and keeps its files.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use base64::Engine;
+use reqwest::StatusCode;
+
+use crate::browser::{self, Browser, send};
+use crate::certs::{Certs, test_certs};
+use crate::echo::{Echo, EchoRequest};
+use crate::envoy::{self, StartError};
+use crate::idp::{self, IdpOptions};
+use crate::portcullis::{self, Secrets, portcullis_bin, write_secrets};
+use crate::proc::{LOG_TAIL_LINES, Proc, run};
+use crate::{free_port, temp_dir};
+
+/// How often the start is redone when Envoy's port was taken meanwhile.
+const START_ATTEMPTS: usize = 5;
+
+/// An extra route for [`StackBuilder::route`].
+#[derive(Debug, Clone)]
+struct RouteSpec {
+    name: String,
+    host: String,
+    policy: String,
+    /// More keys of the route, one YAML line each (see [`StackBuilder::route_option`]).
+    extra: Vec<String>,
+    /// Path prefix of `from` (see [`StackBuilder::route_path`]); empty for `/`.
+    path: String,
+    /// Upstream instead of the echo app (see [`StackBuilder::route_upstream`]).
+    to: Option<String>,
+}
+
+/// Options for a [`Stack`]. The stack always has the routes `app` (any authenticated
+/// user) on `app.localhost` and `admin` (group `admins`) on `admin.localhost`, both
+/// served by the echo upstream.
+#[derive(Debug, Default)]
+pub struct StackBuilder {
+    cookie_lifetime: Option<String>,
+    routes: Vec<RouteSpec>,
+    /// Serve `server.jwks_address` (see [`Ports::jwks`]).
+    jwks_listener: bool,
+    /// Also serve the echo upstream over HTTPS (see [`Ports::echo_tls`]).
+    tls_echo: bool,
+    /// Top-level YAML lines appended to the config.
+    config_extra: Vec<String>,
+}
+
+impl StackBuilder {
+    /// Sets `cookie.lifetime` (e.g. `"3s"`); the default is the contract's `8h`.
+    pub fn cookie_lifetime(mut self, lifetime: &str) -> Self {
+        self.cookie_lifetime = Some(lifetime.to_string());
+        self
+    }
+
+    /// Adds a route to the echo upstream on `https://<label>.localhost:<port>`, with a
+    /// policy written as a YAML flow mapping, e.g. `{ emails: [bob@example.com] }`.
+    pub fn route(mut self, name: &str, label: &str, policy: &str) -> Self {
+        let host = format!("{label}.localhost");
+        assert!(
+            browser::HOSTS.contains(&host.as_str()),
+            "{host} is not one of the test hosts {:?}",
+            browser::HOSTS
+        );
+        self.routes.push(RouteSpec {
+            name: name.to_string(),
+            host,
+            policy: policy.to_string(),
+            extra: Vec::new(),
+            path: String::new(),
+            to: None,
+        });
+        self
+    }
+
+    fn route_spec(&mut self, name: &str) -> &mut RouteSpec {
+        self.routes
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no route {name:?} was added"))
+    }
+
+    /// Serves the route `name` under a path prefix, e.g. `/admin` for
+    /// `https://apps.localhost:<port>/admin`.
+    pub fn route_path(mut self, name: &str, prefix: &str) -> Self {
+        assert!(prefix.starts_with('/'), "{prefix:?} must start with /");
+        self.route_spec(name).path = prefix.to_string();
+        self
+    }
+
+    /// Sends the route `name` to `to` (e.g. `http://127.0.0.1:9090`) instead of the echo app;
+    /// `{echo_tls}` in it stands for the HTTPS echo's port.
+    pub fn route_upstream(mut self, name: &str, to: &str) -> Self {
+        self.route_spec(name).to = Some(to.to_string());
+        self
+    }
+
+    /// Adds one more key to the route `name` (added with [`Self::route`] before), as one
+    /// YAML line, e.g. `role: { from_groups: { admins: Admin }, default: Viewer }`; `{ca}`
+    /// in it stands for the test CA's file.
+    pub fn route_option(mut self, name: &str, yaml_line: &str) -> Self {
+        self.route_spec(name).extra.push(yaml_line.to_string());
+        self
+    }
+
+    /// Also serves the echo upstream over HTTPS, with the test CA's certificate, on
+    /// [`Ports::echo_tls`].
+    pub fn tls_echo(mut self) -> Self {
+        self.tls_echo = true;
+        self
+    }
+
+    /// Sets `server.jwks_address` (the standalone JWKS listener), on [`Ports::jwks`].
+    pub fn jwks_listener(mut self) -> Self {
+        self.jwks_listener = true;
+        self
+    }
+
+    /// Appends a top-level key to the config, as YAML, e.g.
+    /// `published_key_files: [secrets/next.pub.pem]` (paths relative to the stack's dir).
+    pub fn config_extra(mut self, yaml: &str) -> Self {
+        self.config_extra.push(yaml.to_string());
+        self
+    }
+
+    /// Starts the echo upstream, the IdP, portcullis and Envoy, and waits until all are
+    /// ready. Panics with what to install when a part is missing (`scripts/test` installs
+    /// them all).
+    pub async fn start(self) -> Stack {
+        crate::tier::require_stack();
+        let certs = test_certs();
+        let dir = temp_dir("stack");
+        let secrets = write_secrets(&dir);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let echo = Echo::start(
+            any,
+            self.tls_echo
+                .then_some((any, certs.cert.as_path(), certs.key.as_path())),
+        )
+        .unwrap_or_else(|e| panic!("echo upstream: {e:#}"));
+        let mut stack = Stack {
+            config: dir.join("portcullis.yaml"),
+            ports: Ports {
+                envoy: 0,
+                envoy_admin: 0,
+                idp: 0,
+                echo: echo.addr.port(),
+                grpc: 0,
+                http: 0,
+                jwks: 0,
+                echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
+            },
+            dir,
+            secrets,
+            certs,
+            browsers: Mutex::new(Vec::new()),
+            echo,
+            procs: Vec::new(),
+        };
+        for attempt in 1..=START_ATTEMPTS {
+            stack.ports.envoy = free_port();
+            match self.start_processes(&mut stack).await {
+                Ok(()) => return stack,
+                Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "testkit: Envoy's port {} was taken meanwhile; starting again on another ({e})",
+                        stack.ports.envoy
+                    );
+                    stack.retire_all(&format!("attempt {attempt}"));
+                }
+                Err(e) => panic!("the stack did not start: {e}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// The IdP, then portcullis, then Envoy, for the Envoy port in `stack.ports`.
+    async fn start_processes(&self, stack: &mut Stack) -> Result<(), StartError> {
+        let failed = StartError::Failed;
+        let auth = stack.origin("auth");
+        let idp = idp::start(
+            "idp",
+            &IdpOptions {
+                port: 0,
+                client_secret_file: &stack.secrets.client_secret,
+                auth_origin: &auth,
+            },
+            &stack.log_path("idp"),
+        )
+        .await
+        .map_err(failed)?;
+        stack.ports.idp = idp.port;
+        stack.procs.push(idp.proc);
+
+        // Port 0 for portcullis's listeners; then the config names the ports it bound, for
+        // envoy-config and for a restart on the same ports.
+        let zero = Listen::default();
+        fs::write(&stack.config, self.config_yaml(stack, &zero)).unwrap();
+        let bound = stack.serve_portcullis().await.map_err(failed)?;
+        stack.ports.grpc = bound.grpc.port();
+        stack.ports.http = bound.http.port();
+        stack.ports.jwks = bound.jwks.map_or(0, |a| a.port());
+        let listen = Listen {
+            grpc: stack.ports.grpc,
+            http: stack.ports.http,
+            jwks: stack.ports.jwks,
+        };
+        fs::write(&stack.config, self.config_yaml(stack, &listen)).unwrap();
+
+        let envoy_yaml = stack.render_envoy_config();
+        let envoy = envoy::start("envoy", &envoy_yaml, 1, "warn", &stack.log_path("envoy")).await?;
+        stack.ports.envoy_admin = envoy.admin.port();
+        stack.procs.push(envoy.proc);
+        Ok(())
+    }
+
+    /// The portcullis config, per the contract, on this stack's ports.
+    fn config_yaml(&self, stack: &Stack, listen: &Listen) -> String {
+        let p = &stack.ports;
+        let lifetime = self.cookie_lifetime.as_deref().unwrap_or("8h");
+        let jwks = if self.jwks_listener {
+            format!("  jwks_address: 127.0.0.1:{}\n", listen.jwks)
+        } else {
+            String::new()
+        };
+        let mut yaml = format!(
+            "\
+server:
+  grpc_address: 127.0.0.1:{grpc}
+  http_address: 127.0.0.1:{http}
+{jwks}authenticate_url: https://auth.localhost:{envoy}
+idp:
+  issuer: http://127.0.0.1:{idp}
+  client_id: portcullis
+  client_secret_file: secrets/client_secret
+  scopes: [openid, email, profile, groups]
+  groups_claim: groups
+cookie:
+  name: _portcullis
+  secret_file: secrets/cookie_secret
+  lifetime: {lifetime}
+signing_key_file: secrets/signing_key.pem
+identity_header: X-Portcullis-Jwt-Assertion
+routes:
+  - name: app
+    from: https://app.localhost:{envoy}
+    to: http://127.0.0.1:{echo}
+    policy: {{ any_authenticated_user: true }}
+  - name: admin
+    from: https://admin.localhost:{envoy}
+    to: http://127.0.0.1:{echo}
+    policy: {{ groups: [admins] }}
+",
+            grpc = listen.grpc,
+            http = listen.http,
+            envoy = p.envoy,
+            idp = p.idp,
+            echo = p.echo,
+        );
+        let echo = format!("http://127.0.0.1:{}", p.echo);
+        for r in &self.routes {
+            yaml.push_str(&format!(
+                "  - name: {}\n    from: https://{}:{}{}\n    to: {}\n    policy: {}\n",
+                r.name,
+                r.host,
+                p.envoy,
+                r.path,
+                r.to.as_deref()
+                    .unwrap_or(&echo)
+                    .replace("{echo_tls}", &p.echo_tls.to_string()),
+                r.policy
+            ));
+            for line in &r.extra {
+                let line = line.replace("{ca}", &stack.certs.ca.display().to_string());
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        for extra in &self.config_extra {
+            yaml.push_str(extra.trim_end());
+            yaml.push('\n');
+        }
+        yaml
+    }
+}
+
+/// The ports portcullis listens on (0 before it has bound them).
+#[derive(Default)]
+struct Listen {
+    grpc: u16,
+    http: u16,
+    jwks: u16,
+}
+
+/// The ports of one stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Envoy's HTTPS listener, on which every `*.localhost` host is served.
+    pub envoy: u16,
+    pub envoy_admin: u16,
+    pub idp: u16,
+    pub echo: u16,
+    pub grpc: u16,
+    pub http: u16,
+    /// The standalone JWKS listener (only with [`StackBuilder::jwks_listener`]).
+    pub jwks: u16,
+    /// The HTTPS echo (only with [`StackBuilder::tls_echo`]).
+    pub echo_tls: u16,
+}
+
+/// The running processes of one test, and everything they need, in a temp dir.
+pub struct Stack {
+    pub dir: PathBuf,
+    pub ports: Ports,
+    pub config: PathBuf,
+    pub certs: &'static Certs,
+    secrets: Secrets,
+    /// Every browser handed out, for the log scan at the end (their cookies are secrets).
+    browsers: Mutex<Vec<Browser>>,
+    echo: Echo,
+    procs: Vec<Proc>,
+}
+
+impl Stack {
+    /// A stack with the default options.
+    pub async fn start() -> Stack {
+        StackBuilder::default().start().await
+    }
+
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// `<label>.localhost:<envoy port>`, the authority browsers send for that host.
+    pub fn authority(&self, label: &str) -> String {
+        format!("{label}.localhost:{}", self.ports.envoy)
+    }
+
+    /// `https://<label>.localhost:<envoy port>`.
+    pub fn origin(&self, label: &str) -> String {
+        format!("https://{}", self.authority(label))
+    }
+
+    /// `https://<label>.localhost:<envoy port><path>`.
+    pub fn url(&self, label: &str, path: &str) -> String {
+        format!("{}{path}", self.origin(label))
+    }
+
+    /// The IdP's issuer, `http://127.0.0.1:<port>`.
+    pub fn idp_origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.idp)
+    }
+
+    /// A new browser with an empty cookie jar.
+    pub fn browser(&self) -> Browser {
+        let browser = Browser::new(self.ports.envoy, &self.certs.ca);
+        self.browsers.lock().unwrap().push(browser.share());
+        browser
+    }
+
+    /// `logs/NAME.log` in the stack's dir.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// Starts one more process of this test (stopped with the stack, its log dumped on
+    /// failure) and returns its index for [`Self::proc_mut`].
+    pub fn spawn(&mut self, name: &str, cmd: Command) -> usize {
+        let log = self.log_path(name);
+        self.procs.push(Proc::spawn(name, cmd, &log));
+        self.procs.len() - 1
+    }
+
+    /// Adds a process started elsewhere, to be stopped with the stack.
+    pub fn adopt(&mut self, proc: Proc) {
+        self.procs.push(proc);
+    }
+
+    /// The process named `name`.
+    pub fn proc_mut(&mut self, name: &str) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name} was started"))
+    }
+
+    /// Every secret value this test saw: the config's secrets, every cookie the browsers
+    /// hold, and every identity JWT, credential and cookie the upstream received.
+    fn secrets_seen(&self) -> Vec<String> {
+        let mut seen = self.secrets.values();
+        for b in self.browsers.lock().unwrap().iter() {
+            seen.extend(b.all_cookie_values(self.ports.envoy));
+        }
+        for r in self.echo_requests() {
+            for (name, value) in &r.headers {
+                if name.contains("jwt") || name == "authorization" {
+                    seen.push(value.clone());
+                    // Basic credentials: the decoded token too.
+                    if let Some(b64) = value.strip_prefix("Basic ")
+                        && let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64)
+                    {
+                        seen.push(String::from_utf8_lossy(&raw).into_owned());
+                    }
+                }
+                if name == "cookie" {
+                    seen.extend(
+                        value
+                            .split([';', ','])
+                            .filter_map(|p| p.split_once('='))
+                            .map(|(_, v)| v.trim().to_string()),
+                    );
+                }
+            }
+        }
+        // Short values ("dark", "1") are not secrets and would match by chance.
+        seen.retain(|s| s.len() >= 16);
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    /// Fails the test if any portcullis log line (the suite runs it at `RUST_LOG=trace`)
+    /// contains a secret value the test saw.
+    fn logs_hold_no_secrets(&self) -> Result<(), String> {
+        let secrets = self.secrets_seen();
+        let mut problems = Vec::new();
+        for p in self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("portcullis"))
+        {
+            for line in p.log_text().lines() {
+                if let Some(s) = secrets.iter().find(|s| line.contains(s.as_str())) {
+                    problems.push(format!(
+                        "{}: a secret ({}…, {} bytes) in: {line}",
+                        p.log.display(),
+                        &s[..8],
+                        s.len()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} log line(s) carry secrets (checked {} values):\n{}",
+            problems.len(),
+            secrets.len(),
+            problems.join("\n")
+        ))
+    }
+
+    /// Every request the echo upstream has received so far, in order.
+    pub fn echo_requests(&self) -> Vec<EchoRequest> {
+        self.echo.requests()
+    }
+
+    /// Stops portcullis (SIGKILL by pid) and waits for it to exit.
+    pub fn stop_portcullis(&mut self) {
+        self.proc_mut("portcullis").stop();
+    }
+
+    /// Stops the process `name`, keeps its log as `logs/NAME.<label>.log` (still scanned
+    /// for secrets) and renames it `NAME (<label>)`.
+    fn retire(&mut self, name: &str, label: &str) {
+        let logs = self.dir.join("logs");
+        let proc = self.proc_mut(name);
+        proc.stop();
+        let kept = logs.join(format!("{name}.{}.log", label.replace(' ', "-")));
+        fs::rename(&proc.log, &kept)
+            .unwrap_or_else(|e| panic!("rename {}: {e}", proc.log.display()));
+        proc.log = kept;
+        proc.name = format!("{name} ({label})");
+    }
+
+    /// Retires every running process (a start to be redone).
+    fn retire_all(&mut self, label: &str) {
+        let names: Vec<String> = self
+            .procs
+            .iter()
+            .filter(|p| !p.name.contains(" ("))
+            .map(|p| p.name.clone())
+            .collect();
+        for name in names {
+            self.retire(&name, label);
+        }
+    }
+
+    /// Restarts portcullis on the same ports with the config file as it is now (edit
+    /// [`Stack::config`] first) and waits until it is ready. Sessions live in memory, so
+    /// browsers must sign in again. The old log is kept as `logs/portcullis.N.log`.
+    pub async fn restart_portcullis(&mut self) {
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("portcullis (before restart"))
+            .count()
+            + 1;
+        self.retire("portcullis", &format!("before restart {n}"));
+        let bound = self
+            .serve_portcullis()
+            .await
+            .unwrap_or_else(|e| panic!("portcullis did not restart: {e}"));
+        assert_eq!(
+            (bound.grpc.port(), bound.http.port()),
+            (self.ports.grpc, self.ports.http),
+            "portcullis restarted on other ports"
+        );
+    }
+
+    /// Starts portcullis with the config file as it is and waits until it is ready.
+    async fn serve_portcullis(&mut self) -> Result<portcullis::Bound, String> {
+        let (proc, bound) = portcullis::serve(
+            "portcullis",
+            &self.config,
+            &self.log_path("portcullis"),
+            // Every level, so that the log scan at the end sees every line there is.
+            "trace",
+            &self.authority("auth"),
+        )
+        .await?;
+        self.procs.push(proc);
+        Ok(bound)
+    }
+
+    /// The JWKS URL of the standalone listener (see [`StackBuilder::jwks_listener`]).
+    pub fn jwks_listener_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/.well-known/portcullis/jwks.json",
+            self.ports.jwks
+        )
+    }
+
+    /// The JWKS served on the auth host, fetched through Envoy.
+    pub async fn jwks(&self) -> serde_json::Value {
+        let url = self.url("auth", "/.well-known/portcullis/jwks.json");
+        let response = send(self.browser().get(&url)).await;
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "GET {url}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("JWKS is not JSON ({e}): {body}"))
+    }
+
+    /// Fetches the JWKS through Envoy and writes it to a file in the stack's dir.
+    pub async fn jwks_file(&self) -> PathBuf {
+        let path = self.dir.join("jwks.json");
+        fs::write(&path, self.jwks().await.to_string()).unwrap();
+        path
+    }
+
+    /// Verifies `token` against the served JWKS with an independent implementation
+    /// (`jose`, via testkit/js/verify_jwt.mjs) for `audience`; returns
+    /// `{"header": {...}, "payload": {...}}` or panics with the verifier's output.
+    pub async fn verify_jwt(&self, token: &str, audience: &str) -> serde_json::Value {
+        let out = self.run_verify_jwt(token, audience).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "verify_jwt.mjs rejected the token ({}) for audience {audience}:\n{stdout}{}\ntoken: {token}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("verify_jwt.mjs output is not JSON ({e}): {stdout}"))
+    }
+
+    /// Whether `token` verifies against the served JWKS for `audience` (jose, like
+    /// [`Stack::verify_jwt`], but a refusal is an answer, not a panic).
+    pub async fn jwt_verifies(&self, token: &str, audience: &str) -> bool {
+        self.run_verify_jwt(token, audience).await.status.success()
+    }
+
+    async fn run_verify_jwt(&self, token: &str, audience: &str) -> std::process::Output {
+        let jwks = self.jwks_file().await;
+        run(crate::node_script("verify_jwt.mjs")
+            .arg("--jwks-file")
+            .arg(&jwks)
+            .args(["--token", token, "--audience", audience]))
+    }
+
+    /// Prints the tail of every process's log to stderr.
+    pub fn dump_logs(&self) {
+        eprintln!("==== stack files in {} ====", self.dir.display());
+        for p in &self.procs {
+            eprintln!(
+                "==== {} ({}), last {LOG_TAIL_LINES} lines ====\n{}",
+                p.name,
+                p.log.display(),
+                p.log_tail()
+            );
+        }
+        let log = self.echo.log_lines();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "==== echo requests ====\n{}",
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        );
+    }
+
+    /// Renders Envoy's bootstrap with `portcullis envoy-config` into the stack's dir, with
+    /// the admin interface on port 0.
+    fn render_envoy_config(&self) -> PathBuf {
+        let out = run(Command::new(portcullis_bin())
+            .arg("envoy-config")
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--listen", &format!("127.0.0.1:{}", self.ports.envoy)])
+            .args(["--admin", "127.0.0.1:0"])
+            .arg("--tls-cert")
+            .arg(&self.certs.cert)
+            .arg("--tls-key")
+            .arg(&self.certs.key));
+        assert!(
+            out.status.success(),
+            "portcullis envoy-config failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.dir.join("envoy.yaml");
+        fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Last started, first stopped: Envoy, portcullis, IdP (the echo stops with it).
+        for p in self.procs.iter_mut().rev() {
+            p.stop();
+        }
+        let leaked = if std::thread::panicking() {
+            Ok(())
+        } else {
+            self.logs_hold_no_secrets()
+        };
+        if let Err(problems) = leaked {
+            self.dump_logs();
+            panic!("{problems}\n(kept {} for inspection)", self.dir.display());
+        }
+        if std::thread::panicking() {
+            self.dump_logs();
+            eprintln!("(kept {} for inspection)", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
