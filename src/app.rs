@@ -218,4 +218,10 @@ impl App {
     pub fn now(&self) -> u64 {
         self.clock.now()
     }
+
+    /// Whether this replica should get requests: its session store can answer, and it is
+    /// not draining before shutdown (gRPC health and `/healthz` say this to Envoy).
+    pub fn is_serving(&self) -> bool {
+        self.store.is_ready() && !self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

@@ -87,9 +87,8 @@ impl Replica {
     }
 }
 
-/// How often Envoy asks each replica's health (and how soon a dead one stops getting
-/// requests). Kept short so that a rolling restart (`server.drain_delay` of at least twice
-/// this) moves traffic off a replica before it stops.
+/// How often Envoy asks each replica's health. Two failed checks take a replica out, so a
+/// rolling restart needs `server.drain_delay` of at least three times this.
 const HEALTH_INTERVAL: &str = "1s";
 
 const AUTHZ_CLUSTER: &str = "portcullis_authz";
@@ -360,7 +359,7 @@ fn to_portcullis_http(prefix: &str) -> Value {
 fn authz_retry_policy() -> Value {
     json!({
         "retry_on": "connect-failure,refused-stream,reset,unavailable",
-        "num_retries": 2,
+        "num_retries": 3,
         "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
         "retry_host_predicate": [previous_hosts()],
         "host_selection_retry_max_attempts": 3,
@@ -397,7 +396,9 @@ fn portcullis_cluster(
         "interval": HEALTH_INTERVAL,
         // Checked as often with no traffic (Envoy's default there is a minute).
         "no_traffic_interval": HEALTH_INTERVAL,
-        "unhealthy_threshold": 1,
+        // Two misses: one slow answer on a busy machine does not take a replica out (a
+        // dead one is ejected at once by outlier detection below).
+        "unhealthy_threshold": 2,
         "healthy_threshold": 1,
     });
     if let (Some(h), Some(c)) = (health.as_object_mut(), check.as_object()) {
@@ -412,6 +413,17 @@ fn portcullis_cluster(
             "endpoints": [{"lb_endpoints": lb_endpoints}],
         },
         "health_checks": [health],
+        // A replica killed with many Checks in flight makes as many retries at once:
+        // Envoy's default allows 3 (then answers 503).
+        "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]},
+        // Connection failures eject a dead replica at once, before its health check fails.
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 2,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
     });
     if http2 {
         c["typed_extension_protocol_options"] = http2_options();

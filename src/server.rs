@@ -87,6 +87,9 @@ pub async fn bind(config: &ServerConfig) -> std::io::Result<Listeners> {
     })
 }
 
+/// The ext_authz service's name in `grpc.health.v1`.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
 /// How a server stops.
 #[derive(Debug, Clone, Copy)]
 pub struct Stopping {
@@ -162,14 +165,30 @@ pub async fn serve(
         }));
     }
     // gRPC health on the ext_authz listener, for Envoy's active health checks: SERVING
-    // until shutdown begins.
+    // while the session store can answer (a Redis store once connected) and until shutdown
+    // begins, so that Envoy sends no Check to a replica that would only answer 503.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let health_task = {
+        let app = app.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let now = app.is_serving();
+                if serving != Some(now) {
+                    let status = if now {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status(AUTHZ_SERVICE, status).await;
+                    health.set_service_status("", status).await;
+                    serving = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     {
         let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
         let signal = stopped(rx.clone());
@@ -205,14 +224,15 @@ pub async fn serve(
     shutdown.await;
     app.draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    health_task.abort();
+    health
+        .set_service_status(AUTHZ_SERVICE, tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     if !drain_delay.is_zero() {
         tracing::info!(drain_delay = ?drain_delay, "draining: health NOT_SERVING, still answering");
-        health
-            .set_not_serving::<AuthorizationServer<AuthzService>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
         tokio::time::sleep(drain_delay).await;
     }
     tracing::info!(grace = ?grace, "shutting down");

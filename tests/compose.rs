@@ -194,6 +194,12 @@ fn the_compose_envoy_yaml_is_what_envoy_config_makes_of_the_compose_config() {
     let dir = temp_dir("compose");
     let config = compose_config_in(&dir);
     testkit::write_secrets(config.parent().unwrap());
+    // init.sh makes the Redis password too.
+    fs::write(
+        config.with_file_name("secrets").join("redis_password"),
+        "not-a-real-redis-password\n",
+    )
+    .unwrap();
     let generated = ok(Command::new(portcullis_bin())
         .arg("envoy-config")
         .arg("-c")

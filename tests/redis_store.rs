@@ -1,11 +1,10 @@
-//! The Redis session store against a real `redis-server` (Debian's 7.0; `scripts/test`
-//! installs it): the store contract on one node, with a password, and on a 3-node Cluster;
+//! The Redis session store against a real `redis-server` (Debian's 7.0, through
+//! `testkit::redis`; `scripts/test` installs it; tier `redis`, so `cargo test` alone skips
+//! these): the store contract on one node, with a password, and on a 3-node Cluster;
 //! a revocation on one replica refused by another within a second; no Redis command for a
 //! cached session; Redis stopped: every lookup fails (cached sessions too), and succeeds
 //! again when Redis is back, without a restart.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,96 +14,7 @@ use portcullis::core::unix_now;
 use portcullis::secret::SecretString;
 use portcullis::session::conformance;
 use portcullis::session::{RedisStore, Selector, SessionStore};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `redis-server` on a loopback port, in a temporary directory, stopped on drop.
-struct Redis {
-    port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-redis-{}-{}",
-            std::process::id(),
-            portcullis::crypto::random_token(6)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Self {
-            port: free_port(),
-            dir,
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        r.run();
-        r
-    }
-
-    /// (Re)starts the server on its port and directory, and waits until it answers.
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().unwrap(), "--save", ""])
-            // Sessions survive a restart of Redis (as they would in production).
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &self.port.to_string()]);
-        if let Some(i) = self.args.iter().position(|a| a == "--requirepass") {
-            cmd.env("REDISCLI_AUTH", &self.args[i + 1]);
-        }
-        let out = cmd.args(args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// How many times `command` ran, from `INFO commandstats`.
-    fn calls(&self, command: &str) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use testkit::redis::{Cluster, Redis};
 
 fn config(url: String, password: Option<&str>) -> RedisConfig {
     RedisConfig {
@@ -169,9 +79,10 @@ async fn two_replicas(a: &RedisStore, b: &RedisStore, gets: impl Fn() -> u64) {
 }
 
 #[tokio::test]
+#[ignore = "tier redis: needs redis-server and redis-cli; run scripts/test"]
 async fn one_node_keeps_the_contract_and_two_replicas_stay_coherent() {
     let redis = Redis::start(&[]);
-    let cfg = config(format!("redis://127.0.0.1:{}", redis.port), None);
+    let cfg = config(redis.url(), None);
     let a = replica(&cfg).await;
     conformance::run(a.as_ref()).await;
     let b = replica(&cfg).await;
@@ -182,9 +93,10 @@ async fn one_node_keeps_the_contract_and_two_replicas_stay_coherent() {
 }
 
 #[tokio::test]
+#[ignore = "tier redis: needs redis-server and redis-cli; run scripts/test"]
 async fn a_password_from_its_file_and_a_wrong_one_refused() {
     let redis = Redis::start(&["--requirepass", "s3cret-redis"]);
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let a = replica(&config(url.clone(), Some("s3cret-redis"))).await;
     conformance::run(a.as_ref()).await;
     let wrong = RedisStore::start(&config(url, Some("wrong"))).unwrap();
@@ -196,9 +108,10 @@ async fn a_password_from_its_file_and_a_wrong_one_refused() {
 }
 
 #[tokio::test]
+#[ignore = "tier redis: needs redis-server and redis-cli; run scripts/test"]
 async fn redis_stopped_fails_every_lookup_and_redis_back_serves_again() {
     let mut redis = Redis::start(&[]);
-    let cfg = config(format!("redis://127.0.0.1:{}", redis.port), None);
+    let cfg = config(redis.url(), None);
     let a = replica(&cfg).await;
     let now = unix_now();
     let s = conformance::session("down", None, now, 3600);
@@ -232,51 +145,24 @@ async fn redis_stopped_fails_every_lookup_and_redis_back_serves_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier redis: needs redis-server and redis-cli; run scripts/test"]
 async fn a_three_node_cluster_keeps_the_contract_and_two_replicas_stay_coherent() {
-    let nodes: Vec<Redis> = (0..3)
-        .map(|_| Redis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let mut create = Command::new("redis-cli");
-    create.args(["--cluster", "create"]).args(&addrs);
-    let out = create
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    // Every node must agree before clients route by slots.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !nodes
-        .iter()
-        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-    {
-        assert!(Instant::now() < deadline, "the cluster did not form");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let url = format!(
-        "redis-cluster://{}?node={}&node={}",
-        addrs[0], addrs[1], addrs[2]
-    );
+    let cluster = Cluster::start(3);
+    let url = cluster.url();
     let cfg = config(url, None);
     let a = replica(&cfg).await;
     conformance::run(a.as_ref()).await;
     let b = replica(&cfg).await;
-    two_replicas(&a, &b, || nodes.iter().map(|n| n.calls("get")).sum()).await;
+    two_replicas(&a, &b, || cluster.calls("get")).await;
 }
 
 /// `portcullis serve` with the Redis store and the admin API, and `portcullis sessions`
 /// against it: sessions another replica made are listed, and revoked for every replica.
 #[tokio::test]
+#[ignore = "tier redis: needs redis-server and redis-cli; run scripts/test"]
 async fn the_sessions_command_lists_and_revokes_through_a_serving_replica() {
     let redis = Redis::start(&[]);
-    let cfg = config(format!("redis://127.0.0.1:{}", redis.port), None);
+    let cfg = config(redis.url(), None);
     let dir = redis.dir.join("portcullis");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

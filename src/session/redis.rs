@@ -661,4 +661,8 @@ impl SessionStore for RedisStore {
         // Redis expires records itself; only the local cache needs sweeping.
         self.cache.sweep(now);
     }
+
+    fn is_ready(&self) -> bool {
+        self.health.trusted()
+    }
 }

@@ -95,6 +95,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn count(&self) -> Option<usize> {
         None
     }
+    /// Whether the store can answer now (a remote one: connected and coherent).
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// The one thing a decision needs from a store: the live session behind an id. Small, so

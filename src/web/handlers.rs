@@ -95,13 +95,13 @@ fn redirect_with_cookies(location: &str, cookies: &[String]) -> Response {
     response
 }
 
-/// `ok`, or 503 while draining before shutdown (Envoy's health check then moves the
-/// traffic to other replicas).
+/// `ok`, or 503 while the session store cannot answer or before shutdown (Envoy's health
+/// check then moves the traffic to other replicas).
 pub async fn healthz(State(app): State<Arc<App>>) -> Response {
-    if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else {
+    if app.is_serving() {
         "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving").into_response()
     }
 }
 

@@ -21,6 +21,7 @@ pub mod html;
 pub mod idp;
 pub mod portcullis;
 pub mod proc;
+pub mod redis;
 pub mod stack;
 pub mod tier;
 

@@ -59,6 +59,12 @@ pub struct StackBuilder {
     tls_echo: bool,
     /// Top-level YAML lines appended to the config.
     config_extra: Vec<String>,
+    /// How many portcullis processes serve behind Envoy (1 unless [`Self::replicas`]).
+    replicas: usize,
+    /// More keys of the `server` section, one YAML line each.
+    server_extra: Vec<String>,
+    /// Write `secrets/admin_token` (see [`Self::admin_token`]).
+    admin_token: bool,
 }
 
 impl StackBuilder {
@@ -131,6 +137,37 @@ impl StackBuilder {
         self
     }
 
+    /// Runs `n` portcullis replicas behind Envoy (`envoy-config --replica` for each), on one
+    /// config (each on ports of its own); give them a shared store with
+    /// [`Self::redis_store`].
+    pub fn replicas(mut self, n: usize) -> Self {
+        assert!(n >= 1);
+        self.replicas = n;
+        self
+    }
+
+    /// Writes a random admin token to `secrets/admin_token` in the stack's dir when it
+    /// starts (for an `admin: { token_file: secrets/admin_token }` in the config).
+    pub fn admin_token(mut self) -> Self {
+        self.admin_token = true;
+        self
+    }
+
+    /// Adds a key to the config's `server` section, as one YAML line (`drain_delay: 2s`).
+    pub fn server_option(mut self, yaml_line: &str) -> Self {
+        self.server_extra.push(yaml_line.to_string());
+        self
+    }
+
+    /// Keeps sessions in Redis at `url` (e.g. [`crate::redis::Redis::url`]), under a key
+    /// prefix of this stack's own.
+    pub fn redis_store(self, url: &str) -> Self {
+        let prefix = format!("s{}:", free_port());
+        self.config_extra(&format!(
+            "session_store: {{ redis: {{ url: \"{url}\", key_prefix: \"{prefix}\" }} }}"
+        ))
+    }
+
     /// Appends a top-level key to the config, as YAML, e.g.
     /// `published_key_files: [secrets/next.pub.pem]` (paths relative to the stack's dir).
     pub fn config_extra(mut self, yaml: &str) -> Self {
@@ -146,6 +183,14 @@ impl StackBuilder {
         let certs = test_certs();
         let dir = temp_dir("stack");
         let secrets = write_secrets(&dir);
+        if self.admin_token {
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                ring::rand::generate::<[u8; 24]>(&ring::rand::SystemRandom::new())
+                    .expect("random bytes")
+                    .expose(),
+            );
+            fs::write(dir.join("secrets/admin_token"), token).unwrap();
+        }
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let echo = Echo::start(
             any,
@@ -165,6 +210,7 @@ impl StackBuilder {
                 jwks: 0,
                 echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
             },
+            replicas: Vec::new(),
             dir,
             secrets,
             certs,
@@ -221,6 +267,41 @@ impl StackBuilder {
             jwks: stack.ports.jwks,
         };
         fs::write(&stack.config, self.config_yaml(stack, &listen)).unwrap();
+        stack.replicas = vec![Replica {
+            name: "portcullis".into(),
+            config: stack.config.clone(),
+            grpc: stack.ports.grpc,
+            http: stack.ports.http,
+            admin: bound.admin.map_or(0, |a| a.port()),
+        }];
+        for i in 2..=self.replicas.max(1) {
+            let name = format!("portcullis-{i}");
+            let config = stack.dir.join(format!("{name}.yaml"));
+            fs::write(&config, self.config_yaml(stack, &zero)).unwrap();
+            let (proc, bound) = portcullis::serve(
+                &name,
+                &config,
+                &stack.log_path(&name),
+                "trace",
+                &stack.authority("auth"),
+            )
+            .await
+            .map_err(failed)?;
+            stack.procs.push(proc);
+            let listen = Listen {
+                grpc: bound.grpc.port(),
+                http: bound.http.port(),
+                jwks: bound.jwks.map_or(0, |a| a.port()),
+            };
+            fs::write(&config, self.config_yaml(stack, &listen)).unwrap();
+            stack.replicas.push(Replica {
+                name,
+                config,
+                grpc: listen.grpc,
+                http: listen.http,
+                admin: bound.admin.map_or(0, |a| a.port()),
+            });
+        }
 
         let envoy_yaml = stack.render_envoy_config();
         let envoy = envoy::start("envoy", &envoy_yaml, 1, "warn", &stack.log_path("envoy")).await?;
@@ -233,11 +314,14 @@ impl StackBuilder {
     fn config_yaml(&self, stack: &Stack, listen: &Listen) -> String {
         let p = &stack.ports;
         let lifetime = self.cookie_lifetime.as_deref().unwrap_or("8h");
-        let jwks = if self.jwks_listener {
+        let mut jwks = if self.jwks_listener {
             format!("  jwks_address: 127.0.0.1:{}\n", listen.jwks)
         } else {
             String::new()
         };
+        for line in &self.server_extra {
+            jwks.push_str(&format!("  {line}\n"));
+        }
         let mut yaml = format!(
             "\
 server:
@@ -322,8 +406,22 @@ pub struct Ports {
     pub echo_tls: u16,
 }
 
+/// One portcullis process of a stack.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Its process's name (`portcullis`, `portcullis-2`, …).
+    pub name: String,
+    pub config: PathBuf,
+    pub grpc: u16,
+    pub http: u16,
+    /// The admin API's port, when the config has an `admin` section.
+    pub admin: u16,
+}
+
 /// The running processes of one test, and everything they need, in a temp dir.
 pub struct Stack {
+    /// The portcullis processes, the first being [`Stack::config`]'s.
+    pub replicas: Vec<Replica>,
     pub dir: PathBuf,
     pub ports: Ports,
     pub config: PathBuf,
@@ -370,6 +468,19 @@ impl Stack {
         let browser = Browser::new(self.ports.envoy, &self.certs.ca);
         self.browsers.lock().unwrap().push(browser.share());
         browser
+    }
+
+    /// Signs `user` in (the dev IdP's users have their name as password) from the app's
+    /// front page, and panics unless the browser lands there with 200.
+    pub async fn sign_in(&self, browser: &Browser, user: &str) {
+        let app = self.url("app", "/");
+        let (response, visited) = browser.login(&app, user, user).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{user} did not reach the app; redirects:\n{}",
+            crate::list(&visited)
+        );
     }
 
     /// `logs/NAME.log` in the stack's dir.
@@ -523,6 +634,42 @@ impl Stack {
         );
     }
 
+    /// Stops replica `i` (0-based) at once (SIGKILL), as a crash would.
+    pub fn kill_replica(&mut self, i: usize) {
+        let name = self.replicas[i].name.clone();
+        self.proc_mut(&name).stop();
+    }
+
+    /// Starts replica `i` again on its ports, after [`Self::kill_replica`] or to restart it
+    /// (`graceful`: SIGTERM and its drain first), and waits until it is ready.
+    pub async fn restart_replica(&mut self, i: usize, graceful: bool) {
+        let r = self.replicas[i].clone();
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with(&format!("{} (run ", r.name)))
+            .count()
+            + 1;
+        if graceful {
+            let proc = self.proc_mut(&r.name);
+            proc.set_grace(std::time::Duration::from_secs(20));
+        }
+        self.retire(&r.name, &format!("run {n}"));
+        let (proc, bound) = portcullis::serve(
+            &r.name,
+            &r.config,
+            &self.log_path(&r.name),
+            "trace",
+            &self.authority("auth"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{} did not restart: {e}", r.name));
+        assert_eq!((bound.grpc.port(), bound.http.port()), (r.grpc, r.http));
+        // The admin listener is on port 0 in the config: another one each run.
+        self.replicas[i].admin = bound.admin.map_or(0, |a| a.port());
+        self.procs.push(proc);
+    }
+
     /// Starts portcullis with the config file as it is and waits until it is ready.
     async fn serve_portcullis(&mut self) -> Result<portcullis::Bound, String> {
         let (proc, bound) = portcullis::serve(
@@ -612,6 +759,22 @@ impl Stack {
         );
     }
 
+    /// `--replica GRPC,HTTP` for each replica, when there are several.
+    fn replica_args(&self) -> Vec<String> {
+        if self.replicas.len() < 2 {
+            return Vec::new();
+        }
+        self.replicas
+            .iter()
+            .flat_map(|r| {
+                [
+                    "--replica".to_string(),
+                    format!("127.0.0.1:{},127.0.0.1:{}", r.grpc, r.http),
+                ]
+            })
+            .collect()
+    }
+
     /// Renders Envoy's bootstrap with `portcullis envoy-config` into the stack's dir, with
     /// the admin interface on port 0.
     fn render_envoy_config(&self) -> PathBuf {
@@ -624,7 +787,8 @@ impl Stack {
             .arg("--tls-cert")
             .arg(&self.certs.cert)
             .arg("--tls-key")
-            .arg(&self.certs.key));
+            .arg(&self.certs.key)
+            .args(self.replica_args()));
         assert!(
             out.status.success(),
             "portcullis envoy-config failed ({}):\n{}",
