@@ -41,8 +41,9 @@ use crate::session::{GrantSealer, Selector, SessionLookup, SessionStore, StoreEr
 
 /// The refresh lock's lease; renewed every third of it while the IdP answers.
 pub const LEASE: Duration = Duration::from_secs(6);
-/// How long a request whose access token has expired waits for the refresh.
-pub const WAIT_IN_REQUEST: Duration = Duration::from_millis(800);
+/// How long a request whose access token has expired waits for the refresh: well within
+/// the generated Envoy config's 1 s ext_authz timeout, which would otherwise answer 503.
+pub const WAIT_IN_REQUEST: Duration = Duration::from_millis(400);
 /// How long a replica waits for another replica's refresh before trying the lock again.
 const WAIT_FOR_OTHER: Duration = Duration::from_secs(15);
 /// How often a replica waiting for another's refresh re-reads the record.

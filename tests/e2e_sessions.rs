@@ -306,3 +306,56 @@ async fn a_killed_replica_and_a_rolling_restart_fail_no_request() {
     let failed = load(url, &alice, 6000, 8, roll).await;
     assert_eq!(failed, 0, "requests failed during a rolling restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "tier stack: needs Envoy, the dev IdP and redis-server; run scripts/test"]
+async fn refresh_outlives_token_lifetimes_and_fifty_requests_at_expiry_refresh_once() {
+    let redis = Redis::start(&[]);
+    let mut stack = Stack::builder()
+        .replicas(2)
+        .redis_store(&redis.url())
+        .idp_args(&["--access-token-ttl", "6", "--rotate-refresh-tokens"])
+        .start()
+        .await;
+    let alice = stack.browser();
+    stack.sign_in(&alice, "alice").await;
+    assert_eq!(stack.idp_grants("authorization_code"), 1);
+
+    // Three token lifetimes and more of use: refreshed beside the requests, no new sign-in.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let got = statuses(&stack, &alice, 1).await;
+        assert_eq!(got, [StatusCode::OK], "at {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let refreshed = stack.idp_grants("refresh_token");
+    assert!(
+        refreshed >= 3,
+        "{refreshed} refreshes in 20 s of 6-second tokens"
+    );
+    assert_eq!(stack.idp_grants("authorization_code"), 1, "no new sign-in");
+
+    // Idle past the token's expiry, then 50 requests at once through both replicas: one
+    // refresh, and every request allowed (the rotated token was never spent twice).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let before = stack.idp_grants("refresh_token");
+    let url = stack.url("app", "/");
+    let mut requests = Vec::new();
+    for _ in 0..50 {
+        let b = alice.share();
+        let url = url.clone();
+        requests.push(tokio::spawn(async move {
+            b.get(&url).send().await.map(|r| r.status())
+        }));
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stack.idp_grants("refresh_token") - before,
+        1,
+        "50 concurrent requests at expiry, on two replicas: exactly one refresh"
+    );
+    assert_eq!(statuses(&stack, &alice, 5).await, [StatusCode::OK; 5]);
+}

@@ -30,6 +30,9 @@ const { values: opts } = parseArgs({
     'client-secret-file': { type: 'string' },
     'redirect-uri': { type: 'string', multiple: true, default: [] },
     'post-logout-redirect-uri': { type: 'string', multiple: true, default: [] },
+    // Short access tokens and rotating refresh tokens, to exercise portcullis's refresh.
+    'access-token-ttl': { type: 'string', default: '3600' },
+    'rotate-refresh-tokens': { type: 'boolean', default: false },
   },
 });
 
@@ -160,8 +163,11 @@ ${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><butt
   // Refresh tokens for our client without asking for offline_access; they still die with the
   // IdP session (expiresWithSession default), so logging out at the IdP revokes them.
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Every refresh spends the refresh token and issues a new one (when asked to): a second
+  // use of a spent one is refused, as a real IdP with rotation does.
+  rotateRefreshToken: () => opts['rotate-refresh-tokens'],
   ttl: {
-    AccessToken: 60 * 60,
+    AccessToken: Number(opts['access-token-ttl']),
     AuthorizationCode: 60,
     IdToken: 60 * 60,
     RefreshToken: 24 * 60 * 60,
@@ -185,6 +191,8 @@ ${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><butt
 };
 
 const provider = new Provider(issuer, configuration);
+// One line per token-endpoint grant, so that tests can count refreshes.
+provider.on('grant.success', (ctx) => console.log(`idp: grant ${ctx.oidc.params.grant_type}`));
 for (const event of ['server_error', 'authorization.error', 'grant.error', 'end_session.error',
   'userinfo.error', 'introspection.error', 'revocation.error']) {
   provider.on(event, (_ctx, err) => console.error(`idp: ${event}: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}`));

@@ -285,6 +285,7 @@ async fn start_portcullis_side(
                 port: 0,
                 client_secret_file: &secrets.client_secret,
                 auth_origin: &auth,
+                extra: &[],
             },
             &run.join("idp.log"),
         )

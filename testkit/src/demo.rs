@@ -277,6 +277,7 @@ async fn start(args: &DemoArgs, running: &mut Running) -> Result<()> {
             port: IDP_PORT,
             client_secret_file: &secrets.client_secret,
             auth_origin: AUTH_URL,
+            extra: &[],
         },
         &logs.join("idp.log"),
     )

@@ -22,6 +22,8 @@ pub struct IdpOptions<'a> {
     pub client_secret_file: &'a Path,
     /// portcullis's authenticate URL (the redirect URIs are on it).
     pub auth_origin: &'a str,
+    /// More arguments for `idp.mjs` (`--access-token-ttl 6`, `--rotate-refresh-tokens`).
+    pub extra: &'a [String],
 }
 
 /// Starts the IdP and waits for its `ready issuer=… port=…` line.
@@ -30,6 +32,7 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         port,
         client_secret_file,
         auth_origin,
+        extra,
     } = opts;
     let mut cmd = Command::new("node");
     cmd.current_dir(crate::repo())
@@ -45,7 +48,8 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         .args([
             "--post-logout-redirect-uri",
             &format!("{auth_origin}/.portcullis/signed_out"),
-        ]);
+        ])
+        .args(extra.iter());
     let mut proc = Proc::spawn(name, cmd, log);
     let port = proc
         .wait_for("ready line", READY_TIMEOUT, || async {

@@ -65,6 +65,8 @@ pub struct StackBuilder {
     server_extra: Vec<String>,
     /// Write `secrets/admin_token` (see [`Self::admin_token`]).
     admin_token: bool,
+    /// More arguments for the dev IdP (see [`Self::idp_args`]).
+    idp_args: Vec<String>,
 }
 
 impl StackBuilder {
@@ -150,6 +152,12 @@ impl StackBuilder {
     /// starts (for an `admin: { token_file: secrets/admin_token }` in the config).
     pub fn admin_token(mut self) -> Self {
         self.admin_token = true;
+        self
+    }
+
+    /// Starts the dev IdP with these arguments too, e.g. `["--access-token-ttl", "6"]`.
+    pub fn idp_args(mut self, args: &[&str]) -> Self {
+        self.idp_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -245,6 +253,7 @@ impl StackBuilder {
                 port: 0,
                 client_secret_file: &stack.secrets.client_secret,
                 auth_origin: &auth,
+                extra: &self.idp_args,
             },
             &stack.log_path("idp"),
         )
@@ -574,6 +583,17 @@ impl Stack {
             secrets.len(),
             problems.join("\n")
         ))
+    }
+
+    /// How many grants of `grant_type` (`refresh_token`, `authorization_code`) the dev
+    /// IdP's token endpoint has answered.
+    pub fn idp_grants(&mut self, grant_type: &str) -> usize {
+        let line = format!("idp: grant {grant_type}");
+        self.proc_mut("idp")
+            .log_text()
+            .lines()
+            .filter(|l| l.trim() == line)
+            .count()
     }
 
     /// Every request the echo upstream has received so far, in order.
