@@ -396,8 +396,10 @@ fn portcullis_cluster(
         "interval": HEALTH_INTERVAL,
         // Checked as often with no traffic (Envoy's default there is a minute).
         "no_traffic_interval": HEALTH_INTERVAL,
-        // Two misses: one slow answer on a busy machine does not take a replica out (a
-        // dead one is ejected at once by outlier detection below).
+        // Two misses: one slow answer on a busy machine does not take a replica out. Until
+        // a dead one is found out, the Checks sent to it are retried on another (no outlier
+        // ejection: an ejected replica that is back would be skipped for the ejection time,
+        // which in a rolling restart leaves no replica to retry on).
         "unhealthy_threshold": 2,
         "healthy_threshold": 1,
     });
@@ -416,14 +418,6 @@ fn portcullis_cluster(
         // A replica killed with many Checks in flight makes as many retries at once:
         // Envoy's default allows 3 (then answers 503).
         "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]},
-        // Connection failures eject a dead replica at once, before its health check fails.
-        "outlier_detection": {
-            "split_external_local_origin_errors": true,
-            "consecutive_local_origin_failure": 2,
-            "interval": "1s",
-            "base_ejection_time": "5s",
-            "max_ejection_percent": 50,
-        },
     });
     if http2 {
         c["typed_extension_protocol_options"] = http2_options();

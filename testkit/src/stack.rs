@@ -29,6 +29,10 @@ use crate::portcullis::{self, Secrets, portcullis_bin, write_secrets};
 use crate::proc::{LOG_TAIL_LINES, Proc, run};
 use crate::{free_port, temp_dir};
 
+/// `RUST_LOG` of [`StackBuilder::quiet_libraries`].
+const QUIET_LIBRARIES: &str =
+    "trace,h2=info,hyper=info,hyper_util=info,tonic=info,tower=info,fred=info,redis_protocol=info";
+
 /// How often the start is redone when Envoy's port was taken meanwhile.
 const START_ATTEMPTS: usize = 5;
 
@@ -67,6 +71,10 @@ pub struct StackBuilder {
     admin_token: bool,
     /// More arguments for the dev IdP (see [`Self::idp_args`]).
     idp_args: Vec<String>,
+    /// Register the auth host's back-channel logout URI at the IdP.
+    backchannel_logout: bool,
+    /// portcullis's `RUST_LOG` (see [`Self::quiet_libraries`]); `trace` by default.
+    log_filter: Option<String>,
 }
 
 impl StackBuilder {
@@ -161,6 +169,21 @@ impl StackBuilder {
         self
     }
 
+    /// Registers `AUTH/.portcullis/backchannel_logout` at the dev IdP, which then POSTs a
+    /// logout token there (through Envoy, trusting the test CA) when a session ends there.
+    pub fn backchannel_logout(mut self) -> Self {
+        self.backchannel_logout = true;
+        self
+    }
+
+    /// Runs portcullis at `trace` for its own code only, with h2, hyper, tonic and fred at
+    /// `info`: for tests whose load would otherwise spend the two cores on frame-by-frame
+    /// library traces (the log scan for secrets still reads every line portcullis writes).
+    pub fn quiet_libraries(mut self) -> Self {
+        self.log_filter = Some(QUIET_LIBRARIES.to_string());
+        self
+    }
+
     /// Adds a key to the config's `server` section, as one YAML line (`drain_delay: 2s`).
     pub fn server_option(mut self, yaml_line: &str) -> Self {
         self.server_extra.push(yaml_line.to_string());
@@ -219,6 +242,7 @@ impl StackBuilder {
                 echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
             },
             replicas: Vec::new(),
+            log_filter: self.log_filter.clone().unwrap_or_else(|| "trace".into()),
             dir,
             secrets,
             certs,
@@ -247,13 +271,20 @@ impl StackBuilder {
     async fn start_processes(&self, stack: &mut Stack) -> Result<(), StartError> {
         let failed = StartError::Failed;
         let auth = stack.origin("auth");
+        let mut idp_args = self.idp_args.clone();
+        if self.backchannel_logout {
+            idp_args.push("--backchannel-logout-uri".into());
+            idp_args.push(format!("{auth}/.portcullis/backchannel_logout"));
+            idp_args.push("--ca-file".into());
+            idp_args.push(stack.certs.ca.display().to_string());
+        }
         let idp = idp::start(
             "idp",
             &IdpOptions {
                 port: 0,
                 client_secret_file: &stack.secrets.client_secret,
                 auth_origin: &auth,
-                extra: &self.idp_args,
+                extra: &idp_args,
             },
             &stack.log_path("idp"),
         )
@@ -291,7 +322,7 @@ impl StackBuilder {
                 &name,
                 &config,
                 &stack.log_path(&name),
-                "trace",
+                &stack.log_filter,
                 &stack.authority("auth"),
             )
             .await
@@ -431,6 +462,8 @@ pub struct Replica {
 pub struct Stack {
     /// The portcullis processes, the first being [`Stack::config`]'s.
     pub replicas: Vec<Replica>,
+    /// portcullis's `RUST_LOG`.
+    log_filter: String,
     pub dir: PathBuf,
     pub ports: Ports,
     pub config: PathBuf,
@@ -679,7 +712,7 @@ impl Stack {
             &r.name,
             &r.config,
             &self.log_path(&r.name),
-            "trace",
+            &self.log_filter,
             &self.authority("auth"),
         )
         .await
@@ -697,7 +730,7 @@ impl Stack {
             &self.config,
             &self.log_path("portcullis"),
             // Every level, so that the log scan at the end sees every line there is.
-            "trace",
+            &self.log_filter,
             &self.authority("auth"),
         )
         .await?;
