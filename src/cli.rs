@@ -393,13 +393,22 @@ fn serve(
         Ok(c) => c,
         Err(errors) => return config_failed(&errors),
     };
+    // Before any thread exists (the log writer's included): taking the sockets clears
+    // their environment variables.
+    let inherited = match crate::server::activation::Inherited::take() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _log = init_tracing(format.unwrap_or(config.log.format));
     let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let listeners = match crate::server::bind(&config.server).await {
+        let listeners = match crate::server::bind_with(&config.server, inherited).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot bind {e}");

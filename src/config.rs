@@ -605,6 +605,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         userinfo,
         token_endpoint_auth,
         client_key_file,
+        client_cert_file,
         id_token_algs,
         bearer,
     } = raw;
@@ -640,7 +641,19 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
     let client_key =
         client_key_file.and_then(|f| match std::fs::read_to_string(resolve(base, &f)) {
             Ok(pem) => match ClientKey::from_pem(&pem) {
-                Ok(k) => Some(Arc::new(k)),
+                Ok(k) => match &client_cert_file {
+                    None => Some(Arc::new(k)),
+                    Some(c) => match std::fs::read_to_string(resolve(base, c))
+                        .map_err(|e| format!("cannot read: {e}"))
+                        .and_then(|cert| k.with_certificate(&cert))
+                    {
+                        Ok(k) => Some(Arc::new(k)),
+                        Err(e) => {
+                            errors.push("idp.client_cert_file", format!("{c}: {e}"));
+                            None
+                        }
+                    },
+                },
                 Err(e) => {
                     errors.push("idp.client_key_file", format!("{f}: {e}"));
                     None

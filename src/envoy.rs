@@ -359,7 +359,7 @@ fn to_portcullis_http(prefix: &str) -> Value {
 fn authz_retry_policy() -> Value {
     json!({
         "retry_on": "connect-failure,refused-stream,reset,unavailable",
-        "num_retries": 3,
+        "num_retries": 5,
         "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
         "retry_host_predicate": [previous_hosts()],
         "host_selection_retry_max_attempts": 3,
@@ -396,10 +396,7 @@ fn portcullis_cluster(
         "interval": HEALTH_INTERVAL,
         // Checked as often with no traffic (Envoy's default there is a minute).
         "no_traffic_interval": HEALTH_INTERVAL,
-        // Two misses: one slow answer on a busy machine does not take a replica out. Until
-        // a dead one is found out, the Checks sent to it are retried on another (no outlier
-        // ejection: an ejected replica that is back would be skipped for the ejection time,
-        // which in a rolling restart leaves no replica to retry on).
+        // Two misses: one slow answer on a busy machine does not take a replica out.
         "unhealthy_threshold": 2,
         "healthy_threshold": 1,
     });
@@ -418,6 +415,17 @@ fn portcullis_cluster(
         // A replica killed with many Checks in flight makes as many retries at once:
         // Envoy's default allows 3 (then answers 503).
         "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]},
+        // A connection refused takes a replica out of the balancing for a second (the
+        // health check takes two), so that retries land on a live one; short, so that a
+        // replica back from a restart is used again before the next one stops.
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 1,
+            "interval": "0.5s",
+            "base_ejection_time": "1s",
+            "max_ejection_time": "1s",
+            "max_ejection_percent": 50,
+        },
     });
     if http2 {
         c["typed_extension_protocol_options"] = http2_options();

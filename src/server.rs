@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::config::ServerConfig;
 use crate::ext_authz::{AuthorizationServer, AuthzService};
 
+pub mod activation;
 pub mod grpc_io;
 
 /// The bound listeners, in config order.
@@ -54,30 +55,73 @@ impl Listeners {
 /// Binds every listener. Separate from [`serve`] so a bind failure is reported before
 /// anything runs.
 pub async fn bind(config: &ServerConfig) -> std::io::Result<Listeners> {
-    let grpc = TcpListener::bind(config.grpc_address).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("server.grpc_address {}: {e}", config.grpc_address),
-        )
-    })?;
-    let http = TcpListener::bind(config.http_address).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("server.http_address {}: {e}", config.http_address),
-        )
-    })?;
-    let optional = |addr: Option<SocketAddr>, key: &'static str| async move {
-        match addr {
-            Some(addr) => TcpListener::bind(addr)
-                .await
-                .map(Some)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}"))),
-            None => Ok(None),
+    bind_with(config, activation::Inherited::default()).await
+}
+
+/// Binds every listener, except those the parent passed already bound (`inherited`).
+pub async fn bind_with(
+    config: &ServerConfig,
+    mut inherited: activation::Inherited,
+) -> std::io::Result<Listeners> {
+    async fn one(
+        inherited: &mut activation::Inherited,
+        name: &str,
+        addr: SocketAddr,
+        key: &str,
+    ) -> std::io::Result<TcpListener> {
+        if let Some(l) = inherited.remove(name) {
+            return TcpListener::from_std(l);
         }
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
+    }
+    // A socket for a listener the config does not have is a mistake in the unit file: say
+    // so before binding anything.
+    let mut configured = vec!["grpc", "http"];
+    configured.extend(config.jwks_address.map(|_| "jwks"));
+    configured.extend(config.metrics_address.map(|_| "metrics"));
+    configured.extend(config.admin_address.map(|_| "admin"));
+    let unused: Vec<String> = inherited
+        .unused()
+        .into_iter()
+        .filter(|n| !configured.contains(&n.as_str()))
+        .collect();
+    if !unused.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "sockets passed for listeners the config does not have: {}",
+                unused.join(", ")
+            ),
+        ));
+    }
+    let grpc = one(
+        &mut inherited,
+        "grpc",
+        config.grpc_address,
+        "server.grpc_address",
+    )
+    .await?;
+    let http = one(
+        &mut inherited,
+        "http",
+        config.http_address,
+        "server.http_address",
+    )
+    .await?;
+    let jwks = match config.jwks_address {
+        Some(a) => Some(one(&mut inherited, "jwks", a, "server.jwks_address").await?),
+        None => None,
     };
-    let jwks = optional(config.jwks_address, "server.jwks_address").await?;
-    let metrics = optional(config.metrics_address, "server.metrics_address").await?;
-    let admin = optional(config.admin_address, "admin.address").await?;
+    let metrics = match config.metrics_address {
+        Some(a) => Some(one(&mut inherited, "metrics", a, "server.metrics_address").await?),
+        None => None,
+    };
+    let admin = match config.admin_address {
+        Some(a) => Some(one(&mut inherited, "admin", a, "admin.address").await?),
+        None => None,
+    };
     Ok(Listeners {
         grpc,
         http,

@@ -1,19 +1,18 @@
-//! Exercises LemonLDAP::NG through `launcher.rs` as an OpenID Connect client would, and
-//! prints what it sees (the "Observed" section of README.md comes from this). Run it with
-//! `examples/lemonldap/check.sh`, which builds it in a throwaway crate.
+//! Exercises LemonLDAP::NG through the test kit's launcher (`testkit/src/lemonldap.rs`) as
+//! an OpenID Connect client would, and prints what it sees (the "Observed" section of
+//! README.md comes from this). Run it with `examples/lemonldap/check.sh`, which builds it in
+//! a throwaway crate that depends on the test kit.
 //!
 //! Not part of the test suite: a record of the IdP's behaviour, and a quick way to see
 //! whether a newer LemonLDAP still behaves so.
-
-#[path = "launcher.rs"]
-mod launcher;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use launcher::{Outcome, Portal, RpSettings};
+use testkit::lemonldap as launcher;
+use testkit::lemonldap::{Outcome, Portal, RpSettings};
 use serde_json::{Value, json};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";

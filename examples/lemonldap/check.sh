@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build and run examples/lemonldap/check.rs: LemonLDAP::NG's OpenID Connect behaviour as
-# launcher.rs sets it up (what README.md's "Observed" section records).
+# the test kit's launcher (testkit/src/lemonldap.rs) sets it up (what README.md's "Observed"
+# section records).
 #
 #   examples/lemonldap/check.sh              # the whole walk-through
 #   CHECK_STARTS=10 examples/lemonldap/check.sh   # only start/stop timings
@@ -31,6 +32,7 @@ reqwest = { version = "0.12", default-features = false, features = ["rustls-tls"
 serde_json = "1"
 base64 = "0.22"
 ring = "0.17"
+testkit = { path = "$ROOT/testkit" }
 
 [[bin]]
 name = "check"

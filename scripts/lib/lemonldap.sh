@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # LemonLDAP::NG (Debian bookworm's 2.16) as a second real OpenID Connect provider for the
-# end-to-end tests. examples/lemonldap/launcher.rs runs it (nginx + llng-fastcgi-server on
+# end-to-end tests. testkit/src/lemonldap.rs runs it (nginx + llng-fastcgi-server on
 # loopback, from a state directory of its own); this file only installs it.
 #
 # Source it (after common.sh, or on its own: it sources common.sh); it defines functions and

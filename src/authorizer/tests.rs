@@ -588,26 +588,31 @@ impl std::io::Write for Captured {
     }
 }
 
-fn capture_logs() -> (
-    Arc<std::sync::Mutex<Vec<u8>>>,
-    tracing::subscriber::DefaultGuard,
-) {
-    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || Captured(writer.clone()))
-        .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
+/// Every log line of this test process, as JSON. A process-wide subscriber, set once: a
+/// thread-local one races with the callsite-interest cache of tests on other threads.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || Captured(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other test sets a global subscriber");
+        buf
+    })
+    .clone()
 }
 
 #[tokio::test]
 async fn each_decision_writes_one_audit_line_with_no_secret_in_it() {
     let h = harness();
     let cookie = h.sign_in(user("bob@example.com", &["admins"]), ADMIN).await;
-    let (logs, guard) = capture_logs();
+    let logs = captured_logs();
     let allowed = h
         .check(
             ADMIN,
@@ -622,12 +627,13 @@ async fn each_decision_writes_one_audit_line_with_no_secret_in_it() {
             &[("x-request-id", "req-2"), ("accept", "text/html")],
         )
         .await;
-    drop(guard);
-    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    // Other tests log here too: this test's decisions are the ones with its request ids.
     let audit: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "portcullis::audit")
+        .filter(|v| v["request_id"] == "req-1" || v["request_id"] == "req-2")
         .collect();
     assert_eq!(audit.len(), 2, "{text}");
     let a = &audit[0];

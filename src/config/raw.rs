@@ -85,6 +85,8 @@ pub struct RawIdp {
     /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
     pub token_endpoint_auth: Option<String>,
     pub client_key_file: Option<String>,
+    /// The key's certificate, for IdPs that want its thumbprint (`x5t`) in assertions.
+    pub client_cert_file: Option<String>,
     pub id_token_algs: Option<Vec<String>>,
     /// Present: `Authorization: Bearer` tokens are accepted.
     pub bearer: Option<RawBearer>,

@@ -19,6 +19,9 @@ pub struct ClientKey {
     kid: String,
     jwk: serde_json::Value,
     rng: SystemRandom,
+    /// Thumbprints of the key's certificate (`x5t`, `x5t#S256`), which some IdPs (Entra ID)
+    /// look keys up by instead of `kid`.
+    thumbprints: Option<(String, String)>,
 }
 
 enum Pair {
@@ -80,7 +83,31 @@ impl ClientKey {
             kid,
             jwk,
             rng,
+            thumbprints: None,
         })
+    }
+
+    /// Adds the thumbprints of `cert_pem`, the key's X.509 certificate, to every assertion.
+    /// The certificate must hold this key's public half.
+    pub fn with_certificate(mut self, cert_pem: &str) -> Result<Self, String> {
+        let der = pem_body(cert_pem, "CERTIFICATE").ok_or("not a PEM certificate")?;
+        let public: Vec<u8> = match &self.pair {
+            Pair::Ec(ec) => ec.public_key().as_ref().to_vec(),
+            Pair::Rsa(rsa) => PublicKeyComponents::<Vec<u8>>::from(rsa.public()).n,
+        };
+        // The public key's bytes stand in the certificate's SubjectPublicKeyInfo as they are.
+        if !der.windows(public.len()).any(|w| w == public.as_slice()) {
+            return Err("the certificate is not for this key".into());
+        }
+        let b64 = |d: ring::digest::Digest| URL_SAFE_NO_PAD.encode(d.as_ref());
+        self.thumbprints = Some((
+            b64(ring::digest::digest(
+                &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                &der,
+            )),
+            b64(ring::digest::digest(&ring::digest::SHA256, &der)),
+        ));
+        Ok(self)
     }
 
     pub fn alg(&self) -> &'static str {
@@ -101,7 +128,11 @@ impl ClientKey {
 
     /// A compact JWS of `claims`, with `kid` in the header.
     pub fn sign(&self, claims: &impl Serialize) -> String {
-        let header = serde_json::json!({"alg": self.alg(), "typ": "JWT", "kid": self.kid});
+        let mut header = serde_json::json!({"alg": self.alg(), "typ": "JWT", "kid": self.kid});
+        if let Some((sha1, sha256)) = &self.thumbprints {
+            header["x5t"] = sha1.as_str().into();
+            header["x5t#S256"] = sha256.as_str().into();
+        }
         let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(
@@ -161,6 +192,33 @@ mod tests {
         let data = jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &v).unwrap();
         assert_eq!(data.claims["sub"], "portcullis");
         assert_eq!(key.kid().len(), 43);
+    }
+
+    #[test]
+    fn a_certificate_adds_its_thumbprints_to_assertions() {
+        // Made for this test: `openssl req -x509 -key testdata/rsa2048.pem`; the thumbprints
+        // are openssl's own fingerprints of it, in base64url.
+        let cert = include_str!("testdata/rsa2048.crt");
+        let key = ClientKey::from_pem(RSA_PEM)
+            .unwrap()
+            .with_certificate(cert)
+            .unwrap();
+        let token = key.sign(&serde_json::json!({"sub": "x"}));
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.x5t.as_deref(), Some("EGxVU39oUHxhtXp-dF0-yl8ZjL8"));
+        assert_eq!(
+            header.x5t_s256.as_deref(),
+            Some("KW0x8h0avZ1yYlLMgsVS74EjsQAerP0AkwjJ8Ff4Cg4")
+        );
+        // A certificate of another key is refused.
+        let ec = ClientKey::from_pem(&generate_pkcs8_pem()).unwrap();
+        assert!(ec.with_certificate(cert).is_err());
+        assert!(
+            ClientKey::from_pem(RSA_PEM)
+                .unwrap()
+                .with_certificate("x")
+                .is_err()
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub const BEAT_EVERY: Duration = Duration::from_millis(200);
 /// How old the latest heartbeat may be for the cache to be trusted: the bound on how long
 /// a revocation can take to reach a replica whose connection broke silently.
 pub const TRUST_FOR: Duration = Duration::from_millis(1000);
+/// How long a lookup waits for the first connection after startup.
+const STARTUP_WAIT: Duration = Duration::from_millis(500);
 /// A command that takes longer fails the request (fail closed) rather than hold it.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -322,6 +324,18 @@ impl RedisStore {
         StoreError(format!("Redis: {e}"))
     }
 
+    /// Just started and not yet connected: wait a moment for the first heartbeat rather
+    /// than refuse, so that a Check sent to a replica that is starting (Envoy may do so
+    /// before its health check says SERVING) is answered. Once connected, a lost
+    /// connection fails at once.
+    async fn first_connection(&self) {
+        let deadline = Instant::now() + STARTUP_WAIT;
+        while self.health.trusted_from_ms.load(Ordering::Acquire) == 0 && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn check_trusted(&self) -> Result<(), StoreError> {
         if self.health.trusted() {
             Ok(())
@@ -492,7 +506,10 @@ fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, Stor
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn get(&self, id: &SessionId, now: u64) -> Result<Option<Arc<Session>>, StoreError> {
-        self.check_trusted()?;
+        if !self.health.trusted() {
+            self.first_connection().await;
+            self.check_trusted()?;
+        }
         if let Some(hit) = self.cache.get(id, now) {
             return Ok(hit);
         }

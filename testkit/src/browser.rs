@@ -11,6 +11,7 @@ use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{Client, RequestBuilder, Response, Url, redirect};
 
 use crate::html;
+use crate::lemonldap::Portal;
 
 /// The host names Envoy serves in tests (all resolve to Envoy's listener).
 pub const HOSTS: [&str; 6] = [
@@ -98,17 +99,25 @@ impl Browser {
     /// Follows redirects starting from an already received response, appending each
     /// `Location` to `visited`. Stops (returning the redirect itself) at a Location that
     /// is not one of the test hosts, so nothing ever leaves the machine.
-    pub async fn follow_response(
+    pub async fn follow_response(&self, response: Response, visited: &mut Vec<Url>) -> Response {
+        self.follow_response_until(response, visited, |_| false)
+            .await
+    }
+
+    /// [`Browser::follow_response`] that also stops (returning the redirect) at the first
+    /// `Location` for which `stop` holds, e.g. an IdP whose pages a [`Portal`] walks.
+    pub async fn follow_response_until(
         &self,
         mut response: Response,
         visited: &mut Vec<Url>,
+        stop: impl Fn(&Url) -> bool,
     ) -> Response {
         for _ in 0..MAX_REDIRECTS {
             let Some(next) = location(&response) else {
                 return response;
             };
             visited.push(next.clone());
-            if !is_test_host(&next) {
+            if !is_test_host(&next) || stop(&next) {
                 return response;
             }
             response = send(self.get(next.as_str())).await;
@@ -134,6 +143,17 @@ impl Browser {
     /// POST form when `fill` is empty), fills it in, submits it like a browser clicking the
     /// first submit button, and follows the redirects. Panics with the page if no form fits.
     pub async fn submit_form(&self, page: Response, fill: &[(&str, &str)]) -> (Response, Vec<Url>) {
+        self.submit_form_until(page, fill, |_| false).await
+    }
+
+    /// [`Browser::submit_form`] that stops following redirects at the first `Location` for
+    /// which `stop` holds (see [`Browser::follow_response_until`]).
+    pub async fn submit_form_until(
+        &self,
+        page: Response,
+        fill: &[(&str, &str)],
+        stop: impl Fn(&Url) -> bool,
+    ) -> (Response, Vec<Url>) {
         let page_url = page.url().clone();
         let status = page.status();
         let body = page.text().await.expect("page body is readable");
@@ -161,8 +181,32 @@ impl Browser {
         );
         let mut visited = vec![action.clone()];
         let response = send(self.client.post(action).form(&form.fields)).await;
-        let response = self.follow_response(response, &mut visited).await;
+        let response = self
+            .follow_response_until(response, &mut visited, stop)
+            .await;
         (response, visited)
+    }
+
+    /// GETs `url` and follows redirects until the first `Location` for which `stop` holds
+    /// (not fetched: it is the last of the Locations returned).
+    pub async fn follow_until(
+        &self,
+        url: &str,
+        stop: impl Fn(&Url) -> bool,
+    ) -> (Response, Vec<Url>) {
+        let response = send(self.get(url)).await;
+        let mut visited = Vec::new();
+        let response = self
+            .follow_response_until(response, &mut visited, stop)
+            .await;
+        (response, visited)
+    }
+
+    /// A LemonLDAP::NG portal walker on this browser's client and cookie jar: the portal's
+    /// SSO cookie lives next to ours, as in a browser.
+    pub fn portal(&self, issuer: &str) -> Portal {
+        Portal::with_client(issuer, self.client.clone())
+            .unwrap_or_else(|e| panic!("portal at {issuer}: {e}"))
     }
 
     /// The value of cookie `name` this browser would send to `url`.

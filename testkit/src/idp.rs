@@ -34,6 +34,7 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         auth_origin,
         extra,
     } = opts;
+    let (redirect_uri, post_logout_redirect_uri) = redirect_uris(auth_origin);
     let mut cmd = Command::new("node");
     cmd.current_dir(crate::repo())
         .arg("examples/demo/idp.mjs")
@@ -41,14 +42,8 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         .args(["--client-id", "portcullis"])
         .arg("--client-secret-file")
         .arg(client_secret_file)
-        .args([
-            "--redirect-uri",
-            &format!("{auth_origin}/.portcullis/oauth2/callback"),
-        ])
-        .args([
-            "--post-logout-redirect-uri",
-            &format!("{auth_origin}/.portcullis/signed_out"),
-        ])
+        .args(["--redirect-uri", &redirect_uri])
+        .args(["--post-logout-redirect-uri", &post_logout_redirect_uri])
         .args(extra.iter());
     let mut proc = Proc::spawn(name, cmd, log);
     let port = proc
@@ -62,6 +57,15 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         issuer: format!("http://127.0.0.1:{port}"),
         port,
     })
+}
+
+/// portcullis's redirect URI and post-logout redirect URI on the auth host `auth_origin`,
+/// which an IdP must have registered.
+pub fn redirect_uris(auth_origin: &str) -> (String, String) {
+    (
+        format!("{auth_origin}/.portcullis/oauth2/callback"),
+        format!("{auth_origin}/.portcullis/signed_out"),
+    )
 }
 
 /// The port of `idp: ready issuer=… port=NNNN …`.

@@ -1,6 +1,7 @@
 //! portcullis's test kit: starts and stops the whole stack — the dev IdP
-//! (`examples/demo/idp.mjs`), the echo upstream (in process), Envoy, portcullis and
-//! Cockpit — waits until each part is ready, signs in, and cleans up. The integration tests
+//! (`examples/demo/idp.mjs`) or LemonLDAP::NG ([`lemonldap`]), the echo upstream (in
+//! process), Envoy, portcullis and Cockpit — waits until each part is ready, signs in, and
+//! cleans up. The integration tests
 //! (`tests/*.rs`), `scripts/demo` (`testkit demo`) and `scripts/bench` (`testkit bench`) all
 //! use it, so process start, stop and readiness are written once, here.
 //!
@@ -19,6 +20,7 @@ pub mod envoy;
 pub mod grafana;
 pub mod html;
 pub mod idp;
+pub mod lemonldap;
 pub mod portcullis;
 pub mod proc;
 pub mod redis;
@@ -30,7 +32,7 @@ pub use certs::{Certs, test_certs};
 pub use echo::{Echo, EchoRequest};
 pub use portcullis::{Secrets, portcullis_bin, write_secrets};
 pub use proc::{Proc, poll_until, run, tail};
-pub use stack::{Ports, Stack, StackBuilder};
+pub use stack::{IdpChoice, Ports, Stack, StackBuilder, shared_lemonldap};
 
 use std::collections::HashSet;
 use std::fs::{self, File};

@@ -25,21 +25,41 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` (stdin from /dev/null, output appended to `log`). The child gets
     /// SIGKILL if the thread that started it dies, so a crashed test leaves nothing behind.
-    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Self {
+    pub fn spawn(name: &str, cmd: Command, log: &Path) -> Self {
+        Self::try_spawn(name, cmd, log, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Proc::spawn`] that reports failure, and as root may run the child as another
+    /// user: `run_as` (uid, gid) is set before the parent-death signal (a uid change would
+    /// clear it).
+    pub fn try_spawn(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Self, String> {
         if let Some(dir) = log.parent() {
-            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         }
         let file = File::options()
             .create(true)
             .append(true)
             .open(log)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        // SAFETY: the closure makes one async-signal-safe syscall between fork and exec.
+            .map_err(|e| format!("create {}: {e}", log.display()))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some((uid, gid)) = run_as
+                    && (libc::setgroups(1, &gid) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -48,13 +68,13 @@ impl Proc {
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
-        Self {
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        Ok(Self {
             name: name.to_string(),
             child: Some(child),
             log: log.to_path_buf(),
             grace: Duration::ZERO,
-        }
+        })
     }
 
     /// Stops this process with SIGTERM and up to `grace` to exit (then SIGKILL).

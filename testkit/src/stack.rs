@@ -1,5 +1,6 @@
-//! One test's whole stack: the dev IdP, the echo upstream (in process), portcullis and
-//! Envoy, in a temp dir, on ports of their own.
+//! One test's whole stack: the IdP (the dev IdP of its own, or the test binary's shared
+//! LemonLDAP::NG), the echo upstream (in process), portcullis and Envoy, in a temp dir, on
+//! ports of their own.
 //!
 //! Every port is bound by the process that uses it and reported back (port 0), except
 //! Envoy's HTTPS listener: the IdP's redirect URIs and portcullis's routes name it, so it is
@@ -18,13 +19,14 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use base64::Engine;
-use reqwest::StatusCode;
+use reqwest::{Response, StatusCode, Url};
 
 use crate::browser::{self, Browser, send};
 use crate::certs::{Certs, test_certs};
 use crate::echo::{Echo, EchoRequest};
 use crate::envoy::{self, StartError};
 use crate::idp::{self, IdpOptions};
+use crate::lemonldap::{self, Outcome, RpSettings, Shared};
 use crate::portcullis::{self, Secrets, portcullis_bin, write_secrets};
 use crate::proc::{LOG_TAIL_LINES, Proc, run};
 use crate::{free_port, temp_dir};
@@ -48,6 +50,33 @@ struct RouteSpec {
     path: String,
     /// Upstream instead of the echo app (see [`StackBuilder::route_upstream`]).
     to: Option<String>,
+}
+
+/// The OpenID Connect provider a [`Stack`] signs in with.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum IdpChoice {
+    /// The npm `oidc-provider` (`examples/demo/idp.mjs`), started for the stack.
+    #[default]
+    Dev,
+    /// The test binary's LemonLDAP::NG ([`shared_lemonldap`]), as one of its relying parties.
+    LemonLdap {
+        llng: &'static Shared,
+        rp: &'static RpSettings,
+    },
+}
+
+/// The redirect URIs the IdP must know for a stack whose Envoy listens on `envoy_port`:
+/// the callback and the post-logout redirect URI on the auth host.
+pub fn redirect_uris(envoy_port: u16) -> (String, String) {
+    idp::redirect_uris(&format!("https://auth.localhost:{envoy_port}"))
+}
+
+/// The test binary's LemonLDAP::NG with the relying parties `rps` (every test of a binary
+/// passes the same ones), registered for the Envoy ports that stacks on it will use. See
+/// [`lemonldap::shared`]; [`StackBuilder::lemonldap`] makes a stack use it.
+pub fn shared_lemonldap(rps: &[RpSettings], opts: &lemonldap::Options) -> &'static Shared {
+    crate::tier::require_lemonldap();
+    lemonldap::shared(rps, opts, redirect_uris)
 }
 
 /// Options for a [`Stack`]. The stack always has the routes `app` (any authenticated
@@ -75,6 +104,9 @@ pub struct StackBuilder {
     backchannel_logout: bool,
     /// portcullis's `RUST_LOG` (see [`Self::quiet_libraries`]); `trace` by default.
     log_filter: Option<String>,
+    idp: IdpChoice,
+    /// More keys of `idp:`, one YAML line each.
+    idp_options: Vec<String>,
 }
 
 impl StackBuilder {
@@ -199,6 +231,24 @@ impl StackBuilder {
         ))
     }
 
+    /// Signs in with the test binary's LemonLDAP::NG (see [`shared_lemonldap`]) as its
+    /// relying party `client_id`, whose secret becomes the stack's client secret, instead
+    /// of a dev IdP of the stack's own.
+    pub fn lemonldap(mut self, llng: &'static Shared, client_id: &str) -> Self {
+        self.idp = IdpChoice::LemonLdap {
+            llng,
+            rp: llng.rp(client_id),
+        };
+        self
+    }
+
+    /// Adds a key to the config's `idp:`, as one YAML line, e.g.
+    /// `token_endpoint_auth: client_secret_post`.
+    pub fn idp_option(mut self, yaml_line: &str) -> Self {
+        self.idp_options.push(yaml_line.to_string());
+        self
+    }
+
     /// Appends a top-level key to the config, as YAML, e.g.
     /// `published_key_files: [secrets/next.pub.pem]` (paths relative to the stack's dir).
     pub fn config_extra(mut self, yaml: &str) -> Self {
@@ -221,6 +271,15 @@ impl StackBuilder {
                     .expose(),
             );
             fs::write(dir.join("secrets/admin_token"), token).unwrap();
+        }
+        if let IdpChoice::LemonLdap { rp, .. } = self.idp {
+            let secret = rp.client_secret.as_deref().unwrap_or_else(|| {
+                panic!(
+                    "LemonLDAP's relying party {} is public: portcullis needs a secret",
+                    rp.client_id
+                )
+            });
+            fs::write(&secrets.client_secret, format!("{secret}\n")).unwrap();
         }
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let echo = Echo::start(
@@ -249,9 +308,13 @@ impl StackBuilder {
             browsers: Mutex::new(Vec::new()),
             echo,
             procs: Vec::new(),
+            idp: self.idp,
         };
         for attempt in 1..=START_ATTEMPTS {
-            stack.ports.envoy = free_port();
+            stack.ports.envoy = match self.idp {
+                IdpChoice::Dev => free_port(),
+                IdpChoice::LemonLdap { llng, .. } => llng.take_port(),
+            };
             match self.start_processes(&mut stack).await {
                 Ok(()) => return stack,
                 Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
@@ -270,28 +333,33 @@ impl StackBuilder {
     /// The IdP, then portcullis, then Envoy, for the Envoy port in `stack.ports`.
     async fn start_processes(&self, stack: &mut Stack) -> Result<(), StartError> {
         let failed = StartError::Failed;
-        let auth = stack.origin("auth");
-        let mut idp_args = self.idp_args.clone();
-        if self.backchannel_logout {
-            idp_args.push("--backchannel-logout-uri".into());
-            idp_args.push(format!("{auth}/.portcullis/backchannel_logout"));
-            idp_args.push("--ca-file".into());
-            idp_args.push(stack.certs.ca.display().to_string());
+        match self.idp {
+            IdpChoice::Dev => {
+                let auth = stack.origin("auth");
+                let mut idp_args = self.idp_args.clone();
+                if self.backchannel_logout {
+                    idp_args.push("--backchannel-logout-uri".into());
+                    idp_args.push(format!("{auth}/.portcullis/backchannel_logout"));
+                    idp_args.push("--ca-file".into());
+                    idp_args.push(stack.certs.ca.display().to_string());
+                }
+                let idp = idp::start(
+                    "idp",
+                    &IdpOptions {
+                        port: 0,
+                        client_secret_file: &stack.secrets.client_secret,
+                        auth_origin: &auth,
+                        extra: &idp_args,
+                    },
+                    &stack.log_path("idp"),
+                )
+                .await
+                .map_err(failed)?;
+                stack.ports.idp = idp.port;
+                stack.procs.push(idp.proc);
+            }
+            IdpChoice::LemonLdap { llng, .. } => stack.ports.idp = llng.port,
         }
-        let idp = idp::start(
-            "idp",
-            &IdpOptions {
-                port: 0,
-                client_secret_file: &stack.secrets.client_secret,
-                auth_origin: &auth,
-                extra: &idp_args,
-            },
-            &stack.log_path("idp"),
-        )
-        .await
-        .map_err(failed)?;
-        stack.ports.idp = idp.port;
-        stack.procs.push(idp.proc);
 
         // Port 0 for portcullis's listeners; then the config names the ports it bound, for
         // envoy-config and for a restart on the same ports.
@@ -362,6 +430,15 @@ impl StackBuilder {
         for line in &self.server_extra {
             jwks.push_str(&format!("  {line}\n"));
         }
+        let client_id = match self.idp {
+            IdpChoice::Dev => "portcullis",
+            IdpChoice::LemonLdap { rp, .. } => &rp.client_id,
+        };
+        let idp_extra: String = self
+            .idp_options
+            .iter()
+            .map(|line| format!("  {line}\n"))
+            .collect();
         let mut yaml = format!(
             "\
 server:
@@ -370,11 +447,11 @@ server:
 {jwks}authenticate_url: https://auth.localhost:{envoy}
 idp:
   issuer: http://127.0.0.1:{idp}
-  client_id: portcullis
+  client_id: {client_id}
   client_secret_file: secrets/client_secret
   scopes: [openid, email, profile, groups]
   groups_claim: groups
-cookie:
+{idp_extra}cookie:
   name: _portcullis
   secret_file: secrets/cookie_secret
   lifetime: {lifetime}
@@ -473,6 +550,7 @@ pub struct Stack {
     browsers: Mutex<Vec<Browser>>,
     echo: Echo,
     procs: Vec<Proc>,
+    idp: IdpChoice,
 }
 
 impl Stack {
@@ -503,6 +581,99 @@ impl Stack {
     /// The IdP's issuer, `http://127.0.0.1:<port>`.
     pub fn idp_origin(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.idp)
+    }
+
+    /// The IdP this stack signs in with.
+    pub fn idp(&self) -> IdpChoice {
+        self.idp
+    }
+
+    /// Whether `url` is on the IdP.
+    pub fn is_idp(&self, url: &Url) -> bool {
+        url.origin().ascii_serialization() == self.idp_origin()
+    }
+
+    /// Signs in from `start` (a page of an app, or the sign-in URL) as `user`, through the
+    /// IdP's login pages (the dev IdP's form, or LemonLDAP's login and consent pages; none
+    /// when the browser's IdP session is still there), and follows the redirects to the end.
+    /// Returns the last response and every Location, in order.
+    pub async fn login(
+        &self,
+        browser: &Browser,
+        start: &str,
+        user: &str,
+        password: &str,
+    ) -> (Response, Vec<Url>) {
+        match self.idp {
+            IdpChoice::Dev => browser.login(start, user, password).await,
+            IdpChoice::LemonLdap { llng, .. } => {
+                let (response, mut visited) = browser.follow_until(start, |u| self.is_idp(u)).await;
+                let Some(at_idp) = visited.last().filter(|u| self.is_idp(u)).cloned() else {
+                    return (response, visited);
+                };
+                let portal = browser.portal(&llng.issuer);
+                let back = portal
+                    .authorize(at_idp.as_str(), user, password)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "LemonLDAP sign-in as {user}: {e}\nthrough {:?}\nredirects:\n{}",
+                            portal.trail(),
+                            browser::list(&visited)
+                        )
+                    });
+                let back = Url::parse(&back).expect("the portal's redirect is a URL");
+                visited.push(back.clone());
+                let (response, more) = browser.follow(back.as_str()).await;
+                visited.extend(more);
+                (response, visited)
+            }
+        }
+    }
+
+    /// Signs out from route host `label`: portcullis's confirmation page, its form, the
+    /// IdP's RP-initiated logout (confirmed like a user would) and back. Returns the last
+    /// response (portcullis's signed-out page when all went well) and every Location.
+    pub async fn sign_out(&self, browser: &Browser, label: &str) -> (Response, Vec<Url>) {
+        let (confirm, mut visited) = browser
+            .follow(&self.url(label, "/.portcullis/sign_out"))
+            .await;
+        let (response, more) = browser
+            .submit_form_until(confirm, &[], |u| self.is_idp(u))
+            .await;
+        visited.extend(more);
+        let at_idp = visited.last().filter(|u| self.is_idp(u)).cloned();
+        match (self.idp, at_idp) {
+            (_, None) => (response, visited),
+            // The dev IdP asks for one confirmation POST (its form submits itself).
+            (IdpChoice::Dev, Some(url)) => {
+                let page = send(browser.get(url.as_str())).await;
+                let page = browser.follow_response(page, &mut visited).await;
+                if page.status() != StatusCode::OK || !self.is_idp(page.url()) {
+                    return (page, visited);
+                }
+                let (response, more) = browser.submit_form(page, &[]).await;
+                visited.extend(more);
+                (response, visited)
+            }
+            (IdpChoice::LemonLdap { llng, .. }, Some(url)) => {
+                let portal = browser.portal(&llng.issuer);
+                match portal.end_session(url.as_str()).await {
+                    Ok(Outcome::Redirect(back)) => {
+                        let back = Url::parse(&back).expect("the portal's redirect is a URL");
+                        visited.push(back.clone());
+                        let (response, more) = browser.follow(back.as_str()).await;
+                        visited.extend(more);
+                        (response, visited)
+                    }
+                    other => panic!(
+                        "LemonLDAP's logout did not send the browser back: {other:?}\nthrough {:?}\nredirects:\n{}",
+                        portal.trail(),
+                        browser::list(&visited)
+                    ),
+                }
+            }
+        }
     }
 
     /// A new browser with an empty cookie jar.
@@ -578,6 +749,10 @@ impl Stack {
                     );
                 }
             }
+        }
+        // LemonLDAP's client secrets, sessions (SSO cookies, codes, tokens) and ID tokens.
+        if let IdpChoice::LemonLdap { llng, .. } = self.idp {
+            seen.extend(llng.secrets());
         }
         // Short values ("dark", "1") are not secrets and would match by chance.
         seen.retain(|s| s.len() >= 16);
@@ -796,6 +971,13 @@ impl Stack {
     /// Prints the tail of every process's log to stderr.
     pub fn dump_logs(&self) {
         eprintln!("==== stack files in {} ====", self.dir.display());
+        if let IdpChoice::LemonLdap { llng, .. } = self.idp {
+            eprintln!(
+                "==== LemonLDAP::NG (shared, {}), last {LOG_TAIL_LINES} lines ====\n{}",
+                llng.state_dir.display(),
+                llng.log_tail(LOG_TAIL_LINES)
+            );
+        }
         for p in &self.procs {
             eprintln!(
                 "==== {} ({}), last {LOG_TAIL_LINES} lines ====\n{}",
@@ -870,6 +1052,9 @@ impl Drop for Stack {
             panic!("{problems}\n(kept {} for inspection)", self.dir.display());
         }
         if std::thread::panicking() {
+            if let IdpChoice::LemonLdap { llng, .. } = self.idp {
+                llng.keep_state();
+            }
             self.dump_logs();
             eprintln!("(kept {} for inspection)", self.dir.display());
         } else {

@@ -8,6 +8,7 @@
 //! | `compose` | Debian's `docker-compose` (or Docker's compose plugin), openssl | compose.rs |
 //! | `cockpit` | root, cockpit-ws/-bridge/-system, the account alice, and the `stack` parts | e2e_cockpit.rs |
 //! | `browser` | Debian's chromium and npm playwright-core, and the `cockpit` parts | the Chromium test |
+//! | `idps` | LemonLDAP::NG and nginx (Debian), and the `stack` parts | e2e_idps.rs |
 //!
 //! `cargo test` runs none of them (they are `#[ignore = "tier …"]`); `scripts/test` installs
 //! every part and runs `cargo test -- --include-ignored`.
@@ -86,6 +87,19 @@ pub fn require_cockpit() {
         "tier cockpit: needs the local account alice: `useradd -m alice`, or {RUN_SCRIPTS_TEST}"
     );
     require_stack();
+}
+
+/// LemonLDAP::NG's portal and nginx (Debian's packages; `scripts/lib/lemonldap.sh`).
+pub fn require_lemonldap() {
+    let missing: Vec<&str> = ["/usr/sbin/llng-fastcgi-server", "/usr/sbin/nginx"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tier idps: LemonLDAP::NG is not installed (missing {missing:?}): {RUN_SCRIPTS_TEST} \
+         (scripts/lib/lemonldap.sh: ensure_lemonldap)"
+    );
 }
 
 /// Debian's chromium (driven by npm playwright-core from the IdP's modules).

@@ -2,41 +2,41 @@
 //!
 //! [`start`] runs the portal on a loopback port chosen at run time, from a state directory
 //! of the caller's: nginx (one process, foreground) in front of `llng-fastcgi-server` (one
-//! process, no FCGI::ProcManager) on a unix socket. Both are children of the calling thread
-//! (`PR_SET_PDEATHSIG`), logs go to files in the state directory, and [`LemonLdap::stop`]
-//! (or drop) kills them by pid. The configuration is written directly as the file backend's
-//! `conf/lmConf-1.json` (no `lemonldap-ng-cli`), from `lmConf.template.json`, with one
-//! relying party per [`RpSettings`].
+//! process, no FCGI::ProcManager) on a unix socket. Both are [`Proc`]s of the calling
+//! thread (they die with it), logs go to files in the state directory, and
+//! [`LemonLdap::stop`] (or drop) kills them by pid. The configuration is written directly as
+//! the file backend's `conf/lmConf-1.json` (no `lemonldap-ng-cli`), from
+//! `examples/lemonldap/lmConf.template.json`, with one relying party per [`RpSettings`].
+//!
+//! [`shared`] is the test binary's one instance, started at first use and kept until the
+//! process exits, with the redirect URIs of a pool of Envoy ports registered for every
+//! relying party (a [`crate::Stack`] takes its port from the pool).
 //!
 //! [`Portal`] drives the portal's HTML the way a browser would (cookie jar, login form with
 //! its hidden `token`/`url` fields, consent and logout confirmation pages) and hands back
 //! the redirect to the relying party.
 //!
-//! Self-contained on purpose (std, tokio's runtime for `async`, reqwest): it lives in
-//! `examples/lemonldap/` next to its templates (`include_str!`), and moves into the test kit
-//! crate with them. Install the Debian packages first: `scripts/lib/lemonldap.sh`
-//! (`ensure_lemonldap`). See `examples/lemonldap/README.md`.
+//! Install the Debian packages first: `scripts/lib/lemonldap.sh` (`ensure_lemonldap`;
+//! `scripts/test` does). See `examples/lemonldap/README.md`.
 //!
 //! Runs as root (the portal then runs as `www-data`: `llng-fastcgi-server` refuses root;
 //! the state directory's parents must be searchable by it) or as any other user.
 //! Call [`start`] from the thread that should own the processes (not from
 //! `spawn_blocking`: the processes die with the thread that started them).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::io::Read;
-use std::net::TcpListener;
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const INI_TEMPLATE: &str = include_str!("lemonldap-ng.ini.template");
-const NGINX_TEMPLATE: &str = include_str!("nginx.conf.template");
-const CONF_TEMPLATE: &str = include_str!("lmConf.template.json");
+use crate::proc::{Proc, tail};
+
+const INI_TEMPLATE: &str = include_str!("../../examples/lemonldap/lemonldap-ng.ini.template");
+const NGINX_TEMPLATE: &str = include_str!("../../examples/lemonldap/nginx.conf.template");
+const CONF_TEMPLATE: &str = include_str!("../../examples/lemonldap/lmConf.template.json");
 
 const LLNG_FASTCGI_SERVER: &str = "/usr/sbin/llng-fastcgi-server";
 const NGINX: &str = "/usr/sbin/nginx";
@@ -307,19 +307,13 @@ impl LemonLdap {
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.procs
             .iter()
-            .filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id())))
+            .filter_map(|p| Some((p.name.clone(), p.pid()?)))
             .collect()
     }
 
     /// The last `n` lines of each log, for a failing test's output.
     pub fn log_tail(&self, n: usize) -> String {
-        let mut out = String::new();
-        for name in ["llng.log", "nginx-error.log"] {
-            let _ = writeln!(out, "--- {name}");
-            out.push_str(&tail(&self.state_dir.join(name), n));
-            out.push('\n');
-        }
-        out
+        log_tails(&self.state_dir, n)
     }
 
     /// Kills both processes (SIGKILL by pid) and reaps them. Idempotent.
@@ -329,6 +323,17 @@ impl LemonLdap {
             p.stop();
         }
     }
+}
+
+/// The last `n` lines of the portal's and nginx's logs in `state`.
+fn log_tails(state: &Path, n: usize) -> String {
+    let mut out = String::new();
+    for name in ["llng.log", "nginx-error.log"] {
+        let _ = writeln!(out, "--- {name}");
+        out.push_str(&tail(&state.join(name), n));
+        out.push('\n');
+    }
+    out
 }
 
 impl Drop for LemonLdap {
@@ -381,7 +386,7 @@ pub async fn start_with(
         .to_string();
 
     check_not_running(&state)?;
-    let run_as = if is_root() {
+    let run_as = if crate::is_root() {
         let ids = lookup_user(PORTAL_USER)?;
         check_reachable(&state, ids)?;
         Some(ids)
@@ -685,21 +690,6 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> Result<String, String> {
 // Users (root only)
 // ---------------------------------------------------------------------------------------
 
-unsafe extern "C" {
-    fn geteuid() -> u32;
-    fn setgroups(size: usize, list: *const u32) -> i32;
-    fn setgid(gid: u32) -> i32;
-    fn setuid(uid: u32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-}
-const PR_SET_PDEATHSIG: i32 = 1;
-const SIGKILL: u64 = 9;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { geteuid() == 0 }
-}
-
 /// (uid, gid) of a user from /etc/passwd.
 fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     let passwd = fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
@@ -767,74 +757,6 @@ fn check_reachable(state: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
 // Processes
 // ---------------------------------------------------------------------------------------
 
-struct Proc {
-    name: String,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(
-        name: &str,
-        mut cmd: Command,
-        log: &Path,
-        run_as: Option<(u32, u32)>,
-    ) -> Result<Self, String> {
-        let file = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some((uid, gid)) = run_as
-                    && (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // After the uid change, which would clear it. Dies with the thread that
-                // started it, even if that never gets to Drop.
-                if prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
-        Ok(Self {
-            name: name.to_string(),
-            child: Some(child),
-        })
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (nginx's own bind is the real check).
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot bind a loopback port: {e}"))
-}
-
 /// Starts nginx on `port` (0: a free one, retried when taken between check and bind);
 /// returns the port once nginx has bound it (it writes its pid file only after that).
 fn start_nginx(
@@ -846,7 +768,7 @@ fn start_nginx(
     let attempts = if port == 0 { 8 } else { 1 };
     let mut last_err = String::new();
     for _ in 0..attempts {
-        let port = if port == 0 { free_port()? } else { port };
+        let port = if port == 0 { crate::free_port() } else { port };
         let conf = fill(
             NGINX_TEMPLATE,
             &[("STATE", state_str), ("PORT", &port.to_string())],
@@ -865,8 +787,8 @@ fn start_nginx(
             .arg(&error_log)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        let mut proc = Proc::spawn("nginx", cmd, &state.join("nginx.log"), None)?;
-        let pid = proc.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let mut proc = Proc::try_spawn("nginx", cmd, &state.join("nginx.log"), None)?;
+        let pid = proc.pid().unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(text) = fs::read_to_string(&pid_file)
@@ -921,7 +843,7 @@ fn spawn_portal(state: &Path, run_as: Option<(u32, u32)>) -> Result<Proc, String
         // in hash order. A fixed seed makes the `groups` claim's order repeatable.
         .env("PERL_HASH_SEED", "0")
         .env("PERL_PERTURB_KEYS", "0");
-    Proc::spawn("llng-fastcgi-server", cmd, &state.join("llng.log"), run_as)
+    Proc::try_spawn("llng-fastcgi-server", cmd, &state.join("llng.log"), run_as)
 }
 
 /// Polls the discovery document (the portal compiles on its first request) until it names
@@ -996,6 +918,232 @@ async fn wait_ready(llng: &mut LemonLdap, timeout: Duration, t0: Instant) -> Res
 }
 
 // ---------------------------------------------------------------------------------------
+// The test binary's instance
+// ---------------------------------------------------------------------------------------
+
+/// How many Envoy ports [`shared`] registers redirect URIs for: every [`crate::Stack`] on
+/// LemonLDAP takes one (another after a taken port), so this bounds the stacks per binary.
+pub const PORT_POOL: usize = 32;
+
+/// The test binary's one LemonLDAP::NG (see [`shared`]).
+#[derive(Debug)]
+pub struct Shared {
+    /// `http://127.0.0.1:<port>`.
+    pub issuer: String,
+    pub port: u16,
+    pub state_dir: PathBuf,
+    /// How long [`start_with`] took, and where the time went.
+    pub startup: Duration,
+    pub startup_steps: Vec<(&'static str, Duration)>,
+    /// The relying parties, with the pool's redirect URIs.
+    pub rps: Vec<RpSettings>,
+    /// What [`shared`] was first called with, to refuse a different set later.
+    asked: String,
+    ports: std::sync::Mutex<Vec<u16>>,
+}
+
+/// What the portal logs at `debug` for each secret it issues.
+const GENERATED: [&str; 4] = [
+    "Generated code: ",
+    "Generated access token: ",
+    "Generated id token: ",
+    "Generated refresh token: ",
+];
+
+/// The state directory and the processes of [`shared`]'s instance, for the clean-up at exit.
+static AT_EXIT: std::sync::OnceLock<(PathBuf, Vec<u32>)> = std::sync::OnceLock::new();
+/// Set when a test failed: the state directory (logs, sessions) stays for inspection.
+static KEEP_STATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The test binary's LemonLDAP::NG, started by the first caller (the others wait for it)
+/// and kept until the process exits, with the relying parties `rps` (their redirect URIs
+/// are filled in: `redirect_uris(port)` for each port of a pool of [`PORT_POOL`] Envoy
+/// ports, which [`Shared::take_port`] hands out) and `opts`, except that it logs at
+/// `debug` whatever `opts.log_level` says: that log names every code and token the portal
+/// issues, for [`Shared::secrets`]. Every caller must pass the same `rps` and `opts`.
+///
+/// Its processes belong to a thread of their own (each test runs on a thread that ends
+/// with it); they die with the process, and the state directory is removed at exit unless
+/// a test failed ([`Shared::keep_state`]). Panics with the logs if it does not start.
+pub fn shared(
+    rps: &[RpSettings],
+    opts: &Options,
+    redirect_uris: fn(u16) -> (String, String),
+) -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Result<Shared, String>> = std::sync::OnceLock::new();
+    let asked = format!("{rps:?} {opts:?}");
+    let shared = SHARED
+        .get_or_init(|| start_shared(rps, opts, redirect_uris, asked.clone()))
+        .as_ref()
+        .unwrap_or_else(|e| panic!("LemonLDAP::NG did not start: {e}"));
+    assert!(
+        shared.asked == asked,
+        "lemonldap::shared was called with other relying parties or options than at its \
+         start: every test of a binary must pass the same ones"
+    );
+    shared
+}
+
+fn start_shared(
+    templates: &[RpSettings],
+    opts: &Options,
+    redirect_uris: fn(u16) -> (String, String),
+    asked: String,
+) -> Result<Shared, String> {
+    let ports: Vec<u16> = (0..PORT_POOL).map(|_| crate::free_port()).collect();
+    let rps: Vec<RpSettings> = templates
+        .iter()
+        .map(|t| {
+            let (redirect, post_logout): (Vec<String>, Vec<String>) =
+                ports.iter().map(|&p| redirect_uris(p)).unzip();
+            RpSettings {
+                redirect_uris: redirect,
+                post_logout_redirect_uris: post_logout,
+                ..t.clone()
+            }
+        })
+        .collect();
+    let dir = crate::temp_dir("lemonldap");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_opts = Options {
+        log_level: "debug".into(),
+        ..opts.clone()
+    };
+    let (thread_rps, thread_dir) = (rps.clone(), dir.clone());
+    std::thread::Builder::new()
+        .name("lemonldap".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("a runtime: {e}")));
+                    return;
+                }
+            };
+            match runtime.block_on(start_with(&thread_dir, &thread_rps, &thread_opts)) {
+                Ok(llng) => {
+                    let pids = llng.pids().into_iter().map(|(_, pid)| pid).collect();
+                    let _ = AT_EXIT.set((llng.state_dir.clone(), pids));
+                    let _ = tx.send(Ok((
+                        llng.issuer.clone(),
+                        llng.port,
+                        llng.startup,
+                        llng.startup_steps.clone(),
+                    )));
+                    // The processes die with this thread: it waits for the process to end.
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    let (issuer, port, startup, startup_steps) = rx
+        .recv()
+        .map_err(|_| "the LemonLDAP thread ended without a word".to_string())??;
+    // SAFETY: registers a plain function; it runs once, at exit.
+    unsafe { libc::atexit(clean_up_at_exit) };
+    eprintln!(
+        "testkit: LemonLDAP::NG at {issuer} ({} relying parties, state in {}) started in {startup:?}",
+        rps.len(),
+        dir.display()
+    );
+    Ok(Shared {
+        issuer,
+        port,
+        state_dir: dir,
+        startup,
+        startup_steps,
+        rps,
+        asked,
+        ports: std::sync::Mutex::new(ports),
+    })
+}
+
+/// At exit: kill the shared instance's processes (by pid) and remove its state directory,
+/// unless a test failed.
+extern "C" fn clean_up_at_exit() {
+    let Some((dir, pids)) = AT_EXIT.get() else {
+        return;
+    };
+    for &pid in pids {
+        // SAFETY: kill has no memory-safety requirements; the pids are our unreaped children.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    if KEEP_STATE.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!(
+            "(kept LemonLDAP's state in {} for inspection)",
+            dir.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+impl Shared {
+    /// The relying party with this client id.
+    pub fn rp(&self, client_id: &str) -> &RpSettings {
+        self.rps
+            .iter()
+            .find(|rp| rp.client_id == client_id)
+            .unwrap_or_else(|| panic!("LemonLDAP has no relying party {client_id:?}"))
+    }
+
+    /// An Envoy port of the pool (its redirect URIs are registered with every relying
+    /// party); each is handed out once.
+    pub fn take_port(&self) -> u16 {
+        self.ports.lock().unwrap().pop().unwrap_or_else(|| {
+            panic!("all {PORT_POOL} Envoy ports of LemonLDAP's pool are taken: raise PORT_POOL")
+        })
+    }
+
+    /// Keeps the state directory at exit (a test failed).
+    pub fn keep_state(&self) {
+        KEEP_STATE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last `n` lines of the portal's and nginx's logs.
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tails(&self.state_dir, n)
+    }
+
+    /// Every secret LemonLDAP has handed out so far, for a log scan: the client secrets,
+    /// every code and token its debug log says it generated, and the ids of its live
+    /// sessions (SSO cookies, access tokens: each is a session file).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut seen: Vec<String> = self
+            .rps
+            .iter()
+            .filter_map(|rp| rp.client_secret.clone())
+            .collect();
+        let log = fs::read_to_string(self.state_dir.join("llng.log")).unwrap_or_default();
+        for line in log.lines() {
+            for what in GENERATED {
+                if let Some((_, rest)) = line.split_once(what)
+                    && let Some(value) = rest.split_whitespace().next()
+                {
+                    seen.push(value.to_string());
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.state_dir.join("sessions")) {
+            seen.extend(
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name != "lock"),
+            );
+        }
+        seen
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Driving the portal like a browser
 // ---------------------------------------------------------------------------------------
 
@@ -1032,12 +1180,8 @@ pub enum Outcome {
 }
 
 impl Portal {
-    /// For the portal at `issuer` (only its origin matters).
+    /// For the portal at `issuer` (only its origin matters), with a cookie jar of its own.
     pub fn new(issuer: &str) -> Result<Self, String> {
-        let origin = reqwest::Url::parse(issuer)
-            .map_err(|e| format!("{issuer}: {e}"))?
-            .origin()
-            .ascii_serialization();
         let client = reqwest::Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -1045,6 +1189,17 @@ impl Portal {
             .timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| e.to_string())?;
+        Self::with_client(issuer, client)
+    }
+
+    /// For the portal at `issuer`, through `client` (which must not follow redirects), so
+    /// that one cookie jar holds the portal's cookies and the relying party's, as in a
+    /// browser (see [`crate::Browser::portal`]).
+    pub fn with_client(issuer: &str, client: reqwest::Client) -> Result<Self, String> {
+        let origin = reqwest::Url::parse(issuer)
+            .map_err(|e| format!("{issuer}: {e}"))?
+            .origin()
+            .ascii_serialization();
         Ok(Self {
             client,
             origin,
@@ -1444,63 +1599,20 @@ fn parse_attrs(html: &str, start: usize) -> (BTreeMap<String, String>, usize) {
                 while i < b.len() && b[i] != q {
                     i += 1;
                 }
-                value = unescape(&html[vs..i.min(b.len())]);
+                value = crate::html::decode_entities(&html[vs..i.min(b.len())]);
                 i += 1;
             } else {
                 let vs = i;
                 while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
                     i += 1;
                 }
-                value = unescape(&html[vs..i]);
+                value = crate::html::decode_entities(&html[vs..i]);
             }
         }
         if !name.is_empty() {
             attrs.entry(name).or_insert(value);
         }
     }
-}
-
-fn unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let end = rest.find(';').filter(|&e| e <= 10);
-        let decoded = end.and_then(|e| {
-            let ent = &rest[1..e];
-            let c = match ent {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                    u32::from_str_radix(&ent[2..], 16)
-                        .ok()
-                        .and_then(char::from_u32)
-                }
-                _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
-                _ => None,
-            }?;
-            Some((c, e))
-        });
-        match decoded {
-            Some((c, e)) => {
-                out.push(c);
-                rest = &rest[e + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The portal's result messages (`<div class="message …"><span trmsg="5">`): the page
@@ -1590,7 +1702,7 @@ fn strip_tags(s: &str) -> String {
             _ => {}
         }
     }
-    unescape(&out)
+    crate::html::decode_entities(&out)
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -1640,15 +1752,6 @@ fn fnv1a(data: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let mut text = String::new();
-    if let Err(e) = File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
-        return format!("({}: {e})", path.display());
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn snippet(body: &str) -> String {
