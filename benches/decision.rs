@@ -92,7 +92,7 @@ fn app_from(yaml: &str) -> App {
     let config = portcullis::config::parse(yaml, &files.0).unwrap_or_else(|e| panic!("{e}"));
     let parts = Parts {
         clock: Arc::new(ManualClock::at(NOW)),
-        ..Parts::new(&config)
+        ..Parts::new(&config).expect("the memory store")
     };
     App::with_parts(config, parts)
 }

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release --example bench_sessions_rss -- [--sessions 100000] [--jwt-cache]
-//!     [--layout store|before]
+//!     [--layout store|before] [--refresh]
 //! ```
 //!
 //! Each session looks like one from the demo IdP: a UUID subject, email, name, username and
@@ -11,7 +11,10 @@
 //! fills a plain map with the record portcullis kept until 2026-12 (the id as a `String`,
 //! again as the map key, and a 900-byte ID token for `id_token_hint`), so that BENCHMARKS.md
 //! can show both from one run. With `--jwt-cache` every session also gets one cached
-//! identity JWT, as if each had made a request in the last 4 minutes.
+//! identity JWT, as if each had made a request in the last 4 minutes. With `--refresh` every
+//! session also holds what refresh and back-channel logout need, as a sign-in at the demo
+//! IdP (oidc-provider) leaves it: the IdP's session id and a sealed 43-character refresh
+//! token.
 //!
 //! Prints `key=value` lines (read by scripts/bench) after reading `VmRSS` from
 //! /proc/self/status; with `--jwt-cache` also the mean time of one cache miss (sign and
@@ -39,6 +42,7 @@ struct Args {
     sessions: usize,
     jwt_cache: bool,
     before: bool,
+    refresh: bool,
 }
 
 /// `--layout before`: the session record as it was, for comparison.
@@ -56,6 +60,7 @@ fn parse_args() -> Args {
         sessions: 100_000,
         jwt_cache: false,
         before: false,
+        refresh: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +72,7 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--sessions" => args.sessions = number(),
             "--jwt-cache" => args.jwt_cache = true,
+            "--refresh" => args.refresh = true,
             "--layout" => match it.next().as_deref() {
                 Some("before") => args.before = true,
                 Some("store") => args.before = false,
@@ -80,7 +86,9 @@ fn parse_args() -> Args {
 
 fn usage(problem: &str) -> ! {
     eprintln!("bench_sessions_rss: {problem}");
-    eprintln!("usage: bench_sessions_rss [--sessions N] [--layout store|before] [--jwt-cache]");
+    eprintln!(
+        "usage: bench_sessions_rss [--sessions N] [--layout store|before] [--jwt-cache] [--refresh]"
+    );
     std::process::exit(2)
 }
 
@@ -209,7 +217,7 @@ routes:
     let store = Arc::new(MemoryStore::default());
     let parts = Parts {
         store: store.clone() as Arc<dyn SessionStore>,
-        ..Parts::new(&config)
+        ..Parts::new(&config).expect("the memory store")
     };
     let app = App::with_parts(config, parts);
 
@@ -225,6 +233,18 @@ routes:
         for i in 0..args.sessions {
             let mut s = Session::new(user(i), NOW, 8 * 3600);
             s.id = session_id(i);
+            if args.refresh {
+                let tokens = portcullis::oidc::IdpTokens {
+                    access_token: None,
+                    refresh_token: Some(portcullis::secret::SecretString::new(random_token(32))),
+                    expires_in: Some(std::time::Duration::from_secs(3600)),
+                };
+                // oidc-provider's session ids are 43 characters too.
+                let sid = random_token(32);
+                s.idp = app
+                    .sessions
+                    .grant(&s.id, &tokens, Some(&sid), false, None, NOW);
+            }
             payload += s.user.subject.len()
                 + s.user.email.as_ref().map_or(0, String::len)
                 + s.user.name.as_ref().map_or(0, String::len)
@@ -268,6 +288,7 @@ routes:
     let per_session = with_sessions.saturating_sub(base) / n;
     println!("sessions={}", args.sessions);
     println!("layout=store");
+    println!("refresh={}", args.refresh);
     println!("rss_base_bytes={base}");
     println!("rss_with_sessions_bytes={with_sessions}");
     println!("bytes_per_session={per_session}");

@@ -8,21 +8,25 @@ use std::time::Duration;
 use url::Url;
 
 use crate::authorizer::Authorizer;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::core::{Clock, RouteTable, SystemClock, authority_of};
 use crate::crypto::{Purpose, Sealer};
 use crate::identity::TokenMinter;
 use crate::metrics::Metrics;
 use crate::oidc::{IdentityProvider, OpenIdConnect};
-use crate::session::{CookieCodec, MemoryStore, SessionStore};
+use crate::refresh::Sessions;
+use crate::secret::SecretString;
+use crate::session::{CookieCodec, GrantSealer, MemoryStore, RedisStore, SessionStore, StoreError};
 use crate::tokens::Tokens;
 
 /// The authorizer as the server runs it.
-pub type AppAuthorizer = Authorizer<Arc<dyn SessionStore>, Tokens, Arc<dyn Clock>>;
+pub type AppAuthorizer = Authorizer<Sessions, Tokens, Arc<dyn Clock>>;
 
 pub struct App {
     pub authorizer: AppAuthorizer,
     pub store: Arc<dyn SessionStore>,
+    /// The store's sessions with refresh: what the authorizer and the HTTP edge look up.
+    pub sessions: Sessions,
     pub idp: Arc<dyn IdentityProvider>,
     pub clock: Arc<dyn Clock>,
     pub urls: Urls,
@@ -35,6 +39,11 @@ pub struct App {
     pub session_lifetime: Duration,
     pub jwks: JwksDocument,
     pub metrics: Arc<Metrics>,
+    /// The bearer token of the session administration API, when it is configured.
+    pub admin_token: Option<SecretString>,
+    /// Set when shutdown begins: `/healthz` answers 503 so that Envoy sends the HTTP
+    /// service's requests to the other replicas while this one drains.
+    pub draining: std::sync::atomic::AtomicBool,
     pub limits: crate::limits::SignInLimits,
 }
 
@@ -99,27 +108,32 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// The parts `portcullis serve` runs with: sessions in memory, the system clock, and the
-    /// configured OpenID Connect provider.
-    pub fn new(config: &Config) -> Self {
+    /// The parts `portcullis serve` runs with: the configured session store (in memory, or
+    /// Redis, connecting in the background), the system clock, and the configured OpenID
+    /// Connect provider.
+    pub fn new(config: &Config) -> Result<Self, StoreError> {
         let urls = Urls::new(&config.authenticate_url);
-        Self {
-            store: Arc::new(MemoryStore::default()),
+        let store: Arc<dyn SessionStore> = match &config.session_store {
+            StoreConfig::Memory => Arc::new(MemoryStore::default()),
+            StoreConfig::Redis(redis) => RedisStore::start(redis)?,
+        };
+        Ok(Self {
+            store,
             clock: Arc::new(SystemClock),
             idp: Arc::new(OpenIdConnect::new(
                 config.idp.clone(),
                 &urls.oauth2_callback,
                 &urls.signed_out,
             )),
-        }
+        })
     }
 }
 
 impl App {
     /// The app with the [`Parts::new`] defaults.
-    pub fn new(config: Config) -> Self {
-        let parts = Parts::new(&config);
-        Self::with_parts(config, parts)
+    pub fn new(config: Config) -> Result<Self, StoreError> {
+        let parts = Parts::new(&config)?;
+        Ok(Self::with_parts(config, parts))
     }
 
     pub fn with_parts(config: Config, parts: Parts) -> Self {
@@ -131,6 +145,8 @@ impl App {
             signing_keys,
             identity_header,
             routes,
+            session_store: _,
+            admin,
             log: _,
             sign_in_limits,
         } = config;
@@ -145,6 +161,12 @@ impl App {
             TokenMinter::new(issuer, Arc::new(signing_keys)),
             metrics.tokens_signed(),
         );
+        let sessions = Sessions::new(
+            store.clone(),
+            idp.clone(),
+            Arc::new(GrantSealer::new(&cookie)),
+            metrics.refresh.clone(),
+        );
         let bearer = config_bearer.then(|| {
             Arc::new(IdpBearer(idp.clone())) as Arc<dyn crate::authorizer::BearerVerifier>
         });
@@ -153,7 +175,7 @@ impl App {
             Arc::new(CookieCodec::new(&cookie)),
             &identity_header,
             urls.sign_in.clone(),
-            store.clone(),
+            sessions.clone(),
             tokens,
             clock.clone(),
         );
@@ -164,6 +186,7 @@ impl App {
         Self {
             authorizer,
             store,
+            sessions,
             idp,
             clock,
             auth_authority: authority_of(&authenticate_url),
@@ -174,6 +197,8 @@ impl App {
             session_lifetime: cookie.lifetime,
             jwks: JwksDocument { json, etag },
             metrics,
+            admin_token: admin.map(|a| a.token),
+            draining: std::sync::atomic::AtomicBool::new(false),
             limits: crate::limits::SignInLimits::new(&sign_in_limits),
         }
     }
@@ -192,5 +217,11 @@ impl App {
 
     pub fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// Whether this replica should get requests: its session store can answer, and it is
+    /// not draining before shutdown (gRPC health and `/healthz` say this to Envoy).
+    pub fn is_serving(&self) -> bool {
+        self.store.is_ready() && !self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -252,6 +252,10 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                         user,
                         created_at: now,
                         expires_at: exp,
+                        // A bearer token's "session" lives for one request: nothing to
+                        // refresh, nothing to revoke.
+                        version: 1,
+                        idp: None,
                     };
                     (Some(Arc::new(session)), true)
                 }
@@ -449,8 +453,25 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                 )
             }
             Denial::Store(e) => {
-                tracing::error!(error = %e, "session store failed; refusing");
-                Response::text(503, "authorization temporarily unavailable\n")
+                // Fail closed: without the store no session can be trusted, not even one
+                // this replica saw a moment ago (it may have been revoked elsewhere).
+                let request_id = req.header("x-request-id").unwrap_or("");
+                tracing::error!(error = %e, request_id, "session store unavailable; refusing");
+                const MESSAGE: &str =
+                    "Sessions cannot be checked right now. Please try again in a moment.";
+                let mut r = if html {
+                    Response::html(
+                        503,
+                        pages::error("Temporarily unavailable", MESSAGE, request_id),
+                    )
+                } else {
+                    Response::json(
+                        503,
+                        serde_json::json!({"error": "store_unavailable", "message": MESSAGE, "request_id": request_id}),
+                    )
+                };
+                r.headers.push(("retry-after", "1".into()));
+                r
             }
         }
     }

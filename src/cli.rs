@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `keygen`, `jwks`, `client-jwk`,
-//! `pam-verify`, `envoy-config`.
+//! `pam-verify`, `sessions`, `envoy-config`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, EXIT_CONFIG};
+
+mod sessions;
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +82,19 @@ enum Command {
         #[arg(long)]
         replay_dir: Option<PathBuf>,
     },
+    /// List or end sessions through the admin API (the config's `admin` section).
+    Sessions {
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin API, e.g. http://127.0.0.1:9102 (default: `admin.address`).
+        #[arg(long)]
+        address: Option<String>,
+        /// The file holding the admin token (default: `admin.token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: sessions::Action,
+    },
     /// Check route policies from the config alone (no IdP, no secrets needed).
     Policy {
         #[command(subcommand)]
@@ -100,9 +115,15 @@ enum Command {
         #[arg(long)]
         tls_key: PathBuf,
         /// Reach portcullis at this host name (e.g. a compose service) instead of the
-        /// configured listen addresses; the ports stay those of the config.
+        /// configured listen addresses; the ports stay those of the config. Repeat for
+        /// several replicas.
         #[arg(long)]
-        portcullis_host: Option<String>,
+        portcullis_host: Vec<String>,
+        /// A replica as `GRPC_HOST:PORT,HTTP_HOST:PORT` (e.g. two on one machine:
+        /// `--replica 127.0.0.1:9100,127.0.0.1:9101 --replica 127.0.0.1:9110,127.0.0.1:9111`).
+        /// Repeat for several.
+        #[arg(long, value_parser = crate::envoy::Replica::parse)]
+        replica: Vec<crate::envoy::Replica>,
         /// CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
         #[arg(long, default_value = crate::envoy::DEFAULT_UPSTREAM_CA_FILE)]
         upstream_ca_file: PathBuf,
@@ -168,6 +189,19 @@ pub fn run() -> ExitCode {
             Err(errors) => config_failed(&errors),
         },
         Command::Keygen { out } => keygen(out),
+        Command::Sessions {
+            config,
+            address,
+            token_file,
+            action,
+        } => sessions::run(
+            sessions::AdminTarget {
+                config,
+                address,
+                token_file,
+            },
+            action,
+        ),
         Command::PamVerify {
             jwks,
             issuer,
@@ -225,16 +259,22 @@ pub fn run() -> ExitCode {
             tls_cert,
             tls_key,
             portcullis_host,
+            replica,
             upstream_ca_file,
             trusted_hops,
         } => match config::load(&config) {
             Ok(c) => {
+                let mut replicas: Vec<_> = portcullis_host
+                    .iter()
+                    .map(|h| crate::envoy::Replica::named(h, &c))
+                    .collect();
+                replicas.extend(replica);
                 let opts = crate::envoy::EnvoyOptions {
                     listen,
                     admin,
                     tls_cert: &tls_cert,
                     tls_key: &tls_key,
-                    portcullis_host: portcullis_host.as_deref(),
+                    replicas,
                     upstream_ca_file: &upstream_ca_file,
                     trusted_hops,
                 };
@@ -363,15 +403,9 @@ fn serve(
         }
     };
     let _log = init_tracing(format.unwrap_or(config.log.format));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listeners = match crate::server::bind_with(&config.server, inherited).await {
@@ -387,15 +421,33 @@ fn serve(
             eprintln!("error: cannot write the ready file {}: {e}", file.display());
             return ExitCode::FAILURE;
         }
-        let grace = config.server.shutdown_grace;
-        let app = std::sync::Arc::new(crate::app::App::new(config));
-        match crate::server::serve(app, listeners, grace, crate::server::shutdown_signal()).await {
+        let stopping = crate::server::Stopping {
+            drain_delay: config.server.drain_delay,
+            grace: config.server.shutdown_grace,
+        };
+        let app = match crate::app::App::new(config) {
+            Ok(app) => std::sync::Arc::new(app),
+            Err(e) => {
+                eprintln!("error: session_store: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match crate::server::serve(app, listeners, stopping, crate::server::shutdown_signal()).await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// A tokio runtime from `builder`, or the exit code that says why there is none.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
     })
 }
 

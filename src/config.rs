@@ -7,6 +7,9 @@
 
 mod policy;
 mod raw;
+mod store;
+
+pub use store::{RedisConfig, StoreConfig};
 mod source;
 
 use std::fmt;
@@ -43,7 +46,24 @@ pub struct Config {
     pub log: LogConfig,
     pub sign_in_limits: SignInLimits,
     pub routes: Vec<RouteConfig>,
+    pub session_store: StoreConfig,
+    /// The session administration API, when configured.
+    pub admin: Option<AdminConfig>,
 }
+
+/// The session administration API (`portcullis.admin.v1.Sessions`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Loopback unless configured otherwise.
+    pub address: SocketAddr,
+    /// Every call must carry `authorization: Bearer TOKEN`.
+    pub token: SecretString,
+}
+
+/// The shortest admin token accepted.
+const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+/// How long an open WebSocket may stay open by default (see README: Open WebSockets).
+pub const DEFAULT_WEBSOCKET_MAX_DURATION: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -53,7 +73,12 @@ pub struct ServerConfig {
     pub jwks_address: Option<SocketAddr>,
     /// Optional listener serving Prometheus metrics at `/metrics`.
     pub metrics_address: Option<SocketAddr>,
+    /// The session administration API's listener (`admin.address`, when `admin` is set).
+    pub admin_address: Option<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long to keep serving while reporting NOT_SERVING on gRPC health,
+    /// so that Envoy's health checks move traffic to the other replicas first.
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +187,10 @@ pub struct RouteConfig {
     pub to: Url,
     /// How Envoy verifies an HTTPS upstream (`to`).
     pub tls: UpstreamTls,
+    /// The longest an upgraded stream (a WebSocket) may stay open before Envoy ends it:
+    /// how long a revoked session's open socket can outlive the revocation. `None` only
+    /// until validation fills in the top-level `websocket_max_duration`.
+    pub websocket_max_duration: Option<Duration>,
 }
 
 impl std::ops::Deref for RouteConfig {
@@ -367,6 +396,9 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         published_key_files,
         identity_header,
         routes,
+        session_store,
+        admin,
+        websocket_max_duration,
         log,
         sign_in_limits,
     } = raw;
@@ -441,6 +473,23 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         }
     };
 
+    let session_store = store::validate(session_store, base, errors);
+    let admin = admin.and_then(|a| validate_admin(a, base, errors));
+    let websocket_max_duration = match websocket_max_duration {
+        Some(d) => parse_duration(&d)
+            .map_err(|m| errors.push("websocket_max_duration", m))
+            .ok(),
+        None => Some(DEFAULT_WEBSOCKET_MAX_DURATION),
+    };
+
+    let websocket_max_duration = websocket_max_duration?;
+    let mut routes = routes;
+    for r in &mut routes {
+        r.websocket_max_duration
+            .get_or_insert(websocket_max_duration);
+    }
+    let mut server = server?;
+    server.admin_address = admin.as_ref().map(|a| a.address);
     let mut idp = idp?;
     for route in &routes {
         for claim in route.policy.claims() {
@@ -450,9 +499,11 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         }
     }
     Some(Config {
+        session_store: session_store?,
+        admin,
         sign_in_limits,
         log: log?,
-        server: server?,
+        server,
         authenticate_url: authenticate_url?,
         idp,
         cookie: cookie?,
@@ -469,6 +520,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
         jwks_address,
         metrics_address,
         shutdown_grace,
+        drain_delay,
     } = raw;
     let mut addr = |value: Option<String>, default: &str, path: &str| {
         let v = value.unwrap_or_else(|| default.to_string());
@@ -486,7 +538,16 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
             .ok(),
         None => Some(Duration::from_secs(10)),
     };
+    let drain_delay = match drain_delay {
+        Some(s) if s.trim() == "0" || s.trim() == "0s" => Some(Duration::ZERO),
+        Some(s) => parse_duration(&s)
+            .map_err(|m| errors.push("server.drain_delay", m))
+            .ok(),
+        None => Some(Duration::ZERO),
+    };
     Some(ServerConfig {
+        admin_address: None,
+        drain_delay: drain_delay?,
         grpc_address: grpc_address?,
         http_address: http_address?,
         jwks_address: match jwks_address {
@@ -498,6 +559,38 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
             None => None,
         },
         shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn validate_admin(raw: raw::RawAdmin, base: &Path, errors: &mut Errors) -> Option<AdminConfig> {
+    let raw::RawAdmin {
+        address,
+        token_file,
+    } = raw;
+    let address = address.unwrap_or_else(|| "127.0.0.1:9102".into());
+    let address = address
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            errors.push(
+                "admin.address",
+                format!("{address:?} is not an IP:port address"),
+            )
+        })
+        .ok();
+    let token = match token_file {
+        Some(f) => read_secret_file(base, &f, "admin.token_file", MIN_ADMIN_TOKEN_BYTES, errors)
+            .and_then(|b| match String::from_utf8(b) {
+                Ok(t) => Some(SecretString::new(t)),
+                Err(_) => {
+                    errors.push("admin.token_file", format!("{f}: not UTF-8 text"));
+                    None
+                }
+            }),
+        None => errors.missing("admin.token_file"),
+    };
+    Some(AdminConfig {
+        address: address?,
+        token: token?,
     })
 }
 
@@ -719,7 +812,13 @@ fn validate_routes(
             cockpit,
             role,
             tls,
+            websocket_max_duration,
         } = r;
+        let websocket_max_duration = websocket_max_duration.and_then(|d| {
+            parse_duration(&d)
+                .map_err(|m| errors.push(at("websocket_max_duration"), m))
+                .ok()
+        });
         let from = match from {
             Some(f) => parse_route_from(&f, &at("from"), errors),
             None => errors.missing(&at("from")),
@@ -794,7 +893,12 @@ fn validate_routes(
         let mut route = Route::new(name, from, policy);
         route.cockpit = cockpit;
         route.role = role;
-        routes.push(RouteConfig { route, to, tls });
+        routes.push(RouteConfig {
+            route,
+            to,
+            tls,
+            websocket_max_duration,
+        });
     }
     // Longest prefix first, so the first match is the most specific.
     routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));

@@ -15,5 +15,5 @@ pub use clock::{Clock, SystemClock, unix_now};
 pub use decision::{Grant, Outcome, OutcomeKind, Refusal, Request, decide};
 pub use policy::{Policy, Reason, Verdict};
 pub use route::{NoRoute, RoleMapping, Route, RouteId, RouteTable, authority_of};
-pub use session::{Session, SessionId};
+pub use session::{Freshness, IdpGrant, SealedToken, Session, SessionId};
 pub use user::User;

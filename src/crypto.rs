@@ -36,6 +36,8 @@ pub enum Purpose {
     Hop,
     IdTokenHint,
     SignOut,
+    /// The IdP's refresh tokens in session records (in memory or in Redis).
+    RefreshToken,
 }
 
 impl Purpose {
@@ -46,6 +48,7 @@ impl Purpose {
             Purpose::Hop => b"portcullis hop token v1",
             Purpose::IdTokenHint => b"portcullis id token hint cookie v1",
             Purpose::SignOut => b"portcullis sign-out continuation v1",
+            Purpose::RefreshToken => b"portcullis refresh token in the session store v1",
         }
     }
 }
@@ -89,7 +92,13 @@ impl Sealer {
 
     /// Seals `value` as JSON and returns `base64url(nonce || ciphertext || tag)`.
     pub fn seal<T: Serialize>(&self, value: &T, context: &[u8]) -> String {
-        let mut buf = serde_json::to_vec(value).expect("sealed payloads are plain data");
+        let buf = serde_json::to_vec(value).expect("sealed payloads are plain data");
+        URL_SAFE_NO_PAD.encode(self.seal_bytes(buf, context))
+    }
+
+    /// Seals raw bytes: `nonce || ciphertext || tag`, for records that keep bytes rather
+    /// than text (a session's refresh token).
+    pub fn seal_bytes(&self, mut buf: Vec<u8>, context: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
@@ -104,7 +113,28 @@ impl Sealer {
         let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&buf);
-        URL_SAFE_NO_PAD.encode(out)
+        out
+    }
+
+    /// Opens bytes sealed by [`Sealer::seal_bytes`] with the same context.
+    pub fn open_bytes(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(OpenError::Truncated);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+        let mut buf = sealed[NONCE_LEN..].to_vec();
+        let n = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut buf,
+            )
+            .map_err(|_| OpenError::Authentication)?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
     }
 
     /// Opens a value sealed by [`Sealer::seal`] with the same context.
@@ -210,6 +240,22 @@ mod tests {
             s.open::<P>(&"A".repeat(10_000), b"x"),
             Err(OpenError::Payload)
         );
+    }
+
+    #[test]
+    fn bytes_round_trip_only_in_their_context() {
+        let s = sealer(Purpose::RefreshToken);
+        let sealed = s.seal_bytes(b"rt-1".to_vec(), b"session-a");
+        assert_eq!(s.open_bytes(&sealed, b"session-a").unwrap(), b"rt-1");
+        assert_eq!(
+            s.open_bytes(&sealed, b"session-b"),
+            Err(OpenError::Authentication)
+        );
+        assert_eq!(
+            sealer(Purpose::Session).open_bytes(&sealed, b"session-a"),
+            Err(OpenError::Authentication)
+        );
+        assert_eq!(s.open_bytes(&sealed[..10], b"x"), Err(OpenError::Truncated));
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub struct EnvoyOptions<'a> {
     pub admin: SocketAddr,
     pub tls_cert: &'a Path,
     pub tls_key: &'a Path,
-    /// Host name Envoy reaches portcullis at (e.g. a compose service name), with the ports
-    /// of `server.grpc_address` / `server.http_address`. Default: those addresses as they are.
-    pub portcullis_host: Option<&'a str>,
+    /// The portcullis replicas Envoy balances over, health-checks and retries between.
+    /// Empty: one, at `server.grpc_address` / `server.http_address`.
+    pub replicas: Vec<Replica>,
     /// The system CA bundle that verifies HTTPS upstreams without a `tls.ca_file` of their own.
     pub upstream_ca_file: &'a Path,
     /// How many proxies in front of Envoy append to `X-Forwarded-For` and are trusted to
@@ -47,6 +47,50 @@ const UNTRUSTED_FORWARDING_HEADERS: [&str; 7] = [
     "x-rewrite-url",
 ];
 
+/// One portcullis replica as Envoy reaches it: its ext_authz and HTTP listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub grpc: (String, u16),
+    pub http: (String, u16),
+}
+
+impl Replica {
+    /// A replica at host name `host` (a compose service, say), on the config's ports.
+    pub fn named(host: &str, config: &Config) -> Self {
+        Self {
+            grpc: (host.to_string(), config.server.grpc_address.port()),
+            http: (host.to_string(), config.server.http_address.port()),
+        }
+    }
+
+    /// `GRPC_ADDR,HTTP_ADDR`, each `host:port`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let hostport = |s: &str| -> Result<(String, u16), String> {
+            let (h, p) = s
+                .trim()
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{s:?} is not host:port"))?;
+            let port = p.parse().map_err(|_| format!("{s:?}: bad port"))?;
+            let host = h.trim_matches(['[', ']']);
+            if host.is_empty() {
+                return Err(format!("{s:?}: no host"));
+            }
+            Ok((host.to_string(), port))
+        };
+        let (g, h) = text
+            .split_once(',')
+            .ok_or_else(|| format!("{text:?}: want GRPC_HOST:PORT,HTTP_HOST:PORT"))?;
+        Ok(Self {
+            grpc: hostport(g)?,
+            http: hostport(h)?,
+        })
+    }
+}
+
+/// How often Envoy asks each replica's health. Two failed checks take a replica out, so a
+/// rolling restart needs `server.drain_delay` of at least three times this.
+const HEALTH_INTERVAL: &str = "1s";
+
 const AUTHZ_CLUSTER: &str = "portcullis_authz";
 const HTTP_CLUSTER: &str = "portcullis_http";
 
@@ -61,21 +105,30 @@ pub fn bootstrap_yaml(config: &Config, opts: &EnvoyOptions<'_>) -> String {
 }
 
 fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
-    let portcullis = |addr: SocketAddr, name: &str, http2: bool| match opts.portcullis_host {
-        Some(host) => {
-            let url =
-                Url::parse(&format!("http://{host}:{}", addr.port())).expect("host:port is a URL");
-            let mut c = cluster_for_url(name, &url);
-            if http2 {
-                c["typed_extension_protocol_options"] = http2_options();
-            }
-            c
-        }
-        None => cluster_static(name, addr, http2),
+    let replicas = if opts.replicas.is_empty() {
+        vec![Replica {
+            grpc: (
+                config.server.grpc_address.ip().to_string(),
+                config.server.grpc_address.port(),
+            ),
+            http: (
+                config.server.http_address.ip().to_string(),
+                config.server.http_address.port(),
+            ),
+        }]
+    } else {
+        opts.replicas.clone()
     };
+    let grpc: Vec<&(String, u16)> = replicas.iter().map(|r| &r.grpc).collect();
+    let http: Vec<&(String, u16)> = replicas.iter().map(|r| &r.http).collect();
     let mut clusters = vec![
-        portcullis(config.server.grpc_address, AUTHZ_CLUSTER, true),
-        portcullis(config.server.http_address, HTTP_CLUSTER, false),
+        portcullis_cluster(AUTHZ_CLUSTER, &grpc, json!({"grpc_health_check": {}}), true),
+        portcullis_cluster(
+            HTTP_CLUSTER,
+            &http,
+            json!({"http_health_check": {"path": "/healthz"}}),
+            false,
+        ),
     ];
     // One cluster per upstream and TLS setting: routes to the same `to` share it.
     let mut upstream_names: BTreeMap<String, String> = BTreeMap::new();
@@ -119,6 +172,34 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
             } else {
                 json!({"path_separated_prefix": r.path_prefix, "case_sensitive": false})
             };
+            // Envoy checks a WebSocket once, at the upgrade: a socket opened before a
+            // sign-out or revocation would stay open for good. Upgraded streams on this
+            // route end after `websocket_max_duration`; the app's reconnect (Cockpit's
+            // "Reconnect") goes through ext_authz again.
+            let mut websocket_match = path_match.clone();
+            websocket_match["headers"] = json!([{
+                "name": "upgrade",
+                "string_match": {"exact": "websocket", "ignore_case": true},
+            }]);
+            let max = r
+                .websocket_max_duration
+                .unwrap_or(crate::config::DEFAULT_WEBSOCKET_MAX_DURATION)
+                .as_secs();
+            entries.push(json!({
+                "name": format!("{}-websocket", r.name),
+                "match": websocket_match,
+                "route": {
+                    "cluster": upstream_names[&upstream_key(r)],
+                    "timeout": "0s",
+                    "max_stream_duration": {"max_stream_duration": format!("{max}s")},
+                },
+                "typed_per_filter_config": {
+                    "envoy.filters.http.ext_authz": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                        "check_settings": {"context_extensions": {"route": r.name}},
+                    }
+                }
+            }));
             entries.push(json!({
                 "name": r.name,
                 "match": path_match,
@@ -208,6 +289,10 @@ fn bootstrap(config: &Config, opts: &EnvoyOptions<'_>) -> Value {
                                         "grpc_service": {
                                             "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
                                             "timeout": "1s",
+                                            // A Check is idempotent: one that found a
+                                            // replica gone (killed, restarting) is asked
+                                            // again of another.
+                                            "retry_policy": authz_retry_policy(),
                                         },
                                     },
                                 },
@@ -256,29 +341,100 @@ fn ext_authz_disabled() -> Value {
 fn to_portcullis_http(prefix: &str) -> Value {
     json!({
         "match": {"prefix": prefix},
-        "route": {"cluster": HTTP_CLUSTER},
+        "route": {
+            "cluster": HTTP_CLUSTER,
+            // Only what never reached a replica is sent again: a sign-in callback spends
+            // its code, and must not be replayed after a reset mid-request.
+            "retry_policy": {
+                "retry_on": "connect-failure,refused-stream,reset-before-request",
+                "num_retries": 2,
+                "retry_host_predicate": [previous_hosts()],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
         "typed_per_filter_config": ext_authz_disabled(),
     })
 }
 
-fn socket(addr: SocketAddr) -> Value {
-    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+fn authz_retry_policy() -> Value {
+    json!({
+        "retry_on": "connect-failure,refused-stream,reset,unavailable",
+        "num_retries": 5,
+        "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+        "retry_host_predicate": [previous_hosts()],
+        "host_selection_retry_max_attempts": 3,
+    })
 }
 
-fn cluster_static(name: &str, addr: SocketAddr, http2: bool) -> Value {
+/// Retry on another replica than the one that failed.
+fn previous_hosts() -> Value {
+    json!({
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+    })
+}
+
+/// A portcullis listener on every replica, health-checked: a replica that is down or
+/// draining (NOT_SERVING, `/healthz` 503) gets no new requests.
+fn portcullis_cluster(
+    name: &str,
+    endpoints: &[&(String, u16)],
+    check: Value,
+    http2: bool,
+) -> Value {
+    let all_ips = endpoints
+        .iter()
+        .all(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
+    let lb_endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(host, port)| {
+            json!({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})
+        })
+        .collect();
+    let mut health = json!({
+        "timeout": "1s",
+        "interval": HEALTH_INTERVAL,
+        // Checked as often with no traffic (Envoy's default there is a minute).
+        "no_traffic_interval": HEALTH_INTERVAL,
+        // Two misses: one slow answer on a busy machine does not take a replica out.
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+    });
+    if let (Some(h), Some(c)) = (health.as_object_mut(), check.as_object()) {
+        h.extend(c.clone());
+    }
     let mut c = json!({
         "name": name,
-        "type": "STATIC",
+        "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(addr)}}]}],
+            "endpoints": [{"lb_endpoints": lb_endpoints}],
+        },
+        "health_checks": [health],
+        // A replica killed with many Checks in flight makes as many retries at once:
+        // Envoy's default allows 3 (then answers 503).
+        "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]},
+        // A connection refused takes a replica out of the balancing for a second (the
+        // health check takes two), so that retries land on a live one; short, so that a
+        // replica back from a restart is used again before the next one stops.
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 1,
+            "interval": "0.5s",
+            "base_ejection_time": "1s",
+            "max_ejection_time": "1s",
+            "max_ejection_percent": 50,
         },
     });
     if http2 {
         c["typed_extension_protocol_options"] = http2_options();
     }
     c
+}
+
+fn socket(addr: SocketAddr) -> Value {
+    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
 }
 
 fn http2_options() -> Value {
@@ -343,4 +499,133 @@ fn upstream_tls(route: &RouteConfig, system_ca: &Path) -> Value {
     context["@type"] =
         json!("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
     json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{CONFIG, ConfigDir};
+
+    fn doc(config: &Config, replicas: Vec<Replica>) -> Value {
+        bootstrap(
+            config,
+            &EnvoyOptions {
+                listen: "127.0.0.1:8443".parse().unwrap(),
+                admin: "127.0.0.1:9901".parse().unwrap(),
+                tls_cert: Path::new("c.pem"),
+                tls_key: Path::new("k.pem"),
+                replicas,
+                upstream_ca_file: Path::new(DEFAULT_UPSTREAM_CA_FILE),
+                trusted_hops: 0,
+            },
+        )
+    }
+
+    fn cluster<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        doc["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn replicas_are_balanced_health_checked_and_retried() {
+        let dir = ConfigDir::new();
+        let config = dir.parse(CONFIG).unwrap();
+        let replicas = vec![
+            Replica::parse("127.0.0.1:9100,127.0.0.1:9101").unwrap(),
+            Replica::parse("127.0.0.1:9110,127.0.0.1:9111").unwrap(),
+        ];
+        let d = doc(&config, replicas);
+        let authz = cluster(&d, AUTHZ_CLUSTER);
+        let ports: Vec<u64> = authz["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["endpoint"]["address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ports, [9100, 9110]);
+        assert!(authz["health_checks"][0]["grpc_health_check"].is_object());
+        assert_eq!(authz["type"], "STATIC");
+        let http = cluster(&d, HTTP_CLUSTER);
+        assert_eq!(
+            http["health_checks"][0]["http_health_check"]["path"],
+            "/healthz"
+        );
+        let text = d.to_string();
+        assert!(text.contains("\"retry_on\":\"connect-failure,refused-stream,reset,unavailable\""));
+        assert!(
+            text.contains("reset-before-request"),
+            "the HTTP service's routes"
+        );
+        // By name, on the config's ports.
+        let named = doc(
+            &config,
+            vec![Replica::named("p1", &config), Replica::named("p2", &config)],
+        );
+        let authz = cluster(&named, AUTHZ_CLUSTER);
+        assert_eq!(authz["type"], "STRICT_DNS");
+        assert_eq!(
+            authz["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["endpoint"]["address"]["socket_address"],
+            json!({"address": "p2", "port_value": 9100})
+        );
+        for bad in ["127.0.0.1:9100", "x,127.0.0.1:1", ":1,h:2", "h:1,h:x"] {
+            assert!(Replica::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn websockets_end_after_the_routes_bound_and_are_checked_like_any_request() {
+        let dir = ConfigDir::new();
+        let yaml = CONFIG.replace(
+            "    policy: { groups: [admins] }\n",
+            "    policy: { groups: [admins] }\n    websocket_max_duration: 90s\n",
+        ) + "websocket_max_duration: 10m\n";
+        let config = dir.parse(&yaml).unwrap();
+        let d = doc(&config, vec![]);
+        let hosts =
+            d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["route_config"]["virtual_hosts"]
+                .as_array()
+                .unwrap()
+                .clone();
+        let routes: Vec<&Value> = hosts
+            .iter()
+            .flat_map(|h| h["routes"].as_array().unwrap())
+            .collect();
+        let by_name = |n: &str| {
+            routes
+                .iter()
+                .position(|r| r["name"] == n)
+                .unwrap_or_else(|| panic!("{n}"))
+        };
+        for (name, secs) in [("admin", "90s"), ("app", "600s"), ("sub", "600s")] {
+            let ws = routes[by_name(&format!("{name}-websocket"))];
+            assert_eq!(
+                by_name(&format!("{name}-websocket")) + 1,
+                by_name(name),
+                "first"
+            );
+            assert_eq!(
+                ws["route"]["max_stream_duration"]["max_stream_duration"],
+                secs
+            );
+            assert_eq!(ws["match"]["headers"][0]["name"], "upgrade");
+            assert_eq!(
+                ws["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]["context_extensions"]
+                    ["route"],
+                name
+            );
+            assert!(
+                routes[by_name(name)]["route"]["max_stream_duration"].is_null(),
+                "plain requests are not cut"
+            );
+        }
+    }
 }

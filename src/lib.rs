@@ -5,9 +5,12 @@
 //! - `secret`, `crypto`, `pages`: leaves.
 //! - [`core`]: the domain and the decision, pure.
 //! - `config`, `identity`, `session`, `cockpit`, `oidc`, `metrics`: building blocks.
-//! - [`authorizer`] (the work around the decision), `tokens`, [`app`] (the shared state).
-//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP); then `server`, `envoy`, `cli`.
+//! - `refresh` (the store's sessions, refreshed when due), [`authorizer`] (the work around
+//!   the decision), `tokens`, [`app`] (the shared state).
+//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP), [`admin`] (the session API, gRPC);
+//!   then `server`, `envoy`, `cli`.
 
+pub mod admin;
 pub mod app;
 pub mod authorizer;
 pub mod cli;
@@ -23,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod refresh;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -27,6 +27,14 @@ pub struct Metrics {
     pub sign_in_failures: Counter,
     pub sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
     tokens_signed: Counter<u64, AtomicU64>,
+    pub refresh: crate::refresh::RefreshCounters,
+    /// Back-channel logouts accepted, and refused (bad, replayed or unverifiable tokens).
+    pub backchannel_logouts: Counter,
+    pub backchannel_logout_rejections: Counter,
+    /// Sessions ended by sign-out, revocation, back-channel logout or a refused refresh.
+    pub sessions_revoked: Counter,
+    /// Requests answered 503 because the session store could not be reached.
+    pub store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -65,6 +73,47 @@ impl Default for Metrics {
             "Identity JWTs signed (cache misses)",
             tokens_signed.clone(),
         );
+        let refresh = crate::refresh::RefreshCounters::default();
+        registry.register(
+            "token_refreshes",
+            "IdP token refreshes that succeeded",
+            refresh.refreshed.clone(),
+        );
+        registry.register(
+            "token_refresh_refusals",
+            "IdP token refreshes the IdP refused (the session ended)",
+            refresh.refused.clone(),
+        );
+        registry.register(
+            "token_refresh_failures",
+            "IdP token refreshes that could not reach the IdP (retried later)",
+            refresh.failed.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let backchannel_logouts = counter(
+            &mut registry,
+            "backchannel_logouts",
+            "Back-channel logout requests accepted",
+        );
+        let backchannel_logout_rejections = counter(
+            &mut registry,
+            "backchannel_logout_rejections",
+            "Back-channel logout requests refused (invalid, replayed or unverifiable token)",
+        );
+        let sessions_revoked = counter(
+            &mut registry,
+            "sessions_revoked",
+            "Sessions ended by sign-out, revocation, back-channel logout or a refused refresh",
+        );
+        let store_errors = counter(
+            &mut registry,
+            "session_store_errors",
+            "HTTP requests answered 503 because the session store could not be reached",
+        );
         Self {
             registry,
             check_duration,
@@ -73,6 +122,11 @@ impl Default for Metrics {
             sign_in_failures,
             sessions,
             tokens_signed,
+            refresh,
+            backchannel_logouts,
+            backchannel_logout_rejections,
+            sessions_revoked,
+            store_errors,
         }
     }
 }

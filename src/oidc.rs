@@ -99,6 +99,8 @@ pub struct SignedIn {
     pub tokens: IdpTokens,
     /// Whether UserInfo completed the ID token's claims (a refresh then re-reads it).
     pub used_userinfo: bool,
+    /// The IdP's session id (the ID token's `sid`), which back-channel logout names.
+    pub idp_sid: Option<String>,
 }
 
 /// The result of a refresh.
@@ -666,6 +668,10 @@ impl IdentityProvider for OpenIdConnect {
             .and_then(|s| s.as_str())
             .ok_or_else(|| OidcError::IdToken("no sub".into()))?
             .to_string();
+        let idp_sid = id_claims
+            .get("sid")
+            .and_then(|s| s.as_str())
+            .map(str::to_string);
         let tokens = tokens_of(&response);
         let (claims, used_userinfo) = self
             .with_userinfo(&p, id_claims, tokens.access_token.as_ref(), &subject)
@@ -677,6 +683,7 @@ impl IdentityProvider for OpenIdConnect {
             id_token: SecretString::new(id_token),
             tokens,
             used_userinfo,
+            idp_sid,
         })
     }
 

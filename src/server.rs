@@ -24,6 +24,8 @@ pub struct Listeners {
     pub http: TcpListener,
     pub jwks: Option<TcpListener>,
     pub metrics: Option<TcpListener>,
+    /// The session administration API.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -40,6 +42,9 @@ impl Listeners {
         }
         if let Some(l) = &self.metrics {
             ready.insert("metrics".into(), addr(l)?.into());
+        }
+        if let Some(l) = &self.admin {
+            ready.insert("admin".into(), addr(l)?.into());
         }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::Value::Object(ready).to_string())?;
@@ -76,6 +81,7 @@ pub async fn bind_with(
     let mut configured = vec!["grpc", "http"];
     configured.extend(config.jwks_address.map(|_| "jwks"));
     configured.extend(config.metrics_address.map(|_| "metrics"));
+    configured.extend(config.admin_address.map(|_| "admin"));
     let unused: Vec<String> = inherited
         .unused()
         .into_iter()
@@ -112,26 +118,46 @@ pub async fn bind_with(
         Some(a) => Some(one(&mut inherited, "metrics", a, "server.metrics_address").await?),
         None => None,
     };
+    let admin = match config.admin_address {
+        Some(a) => Some(one(&mut inherited, "admin", a, "admin.address").await?),
+        None => None,
+    };
     Ok(Listeners {
         grpc,
         http,
         jwks,
         metrics,
+        admin,
     })
 }
 
-/// Serves `app` until `shutdown` resolves, then drains for at most `grace`.
+/// The ext_authz service's name in `grpc.health.v1`.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// How a server stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopping {
+    /// After the shutdown signal, how long to keep serving while gRPC health says
+    /// NOT_SERVING (Envoy's health checks move traffic to other replicas meanwhile).
+    pub drain_delay: Duration,
+    /// Then, how long in-flight requests may finish.
+    pub grace: Duration,
+}
+
+/// Serves `app` until `shutdown` resolves, then drains as `stopping` says.
 pub async fn serve(
     app: Arc<App>,
     listeners: Listeners,
-    grace: Duration,
+    stopping: Stopping,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Stopping { drain_delay, grace } = stopping;
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
         jwks: jwks_listener,
         metrics: metrics_listener,
+        admin: admin_listener,
     } = listeners;
     let grpc_addr = grpc_listener.local_addr()?;
 
@@ -182,6 +208,31 @@ pub async fn serve(
             }
         }));
     }
+    // gRPC health on the ext_authz listener, for Envoy's active health checks: SERVING
+    // while the session store can answer (a Redis store once connected) and until shutdown
+    // begins, so that Envoy sends no Check to a replica that would only answer 503.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_task = {
+        let app = app.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let now = app.is_serving();
+                if serving != Some(now) {
+                    let status = if now {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status(AUTHZ_SERVICE, status).await;
+                    health.set_service_status("", status).await;
+                    serving = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     {
         let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
         let signal = stopped(rx.clone());
@@ -189,6 +240,7 @@ pub async fn serve(
         tracing::info!(addr = %grpc_addr, "ext_authz gRPC listening");
         servers.push(tokio::spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -197,8 +249,36 @@ pub async fn serve(
             }
         }));
     }
+    if let (Some(listener), Some(token)) = (admin_listener, app.admin_token.clone()) {
+        let svc = crate::admin::service(app.clone(), token);
+        let signal = stopped(rx.clone());
+        tracing::info!(addr = %listener.local_addr()?, "admin gRPC listening");
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+            {
+                tracing::error!(error = %e, "admin server error");
+            }
+        }));
+    }
 
     shutdown.await;
+    app.draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    health_task.abort();
+    health
+        .set_service_status(AUTHZ_SERVICE, tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    if !drain_delay.is_zero() {
+        tracing::info!(drain_delay = ?drain_delay, "draining: health NOT_SERVING, still answering");
+        tokio::time::sleep(drain_delay).await;
+    }
     tracing::info!(grace = ?grace, "shutting down");
     let _ = tx.send(true);
     discovery.abort();

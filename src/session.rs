@@ -5,8 +5,15 @@
 //! record itself ([`crate::core::Session`]) lives in a [`SessionStore`]; signing out removes
 //! it, which voids every route-host cookie of that sign-in at once.
 
+/// The store contract as a test, for every store (the Redis one in `tests/`).
+#[doc(hidden)]
+pub mod conformance;
 mod cookie;
+mod grant;
+mod redis;
 mod store;
 
 pub use cookie::{CookieCodec, CookieJar, set_cookie};
-pub use store::{MemoryStore, SessionLookup, SessionStore, StoreError};
+pub use grant::GrantSealer;
+pub use redis::RedisStore;
+pub use store::{MemoryStore, Selector, SessionLookup, SessionStore, StoreError};

@@ -147,6 +147,12 @@ pub struct FakeIdp {
     /// Live refresh tokens and whom they are for; each is spent by use (rotation).
     refresh_tokens: Mutex<HashMap<String, User>>,
     refreshes: AtomicUsize,
+    /// How long a refresh takes.
+    pub refresh_delay: Mutex<std::time::Duration>,
+    /// The next refresh fails with this.
+    pub fail_next_refresh: Mutex<Option<OidcError>>,
+    /// The access tokens' lifetime, in seconds.
+    pub expires_in: std::sync::atomic::AtomicU64,
     /// The next code exchange fails with this, whatever the code.
     pub fail_next_finish: Mutex<Option<OidcError>>,
     end_session: Option<Url>,
@@ -173,6 +179,9 @@ impl FakeIdp {
             finishes: AtomicUsize::new(0),
             refresh_tokens: Mutex::default(),
             refreshes: AtomicUsize::new(0),
+            refresh_delay: Mutex::default(),
+            fail_next_refresh: Mutex::default(),
+            expires_in: std::sync::atomic::AtomicU64::new(300),
             fail_next_finish: Mutex::default(),
             end_session: Url::parse("https://idp.test/logout").ok(),
             hints: Mutex::default(),
@@ -201,6 +210,17 @@ impl FakeIdp {
             .clear();
     }
 
+    /// The IdP session id the fake gives `subject`'s sign-ins (one IdP session per user).
+    pub fn sid_of(subject: &str) -> String {
+        format!("idp-session-{subject}")
+    }
+
+    fn expires_in(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(
+            self.expires_in.load(Ordering::SeqCst),
+        ))
+    }
+
     /// A logout token the fake accepts, for `sub` and/or `sid`.
     pub fn logout_token(sub: Option<&str>, sid: Option<&str>) -> String {
         format!(
@@ -209,7 +229,8 @@ impl FakeIdp {
         )
     }
 
-    fn issue_refresh_token(&self, user: User) -> SecretString {
+    /// A live refresh token for `user`, as the fake's token endpoint issues them.
+    pub fn issue_refresh_token(&self, user: User) -> SecretString {
         let token = format!("rt-{}", random_token(16));
         self.refresh_tokens
             .lock()
@@ -314,8 +335,9 @@ impl IdentityProvider for FakeIdp {
             tokens: IdpTokens {
                 access_token: Some(SecretString::new(random_token(16))),
                 refresh_token: Some(self.issue_refresh_token(issued.user.clone())),
-                expires_in: Some(std::time::Duration::from_secs(300)),
+                expires_in: self.expires_in(),
             },
+            idp_sid: Some(Self::sid_of(&issued.user.subject)),
             user: issued.user,
             used_userinfo: false,
         })
@@ -328,6 +350,16 @@ impl IdentityProvider for FakeIdp {
         _userinfo: bool,
     ) -> Result<Refreshed, OidcError> {
         self.refreshes.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.refresh_delay.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::time::sleep(delay).await;
+        if let Some(e) = self
+            .fail_next_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
         let user = self
             .refresh_tokens
             .lock()
@@ -342,7 +374,7 @@ impl IdentityProvider for FakeIdp {
             tokens: IdpTokens {
                 access_token: Some(SecretString::new(random_token(16))),
                 refresh_token: Some(self.issue_refresh_token(user.clone())),
-                expires_in: Some(std::time::Duration::from_secs(300)),
+                expires_in: self.expires_in(),
             },
             user: Some(user),
         })
@@ -423,7 +455,8 @@ pub struct TestApp {
     pub idp: Arc<FakeIdp>,
     pub clock: Arc<ManualClock>,
     pub store: Arc<MemoryStore>,
-    _dir: ConfigDir,
+    yaml: String,
+    dir: ConfigDir,
 }
 
 /// A fixed start time for tests: 2027-01-15.
@@ -431,15 +464,36 @@ pub const T0: u64 = 1_800_000_000;
 
 impl TestApp {
     pub fn new(yaml: &str) -> Self {
+        Self::over(yaml, |memory| memory)
+    }
+
+    /// An app whose store is the memory store behind a switch that can cut it off, as a
+    /// Redis that stops answering.
+    pub fn with_flaky_store(yaml: &str) -> (Self, Arc<FlakyStore>) {
+        let mut flaky = None;
+        let t = Self::over(yaml, |memory| {
+            let f = Arc::new(FlakyStore {
+                inner: memory,
+                down: AtomicBool::new(false),
+            });
+            flaky = Some(f.clone());
+            f
+        });
+        (t, flaky.expect("built"))
+    }
+
+    fn over(yaml: &str, store: impl FnOnce(Arc<MemoryStore>) -> Arc<dyn SessionStore>) -> Self {
         let dir = ConfigDir::new();
         let config = dir.parse(yaml).expect("the test config is valid");
         let idp = Arc::new(FakeIdp::new());
         let clock = Arc::new(ManualClock::at(T0));
-        let store = Arc::new(MemoryStore::default());
+        let memory = Arc::new(MemoryStore::default());
+        let store_ = memory.clone();
+        let store = store(memory);
         let app = Arc::new(App::with_parts(
             config,
             Parts {
-                store: store.clone() as Arc<dyn SessionStore>,
+                store,
                 clock: clock.clone(),
                 idp: idp.clone(),
             },
@@ -448,9 +502,55 @@ impl TestApp {
             app,
             idp,
             clock,
-            store,
-            _dir: dir,
+            store: store_,
+            yaml: yaml.to_string(),
+            dir,
         }
+    }
+
+    /// A second replica: the same config (and secrets), store, IdP and clock, with its own
+    /// state otherwise (refreshes in flight, token cache, metrics).
+    pub fn replica(&self) -> Arc<App> {
+        self.replica_with_store(self.store.clone())
+    }
+
+    /// A replica of this app over another store (a fake that fails, a Redis store).
+    pub fn replica_with_store(&self, store: Arc<dyn SessionStore>) -> Arc<App> {
+        let config = self
+            .dir
+            .parse(&self.yaml)
+            .expect("the test config is valid");
+        Arc::new(App::with_parts(
+            config,
+            Parts {
+                store,
+                clock: self.clock.clone(),
+                idp: self.idp.clone(),
+            },
+        ))
+    }
+
+    /// Stores a session for `user` as a sign-in at the fake IdP leaves it: with a refresh
+    /// token that expires with the fake's `expires_in`, and the IdP's session id.
+    pub async fn signed_in_session(&self, user: User) -> Session {
+        let now = self.clock.now();
+        let mut s = Session::new(user.clone(), now, 3600);
+        let tokens = IdpTokens {
+            access_token: Some(SecretString::new(random_token(16))),
+            refresh_token: Some(self.idp.issue_refresh_token(user.clone())),
+            expires_in: self.idp.expires_in(),
+        };
+        let sid = FakeIdp::sid_of(&user.subject);
+        s.idp = self
+            .app
+            .sessions
+            .grant(&s.id, &tokens, Some(&sid), false, None, now);
+        self.app
+            .store
+            .put(s.clone())
+            .await
+            .expect("the memory store takes it");
+        s
     }
 
     /// Stores a session for `user` and returns it.
@@ -498,6 +598,78 @@ impl TestApp {
             jar: HashMap::new(),
             headers: Vec::new(),
         }
+    }
+}
+
+/// A memory store that can be cut off: every call fails while `down` (as a Redis that is
+/// stopped or unreachable).
+pub struct FlakyStore {
+    inner: Arc<MemoryStore>,
+    pub down: AtomicBool,
+}
+
+impl FlakyStore {
+    fn up(&self) -> Result<&MemoryStore, crate::session::StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(crate::session::StoreError("connection refused".into()))
+        } else {
+            Ok(&self.inner)
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn get(
+        &self,
+        id: &crate::core::SessionId,
+        now: u64,
+    ) -> Result<Option<Arc<Session>>, crate::session::StoreError> {
+        self.up()?.get(id, now).await
+    }
+    async fn put(&self, session: Session) -> Result<(), crate::session::StoreError> {
+        self.up()?.put(session).await
+    }
+    async fn replace(&self, session: Session) -> Result<bool, crate::session::StoreError> {
+        self.up()?.replace(session).await
+    }
+    async fn remove(&self, id: &crate::core::SessionId) -> Result<(), crate::session::StoreError> {
+        self.up()?.remove(id).await
+    }
+    async fn revoke(
+        &self,
+        selector: crate::session::Selector<'_>,
+        now: u64,
+    ) -> Result<Vec<Arc<Session>>, crate::session::StoreError> {
+        self.up()?.revoke(selector, now).await
+    }
+    async fn list(
+        &self,
+        user: Option<&str>,
+        now: u64,
+    ) -> Result<Vec<Arc<Session>>, crate::session::StoreError> {
+        self.up()?.list(user, now).await
+    }
+    async fn claim_once(
+        &self,
+        token_id: &str,
+        expires_at: u64,
+    ) -> Result<bool, crate::session::StoreError> {
+        self.up()?.claim_once(token_id, expires_at).await
+    }
+    async fn lock(
+        &self,
+        name: &str,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, crate::session::StoreError> {
+        self.up()?.lock(name, owner, lease).await
+    }
+    async fn unlock(&self, name: &str, owner: &str) -> Result<(), crate::session::StoreError> {
+        self.up()?.unlock(name, owner).await
+    }
+    async fn sweep(&self, now: u64) {
+        self.inner.sweep(now).await
     }
 }
 

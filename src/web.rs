@@ -32,12 +32,37 @@ pub fn router(app: Arc<App>) -> Router {
             get(handlers::sign_out_page).post(handlers::sign_out),
         )
         .route("/.portcullis/signed_out", get(handlers::signed_out))
+        .route(
+            "/.portcullis/backchannel_logout",
+            axum::routing::post(handlers::backchannel_logout),
+        )
         .route("/.portcullis/", get(handlers::user_page))
         .route("/.portcullis/user", get(handlers::user_json))
         .fallback(handlers::not_found)
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_store_errors,
+        ))
         .layer(axum::middleware::from_fn(request_context))
         .with_state(app)
+}
+
+/// Counts the answers that failed because the session store could not be reached.
+async fn count_store_errors(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if response
+        .extensions()
+        .get::<ErrorPage>()
+        .is_some_and(|p| p.code == "store_unavailable")
+    {
+        app.metrics.store_errors.inc();
+    }
+    response
 }
 
 /// The standalone JWKS listener: only the key set and health, no sessions, no sign-in, so it
@@ -95,6 +120,10 @@ pub enum WebError {
     IdpRefused(String),
     #[error(transparent)]
     Store(#[from] crate::session::StoreError),
+    /// A back-channel logout request that is not one (OpenID Connect Back-Channel Logout
+    /// 1.0, 2.8: 400).
+    #[error("back-channel logout refused: {0}")]
+    LogoutRefused(String),
     #[error("too many sign-in attempts; retry in {0} s")]
     TooMany(u64),
 }
@@ -169,6 +198,15 @@ impl IntoResponse for WebError {
                     "idp_refused",
                     "Sign-in refused",
                     format!("The identity provider did not sign you in ({e})."),
+                )
+            }
+            WebError::LogoutRefused(why) => {
+                tracing::warn!(why, "refused a back-channel logout");
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "Bad request",
+                    "This is not a valid logout token.".into(),
                 )
             }
             WebError::TooMany(secs) => {

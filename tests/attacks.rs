@@ -631,3 +631,86 @@ async fn attack_an_https_upstream_with_an_untrusted_certificate_is_not_used() {
         );
     }
 }
+
+/// POSTs `logout_token` to `/.portcullis/backchannel_logout` on `host`, as an IdP would.
+async fn post_logout_token(stack: &Stack, host: &str, token: &str) -> StatusCode {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("logout_token", token)
+        .finish();
+    let browser = stack.browser();
+    send(
+        browser
+            .request(
+                reqwest::Method::POST,
+                &stack.url(host, "/.portcullis/backchannel_logout"),
+            )
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body),
+    )
+    .await
+    .status()
+}
+
+#[tokio::test]
+#[ignore = "tier stack: needs Envoy and the dev IdP (node, examples/demo/node_modules); run scripts/test"]
+async fn attack_backchannel_logout_tokens_the_idp_did_not_sign_end_nothing() {
+    use base64::Engine;
+    let stack = Stack::start().await;
+    let alice = stack.browser();
+    sign_in(&stack, &alice, "alice").await;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": stack.idp_origin(), "aud": "portcullis", "iat": now, "jti": "attack-1",
+        "sub": "alice", "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    // An identity JWT portcullis itself signed (what every upstream sees), and a logout
+    // token signed with that same key: neither is the IdP's.
+    let identity = stack
+        .echo_requests()
+        .iter()
+        .rev()
+        .find_map(|r| r.header(IDENTITY_HEADER).map(str::to_string))
+        .expect("the app saw alice's identity JWT");
+    let signed = testkit::run(
+        testkit::node_script("sign_jwt.mjs")
+            .arg("--key-file")
+            .arg(stack.dir.join("secrets/signing_key.pem"))
+            .args(["--claims", &claims.to_string()]),
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    let ours = ours["token"].as_str().unwrap().to_string();
+    let unsigned = format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none"})),
+        b64(claims)
+    );
+    for (what, token) in [
+        ("alg none", unsigned.clone()),
+        ("signed with portcullis's own key", ours),
+        ("an identity JWT", identity),
+        ("garbage", "a.b.c".to_string()),
+        ("empty", String::new()),
+    ] {
+        assert_eq!(
+            post_logout_token(&stack, "auth", &token).await,
+            StatusCode::BAD_REQUEST,
+            "{what}"
+        );
+    }
+    // Only the auth host has the endpoint.
+    assert_eq!(
+        post_logout_token(&stack, "app", &unsigned).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(alice.get(&stack.url("app", "/"))).await.status(),
+        StatusCode::OK,
+        "alice is still signed in"
+    );
+}

@@ -120,6 +120,7 @@ fn docker_compose_accepts_the_compose_file() {
         "jwks-tls",
         "keycloak",
         "portcullis",
+        "redis",
     ]
     .into();
     assert_eq!(services, want, "{cli:?} config");
@@ -193,6 +194,12 @@ fn the_compose_envoy_yaml_is_what_envoy_config_makes_of_the_compose_config() {
     let dir = temp_dir("compose");
     let config = compose_config_in(&dir);
     testkit::write_secrets(config.parent().unwrap());
+    // init.sh makes the Redis password too.
+    fs::write(
+        config.with_file_name("secrets").join("redis_password"),
+        "not-a-real-redis-password\n",
+    )
+    .unwrap();
     let generated = ok(Command::new(portcullis_bin())
         .arg("envoy-config")
         .arg("-c")
@@ -333,6 +340,8 @@ fn init_makes_secrets_and_certificates_portcullis_accepts_and_keeps_them() {
         "certs/ca-key.pem",
         "certs/tls.pem",
         "certs/tls-key.pem",
+        "portcullis/redis_password",
+        "redis/redis.conf",
     ];
     let first: Vec<Vec<u8>> = files
         .iter()
@@ -349,9 +358,16 @@ fn init_makes_secrets_and_certificates_portcullis_accepts_and_keeps_them() {
         "keycloak/client_secret",
         "certs/ca-key.pem",
         "certs/tls-key.pem",
+        "portcullis/redis_password",
+        "redis/redis.conf",
     ] {
         assert_eq!(mode(&out.join(secret)), 0o600, "{secret}");
     }
+    let password = String::from_utf8(first[8].clone()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[9]).contains(&format!("requirepass {}", password.trim())),
+        "Redis requires the password portcullis has"
+    );
     assert_eq!(mode(&out.join("certs/ca.pem")), 0o644);
 
     let (code, stdout, stderr) = {
@@ -925,6 +941,16 @@ fn grafana_keycloak_envoy_and_portcullis_agree() {
 
     // portcullis's secrets volume is where its config's relative secrets/ points.
     let p = service(&compose, "portcullis");
+    // Two replicas, sharing sessions in the redis service.
+    assert_eq!(p["deploy"]["replicas"], 2);
+    let store = &portcullis["session_store"]["redis"];
+    assert_eq!(store["url"], "redis://redis:6379");
+    assert_eq!(store["password_file"], "secrets/redis_password");
+    let redis = service(&compose, "redis");
+    assert!(strings(&redis["volumes"]).contains(&"redis-secrets:/etc/redis-secrets:ro".into()));
+    assert!(
+        strings(&service(&compose, "init")["volumes"]).contains(&"redis-secrets:/out/redis".into())
+    );
     let volumes = strings(&p["volumes"]);
     assert!(volumes.contains(&"./portcullis.yaml:/etc/portcullis/portcullis.yaml:ro".into()));
     assert!(volumes.contains(&"portcullis-secrets:/etc/portcullis/secrets".into()));

@@ -19,8 +19,8 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, SET_COOKIE};
 use testkit::cockpit::{
-    CockpitStack, DISALLOWED_USERS, PasswordUser, RestoreFile, TEST_ISSUER, jose_tokens,
-    open_socket, pam_verify,
+    CockpitStack, DISALLOWED_USERS, PasswordUser, RestoreFile, TEST_ISSUER, hold_socket,
+    jose_tokens, open_socket, pam_verify,
 };
 use testkit::{Browser, EchoRequest, list, portcullis_bin, repo, run, send, temp_dir};
 
@@ -80,6 +80,46 @@ async fn echoed(response: reqwest::Response) -> EchoRequest {
     EchoRequest::from_json(
         &serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}")),
     )
+}
+
+#[tokio::test]
+#[ignore = "tier cockpit: needs root, cockpit-ws/-bridge/-system, the account alice, Envoy and the dev IdP; run scripts/test as root"]
+async fn the_shells_socket_closes_within_the_bound_after_sign_out_and_reconnecting_is_refused() {
+    // A 4-second bound on the Cockpit route (the default is 5 minutes).
+    let cs = CockpitStack::start_with_websocket_bound(Some("4s")).await;
+    let stack = &cs.stack;
+    let browser = stack.browser();
+    let home = stack.url("cockpit", "/");
+    sign_in(&browser, &home, "alice").await;
+    let login = cockpit_login(&browser, &stack.url("cockpit", "/cockpit/login"), None).await;
+    assert_eq!(login.status(), StatusCode::OK, "{}", cs.cockpit.log_tail());
+    let socket = stack
+        .url("cockpit", "/cockpit/socket")
+        .replacen("https://", "wss://", 1);
+    let cookies = browser.cookie_header(&home).unwrap();
+
+    // The shell's socket, held open as the shell holds it; alice signs out meanwhile.
+    let held = {
+        let (socket, cookies, origin) = (socket.clone(), cookies.clone(), stack.origin("cockpit"));
+        std::thread::spawn(move || hold_socket(&socket, &cookies, &origin, 20_000))
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let page = send(browser.get(&stack.url("cockpit", "/.portcullis/sign_out"))).await;
+    browser.submit_form(page, &[]).await;
+    let report = held.join().unwrap();
+    eprintln!("held cockpit socket: {report}");
+    assert_eq!(report["status"], 101, "{report}");
+    assert_eq!(report["whoami"], "alice", "{report}");
+    let closed_after = report["closed_after_ms"]
+        .as_u64()
+        .expect("the server ended it");
+    assert!(
+        closed_after <= 4_000 + 1_500,
+        "closed {closed_after} ms after opening: beyond the 4 s bound"
+    );
+    // Cockpit's Reconnect is a new upgrade, which portcullis now refuses.
+    let again = open_socket(&socket, &cookies, &stack.origin("cockpit"));
+    assert_eq!(again["status"], 401, "{again}");
 }
 
 #[tokio::test]

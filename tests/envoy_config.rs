@@ -23,11 +23,16 @@ fn demo_tree() -> std::path::PathBuf {
 }
 
 fn generate(root: &Path, cert: &str, key: &str) -> String {
+    generate_with(root, cert, key, &[])
+}
+
+fn generate_with(root: &Path, cert: &str, key: &str, extra: &[&str]) -> String {
     let out = run(Command::new(portcullis_bin())
         .current_dir(root)
         .args(["envoy-config", "-c", "examples/demo/portcullis.yaml"])
         .args(["--listen", "127.0.0.1:8443", "--admin", "127.0.0.1:9901"])
-        .args(["--tls-cert", cert, "--tls-key", key]));
+        .args(["--tls-cert", cert, "--tls-key", key])
+        .args(extra));
     assert!(
         out.status.success(),
         "{}",
@@ -52,12 +57,35 @@ fn committed_envoy_config_matches_the_demo_config() {
 #[test]
 #[ignore = "tier stack: needs Envoy (.deps/envoy or PORTCULLIS_ENVOY_BIN); run scripts/test"]
 fn envoy_accepts_the_generated_config() {
+    validate(&[]);
+}
+
+/// Several replicas, by address and by name: balanced, health-checked, retried.
+#[test]
+#[ignore = "tier stack: needs Envoy (.deps/envoy or PORTCULLIS_ENVOY_BIN); run scripts/test"]
+fn envoy_accepts_the_generated_config_for_replicas() {
+    validate(&[
+        "--replica",
+        "127.0.0.1:9100,127.0.0.1:9101",
+        "--replica",
+        "127.0.0.1:9110,127.0.0.1:9111",
+    ]);
+    validate(&[
+        "--portcullis-host",
+        "localhost",
+        "--portcullis-host",
+        "ip6-localhost",
+    ]);
+}
+
+fn validate(extra: &[&str]) {
     let root = demo_tree();
     let certs = testkit::test_certs();
-    let yaml = generate(
+    let yaml = generate_with(
         &root,
         certs.cert.to_str().unwrap(),
         certs.key.to_str().unwrap(),
+        extra,
     );
     let file = root.join("envoy.yaml");
     fs::write(&file, yaml).unwrap();

@@ -7,6 +7,7 @@
 #   OUT/portcullis/  cookie_secret, client_secret, signing_key.pem   (portcullis, uid 10001)
 #   OUT/keycloak/    client_secret, a copy for the realm import      (Keycloak, uid 1000)
 #   OUT/certs/       ca.pem, ca-key.pem, tls.pem, tls-key.pem        (Envoy, uid 101)
+#   OUT/redis/       redis.conf with the password portcullis has     (Redis, uid 999)
 #
 # The TLS certificate covers the demo's host names and `jwks-tls`, the internal name Grafana
 # fetches the JWKS from. Needs openssl and portcullis (PORTCULLIS=path, default: on PATH).
@@ -17,8 +18,8 @@ PORTCULLIS="${PORTCULLIS:-portcullis}"
 DNS_NAMES="auth.localhost grafana.localhost cockpit.localhost keycloak.localhost jwks-tls"
 
 umask 077
-mkdir -p "$OUT/portcullis" "$OUT/keycloak" "$OUT/certs"
-p="$OUT/portcullis" k="$OUT/keycloak" c="$OUT/certs"
+mkdir -p "$OUT/portcullis" "$OUT/keycloak" "$OUT/certs" "$OUT/redis"
+p="$OUT/portcullis" k="$OUT/keycloak" c="$OUT/certs" r="$OUT/redis"
 
 say() { printf 'init: %s\n' "$*"; }
 
@@ -39,6 +40,15 @@ if [ ! -s "$p/signing_key.pem" ]; then
 fi
 # Keycloak reads the same client secret when it imports the realm.
 cp "$p/client_secret" "$k/client_secret"
+# The session store: both portcullis replicas share sessions in Redis, with a password.
+if [ ! -s "$p/redis_password" ]; then
+    openssl rand -hex 32 >"$p/redis_password.tmp"
+    mv "$p/redis_password.tmp" "$p/redis_password"
+    say "made $p/redis_password"
+fi
+# Redis reads its password from a config file (not its command line, which `ps` shows);
+# appendonly keeps sessions across a restart of Redis.
+printf 'requirepass %s\nappendonly yes\n' "$(cat "$p/redis_password")" >"$r/redis.conf"
 
 # --- certificates -------------------------------------------------------------------------
 if [ ! -s "$c/ca.pem" ] || [ ! -s "$c/ca-key.pem" ]; then
@@ -80,10 +90,11 @@ fi
 # --- who may read what --------------------------------------------------------------------
 chmod 0755 "$c"
 chmod 0644 "$c/ca.pem" "$c/tls.pem"
-chmod 0600 "$c/ca-key.pem" "$c/tls-key.pem" "$p"/* "$k"/*
+chmod 0600 "$c/ca-key.pem" "$c/tls-key.pem" "$p"/* "$k"/* "$r"/*
 if [ "$(id -u)" = 0 ]; then
     chown -R 10001:10001 "$p"   # the portcullis image's user
     chown -R 1000:1000 "$k"     # Keycloak's
     chown 101:101 "$c/tls-key.pem" # Envoy's (envoy and jwks-tls)
+    chown -R 999:999 "$r"       # the redis image's
 fi
 say "ready; the browser's CA is $c/ca.pem (docker compose cp init:$c/ca.pem .)"

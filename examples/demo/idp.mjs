@@ -16,6 +16,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
@@ -30,6 +31,13 @@ const { values: opts } = parseArgs({
     'client-secret-file': { type: 'string' },
     'redirect-uri': { type: 'string', multiple: true, default: [] },
     'post-logout-redirect-uri': { type: 'string', multiple: true, default: [] },
+    // Short access tokens and rotating refresh tokens, to exercise portcullis's refresh.
+    'access-token-ttl': { type: 'string', default: '3600' },
+    'rotate-refresh-tokens': { type: 'boolean', default: false },
+    // OpenID Connect Back-Channel Logout: where to POST the logout token when a session
+    // ends here, and the CA that URL's certificate chains to.
+    'backchannel-logout-uri': { type: 'string' },
+    'ca-file': { type: 'string' },
   },
 });
 
@@ -118,6 +126,10 @@ const configuration = {
     redirect_uris: opts['redirect-uri'],
     post_logout_redirect_uris: opts['post-logout-redirect-uri'],
     grant_types: ['authorization_code', 'refresh_token'],
+    ...(opts['backchannel-logout-uri'] ? {
+      backchannel_logout_uri: opts['backchannel-logout-uri'],
+      backchannel_logout_session_required: true,
+    } : {}),
     response_types: ['code'],
     // oidc-provider accepts client_secret_post too for a client registered as _basic.
     token_endpoint_auth_method: 'client_secret_basic',
@@ -139,7 +151,11 @@ const configuration = {
     // The provider filters these by the granted scopes/claims.
     return { accountId: sub, claims: async () => ({ ...user.claims, groups: [...user.claims.groups] }) };
   },
+  // Back-channel logout requests go to *.localhost hosts, which Node does not resolve:
+  // those are sent to 127.0.0.1 (with their own name for TLS), trusting --ca-file.
+  fetch: localhostFetch,
   features: {
+    backchannelLogout: { enabled: Boolean(opts['backchannel-logout-uri']) },
     devInteractions: { enabled: false }, // our own login form below
     rpInitiatedLogout: {
       enabled: true,
@@ -160,8 +176,11 @@ ${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><butt
   // Refresh tokens for our client without asking for offline_access; they still die with the
   // IdP session (expiresWithSession default), so logging out at the IdP revokes them.
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Every refresh spends the refresh token and issues a new one (when asked to): a second
+  // use of a spent one is refused, as a real IdP with rotation does.
+  rotateRefreshToken: () => opts['rotate-refresh-tokens'],
   ttl: {
-    AccessToken: 60 * 60,
+    AccessToken: Number(opts['access-token-ttl']),
     AuthorizationCode: 60,
     IdToken: 60 * 60,
     RefreshToken: 24 * 60 * 60,
@@ -184,7 +203,33 @@ ${form.replace('</form>', '<input type="hidden" name="logout" value="yes"/><butt
   },
 };
 
+function localhostFetch(url, options = {}) {
+  const target = new URL(url);
+  if (!target.hostname.endsWith('.localhost')) return globalThis.fetch(url, options);
+  const ca = opts['ca-file'] ? readFileSync(opts['ca-file']) : undefined;
+  return new Promise((resolve, reject) => {
+    const req = https.request(target, {
+      method: options.method ?? 'GET',
+      headers: Object.fromEntries(new Headers(options.headers ?? {})),
+      ca,
+      servername: target.hostname,
+      lookup: (_host, o, cb) => (o.all ? cb(null, [{ address: '127.0.0.1', family: 4 }]) : cb(null, '127.0.0.1', 4)),
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve(new Response(Buffer.concat(chunks), { status: res.statusCode })));
+    });
+    req.on('error', reject);
+    if (options.body !== undefined) req.write(String(options.body));
+    req.end();
+  });
+}
+
 const provider = new Provider(issuer, configuration);
+provider.on('backchannel.success', (_ctx, _client, sub, sid) => console.log(`idp: backchannel logout sent sub=${sub} sid=${sid}`));
+provider.on('backchannel.error', (_ctx, err) => console.error(`idp: backchannel logout failed: ${err.message}`));
+// One line per token-endpoint grant, so that tests can count refreshes.
+provider.on('grant.success', (ctx) => console.log(`idp: grant ${ctx.oidc.params.grant_type}`));
 for (const event of ['server_error', 'authorization.error', 'grant.error', 'end_session.error',
   'userinfo.error', 'introspection.error', 'revocation.error']) {
   provider.on(event, (_ctx, err) => console.error(`idp: ${event}: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}`));

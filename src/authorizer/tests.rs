@@ -516,6 +516,36 @@ async fn a_store_that_fails_refuses_with_503_and_never_allows() {
     let r = response(d);
     assert_eq!(r.status, 503);
     assert!(!r.body.contains("connection refused"), "no internals");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON for API clients");
+    assert_eq!(v["error"], "store_unavailable");
+    // A browser gets a page.
+    let mut headers: HashMap<String, String> = [
+        ("accept".to_string(), BROWSER.to_string()),
+        ("x-request-id".to_string(), "req-42".to_string()),
+    ]
+    .into();
+    headers.insert(
+        "cookie".into(),
+        a.cookies()
+            .issue(s.id, APP, s.expires_at, T0)
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string(),
+    );
+    let req = Request {
+        method: "GET",
+        scheme: "https",
+        authority: APP,
+        path: "/",
+        headers: &headers,
+        route_hint: None,
+        source_ip: None,
+    };
+    let r = response(a.check(&req).await);
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("<h1>Temporarily unavailable</h1>") && r.body.contains("req-42"));
+    assert!(r.headers.iter().any(|(k, _)| *k == "retry-after"));
     // Without a cookie there is nothing to look up: the usual sign-in answer.
     let none = HashMap::new();
     let req = Request {

@@ -13,8 +13,41 @@ pub struct RawConfig {
     pub published_key_files: Option<Vec<String>>,
     pub identity_header: Option<String>,
     pub routes: Option<Vec<RawRoute>>,
+    pub session_store: Option<RawSessionStore>,
+    pub admin: Option<RawAdmin>,
+    pub websocket_max_duration: Option<String>,
     pub log: Option<RawLog>,
     pub sign_in_limits: Option<RawSignInLimits>,
+}
+
+/// The session administration API's listener.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// `session_store: { memory: {} }` or `{ redis: { … } }`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSessionStore {
+    pub memory: Option<RawMemoryStore>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMemoryStore {}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub tls: Option<RawRedisTls>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRedisTls {
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +69,7 @@ pub struct RawServer {
     pub jwks_address: Option<String>,
     pub metrics_address: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub drain_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +115,7 @@ pub struct RawRoute {
     pub cockpit: Option<RawCockpit>,
     pub role: Option<RawRole>,
     pub tls: Option<RawUpstreamTls>,
+    pub websocket_max_duration: Option<String>,
 }
 
 /// How Envoy verifies an HTTPS upstream.

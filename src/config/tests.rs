@@ -317,6 +317,88 @@ fn idp_settings_for_the_idps_people_run() {
 }
 
 #[test]
+fn the_session_store_is_memory_by_default_or_redis_as_configured() {
+    let f = Fixture::new();
+    assert!(matches!(
+        f.parse(VALID).unwrap().session_store,
+        StoreConfig::Memory
+    ));
+    let memory = format!("{VALID}session_store: {{ memory: {{}} }}\n");
+    assert!(matches!(
+        f.parse(&memory).unwrap().session_store,
+        StoreConfig::Memory
+    ));
+    std::fs::write(f.dir.join("redis-password"), "r3dis-pass\n").unwrap();
+    let redis = format!(
+        "{VALID}session_store:\n  redis:\n    url: redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000\n    password_file: redis-password\n"
+    );
+    let c = f.parse(&redis).unwrap();
+    let StoreConfig::Redis(r) = &c.session_store else {
+        panic!("redis")
+    };
+    assert_eq!(r.key_prefix, "portcullis:");
+    assert_eq!(r.password.as_ref().map(|p| p.expose()), Some("r3dis-pass"));
+    assert!(!r.tls);
+    assert!(!format!("{c:?}").contains("r3dis-pass"), "redacted");
+    let sentinel = format!(
+        "{VALID}session_store:\n  redis: {{ url: \"rediss-sentinel://10.0.0.1:26379/0?sentinelServiceName=main\", tls: {{}} }}\n"
+    );
+    let c = f.parse(&sentinel).unwrap();
+    assert!(matches!(&c.session_store, StoreConfig::Redis(r) if r.tls));
+}
+
+#[test]
+fn every_session_store_problem_is_reported_with_its_path() {
+    let f = Fixture::new();
+    let store = |yaml: &str| format!("{VALID}session_store:\n{yaml}");
+    for (yaml, want) in [
+        (
+            "  memory: {}\n  redis: { url: redis://h:1 }\n",
+            "session_store",
+        ),
+        ("  {}\n", "session_store"),
+        (
+            "  redis: { url: \"redis://:pw@h:6379\" }\n",
+            "session_store.redis.url",
+        ),
+        (
+            "  redis: { url: \"http://h:6379\" }\n",
+            "session_store.redis.url",
+        ),
+        (
+            "  redis: { password_file: nope }\n",
+            "session_store.redis.url",
+        ),
+        (
+            "  redis: { url: redis://h:1, password_file: nope }\n",
+            "session_store.redis.password_file",
+        ),
+        (
+            "  redis: { url: redis://h:1, tls: { ca_file: client } }\n",
+            "session_store.redis.tls",
+        ),
+        (
+            "  redis: { url: rediss://h:1, tls: { ca_file: client } }\n",
+            "session_store.redis.tls.ca_file",
+        ),
+        (
+            "  redis: { url: redis://h:1, key_prefix: \"a b\" }\n",
+            "session_store.redis.key_prefix",
+        ),
+        (
+            "  redis: { url: redis://h:1, bogus: 1 }\n",
+            "session_store.redis.bogus",
+        ),
+    ] {
+        let p = paths(f.parse(&store(yaml)));
+        assert!(
+            p.iter().any(|x| x == want),
+            "{yaml}: {want} missing from {p:?}"
+        );
+    }
+}
+
+#[test]
 fn type_errors_and_validation_errors_come_together_each_at_its_line() {
     let f = Fixture::new();
     let text = VALID

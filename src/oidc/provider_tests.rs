@@ -544,6 +544,104 @@ async fn logout_tokens_verify_with_the_idps_keys_and_logout_urls_carry_the_hint(
 }
 
 #[tokio::test]
+async fn attack_the_backchannel_logout_endpoint_refuses_what_the_idp_did_not_sign_for_us() {
+    use crate::session::SessionStore;
+    use tower::ServiceExt;
+    let m = serve(Mock::new()).await;
+    let rp = Arc::new(rp(&m, |_| {}).await);
+    let dir = crate::testing::ConfigDir::new();
+    let yaml = crate::testing::CONFIG.replace("http://127.0.0.1:9000", &m.lock().unwrap().issuer);
+    let config = dir.parse(&yaml).unwrap();
+    let store = Arc::new(crate::session::MemoryStore::default());
+    let app = Arc::new(crate::app::App::with_parts(
+        config,
+        crate::app::Parts {
+            store: store.clone(),
+            clock: Arc::new(crate::core::SystemClock),
+            idp: rp.clone(),
+        },
+    ));
+    let now = crate::core::unix_now();
+    let mut session = crate::session::conformance::session("u-alice", None, now, 3600);
+    session.idp = Some(Box::new(crate::core::IdpGrant {
+        sid: Some("idp-sid-1".into()),
+        ..Default::default()
+    }));
+    store.put(session.clone()).await.unwrap();
+    let (issuer, keys_kid) = {
+        let m = m.lock().unwrap();
+        (m.issuer.clone(), m.keys.kid().to_string())
+    };
+    let sign = |claims: Value| {
+        let m = m.lock().unwrap();
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(keys_kid.clone());
+        h.typ = Some("logout+jwt".into());
+        jsonwebtoken::encode(&h, &claims, m.keys.encoding_key()).unwrap()
+    };
+    let claims = |f: &dyn Fn(&mut Value)| {
+        let mut c = json!({"iss": issuer, "aud": CLIENT_ID, "iat": now, "jti": random_token(8),
+            "sid": "idp-sid-1",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+        f(&mut c);
+        c
+    };
+    let post = |token: String| {
+        let app = app.clone();
+        async move {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("logout_token", &token)
+                .finish();
+            let req = axum::http::Request::post("/.portcullis/backchannel_logout")
+                .header("host", "auth.localhost:8443")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            crate::web::router(app).oneshot(req).await.unwrap().status()
+        }
+    };
+    let id_token = sign_in(&m, &rp)
+        .await
+        .unwrap()
+        .id_token
+        .expose()
+        .to_string();
+    let stranger = SigningKeys::from_pem(&generate_pkcs8_pem()).unwrap();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(keys_kid.clone());
+    let forged = jsonwebtoken::encode(&h, &claims(&|_| {}), stranger.encoding_key()).unwrap();
+    for (what, token) in [
+        (
+            "wrong aud",
+            sign(claims(&|c| c["aud"] = "other-client".into())),
+        ),
+        (
+            "wrong iss",
+            sign(claims(&|c| c["iss"] = "https://evil.example".into())),
+        ),
+        ("an ID token", id_token),
+        ("signed by another key", forged),
+        (
+            "without the event",
+            sign(claims(&|c| c["events"] = json!({}))),
+        ),
+    ] {
+        assert_eq!(post(token).await, StatusCode::BAD_REQUEST, "{what}");
+        assert!(
+            store.get(&session.id, now).await.unwrap().is_some(),
+            "{what}"
+        );
+    }
+    let valid = sign(claims(&|_| {}));
+    assert_eq!(post(valid.clone()).await, StatusCode::OK);
+    assert!(
+        store.get(&session.id, now).await.unwrap().is_none(),
+        "ended"
+    );
+    assert_eq!(post(valid).await, StatusCode::BAD_REQUEST, "replayed");
+}
+
+#[tokio::test]
 async fn bearer_tokens_from_the_idp_for_us_or_a_configured_audience_and_nothing_else() {
     let m = serve(Mock::new()).await;
     let rp = rp(&m, |c| {

@@ -18,7 +18,9 @@ fn port_zero() -> ServerConfig {
         http_address: any,
         jwks_address: Some(any),
         metrics_address: Some(any),
+        admin_address: Some(any),
         shutdown_grace: Duration::from_secs(5),
+        drain_delay: Duration::ZERO,
     }
 }
 
@@ -61,7 +63,10 @@ async fn every_listener_serves_until_shutdown_and_the_ready_file_names_them() {
     let server = tokio::spawn(serve(
         t.app.clone(),
         listeners,
-        Duration::from_secs(5),
+        Stopping {
+            drain_delay: Duration::ZERO,
+            grace: Duration::from_secs(5),
+        },
         async move {
             let _ = stopped.await;
         },
@@ -127,4 +132,66 @@ async fn a_taken_address_is_named_in_the_bind_error() {
         e.to_string().starts_with("server.http_address 127.0.0.1:"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn on_shutdown_health_says_not_serving_while_checks_are_still_answered() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let t = TestApp::new(CONFIG);
+    let mut config = port_zero();
+    config.jwks_address = None;
+    config.metrics_address = None;
+    config.admin_address = None;
+    let listeners = bind(&config).await.unwrap();
+    let grpc = format!("http://{}", listeners.grpc.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        t.app.clone(),
+        listeners,
+        Stopping {
+            drain_delay: Duration::from_millis(600),
+            grace: Duration::from_secs(2),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(grpc)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let mut authz = AuthorizationClient::new(channel);
+    let status = |h: &mut HealthClient<_>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    assert_eq!(status(&mut health).await, 1, "SERVING");
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status(&mut health).await, 2, "NOT_SERVING while draining");
+    assert!(
+        t.app.draining.load(std::sync::atomic::Ordering::SeqCst),
+        "and /healthz answers 503"
+    );
+    let answer = authz
+        .check(check_request("admin.localhost:8443"))
+        .await
+        .expect("still answering while draining");
+    assert!(answer.into_inner().http_response.is_some());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("stops after the drain")
+        .unwrap()
+        .unwrap();
 }

@@ -13,7 +13,7 @@ use crate::authorizer::hop_binding;
 use crate::core::{Route, Session, SessionId, authority_of};
 use crate::crypto::{constant_time_eq, random_token};
 use crate::pages;
-use crate::session::CookieJar;
+use crate::session::{CookieJar, Selector};
 
 /// How long a sign-in may take at the IdP.
 const CSRF_TTL_SECS: u64 = 600;
@@ -95,8 +95,14 @@ fn redirect_with_cookies(location: &str, cookies: &[String]) -> Response {
     response
 }
 
-pub async fn healthz() -> &'static str {
-    "ok"
+/// `ok`, or 503 while the session store cannot answer or before shutdown (Envoy's health
+/// check then moves the traffic to other replicas).
+pub async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.is_serving() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving").into_response()
+    }
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -338,7 +344,15 @@ pub async fn oauth2_callback(
         .map_err(|l| WebError::TooMany(l.retry_after_secs()))?;
     app.metrics.sign_ins.inc();
     tracing::info!(user = signed_in.user.display(), "signed in");
-    let session = Session::new(signed_in.user, now, app.session_lifetime.as_secs());
+    let mut session = Session::new(signed_in.user, now, app.session_lifetime.as_secs());
+    session.idp = app.sessions.grant(
+        &session.id,
+        &signed_in.tokens,
+        signed_in.idp_sid.as_deref(),
+        signed_in.used_userinfo,
+        None,
+        now,
+    );
     let mut cookies = vec![
         app.cookies()
             .issue(session.id, &app.auth_authority, session.expires_at, now),
@@ -514,7 +528,8 @@ pub async fn sign_out(
 }
 
 async fn revoke(app: &App, s: &Session) -> Result<(), WebError> {
-    app.store.remove(&s.id).await?;
+    let ended = app.store.revoke(Selector::Session(s.id), app.now()).await?;
+    app.metrics.sessions_revoked.inc_by(ended.len() as u64);
     app.tokens().forget_session(s.id);
     tracing::info!(user = s.user.display(), "signed out");
     Ok(())
@@ -546,6 +561,81 @@ async fn finish_sign_out(
         .end_session_url(hint.as_ref())
         .unwrap_or_else(|| app.urls.signed_out.clone());
     Ok(redirect_with_cookies(location.as_str(), &clear))
+}
+
+#[derive(Deserialize)]
+pub struct LogoutForm {
+    logout_token: Option<String>,
+}
+
+/// How long a logout token's `jti` is remembered: as long as the token is accepted (its
+/// `iat` at most 10 minutes old, a minute of skew), so a replay is always caught.
+const LOGOUT_JTI_TTL_SECS: u64 = 11 * 60;
+
+/// `POST /.portcullis/backchannel_logout` on the auth host: OpenID Connect Back-Channel
+/// Logout 1.0. The IdP says one of its sessions (`sid`), or all of a user's (`sub`), ended;
+/// the sessions it names end on every replica (through the shared store). 200 when the
+/// token is valid, 400 otherwise; a token is accepted once.
+pub async fn backchannel_logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<LogoutForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, WebError> {
+    let (Host::Auth, _) = host_of(&app, &headers)? else {
+        return Err(WebError::NotFound);
+    };
+    let result = end_idp_sessions(&app, form.ok().and_then(|f| f.0.logout_token)).await;
+    match &result {
+        Ok(_) => {
+            app.metrics.backchannel_logouts.inc();
+        }
+        Err(WebError::LogoutRefused(_)) => {
+            app.metrics.backchannel_logout_rejections.inc();
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+async fn end_idp_sessions(app: &App, token: Option<String>) -> Result<Response, WebError> {
+    let now = app.now();
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| WebError::LogoutRefused("no logout_token".into()))?;
+    let logout = app
+        .idp
+        .verify_logout_token(&token, now)
+        .map_err(|e| WebError::LogoutRefused(e.to_string()))?;
+    if !app
+        .store
+        .claim_once(
+            &format!("logout:{}", logout.jti),
+            logout.iat.max(now) + LOGOUT_JTI_TTL_SECS,
+        )
+        .await?
+    {
+        return Err(WebError::LogoutRefused(
+            "replayed (jti already used)".into(),
+        ));
+    }
+    let selector = match (logout.sid.as_deref(), logout.sub.as_deref()) {
+        (Some(sid), sub) => Selector::IdpSession { sid, sub },
+        (None, Some(sub)) => Selector::Subject(sub),
+        // The verifier refuses a token with neither.
+        (None, None) => return Err(WebError::LogoutRefused("neither sid nor sub".into())),
+    };
+    let ended = app.store.revoke(selector, now).await?;
+    for s in &ended {
+        app.tokens().forget_session(s.id);
+        tracing::info!(
+            user = s.user.display(),
+            session = s.public_id(),
+            "signed out by the identity provider (back-channel logout)"
+        );
+    }
+    app.metrics.sessions_revoked.inc_by(ended.len() as u64);
+    // Cache-Control: no-store is set on every answer of this service.
+    Ok(StatusCode::OK.into_response())
 }
 
 pub async fn signed_out(State(app): State<Arc<App>>) -> Response {

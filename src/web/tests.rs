@@ -401,6 +401,11 @@ async fn unknown_hosts_and_an_unready_idp_get_clear_answers() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let a = b.get(&format!("{APP}/healthz")).await;
     assert_eq!(a.status, StatusCode::OK);
+    t.app
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = b.get(&format!("{APP}/healthz")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "draining");
 }
 
 /// Signs in up to the IdP's answer and returns the callback URL with code and state.
@@ -468,6 +473,194 @@ async fn a_sign_in_the_admin_must_fix_shows_a_request_id_and_no_internals() {
     let id = json["request_id"].as_str().unwrap();
     assert!(id.len() >= 16 && !id.contains('<'), "{id}");
     assert_eq!(a.headers["x-request-id"], id);
+}
+
+/// POSTs a back-channel logout to `host` as an IdP does (a form with `logout_token`).
+async fn post_logout(t: &TestApp, host: &str, body: &str) -> Answer {
+    let req = axum::http::Request::post("/.portcullis/backchannel_logout")
+        .header("host", host)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    t.send(req).await
+}
+
+fn form(token: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("logout_token", token)
+        .finish()
+}
+
+#[tokio::test]
+async fn a_backchannel_logout_ends_the_idp_sessions_on_every_replica() {
+    use crate::testing::FakeIdp;
+    let t = TestApp::new(CONFIG);
+    let replica = t.replica();
+    let mut alice = t.browser();
+    alice
+        .sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    let mut bob = t.browser();
+    bob.sign_in(&format!("{APP}/"), user("bob@example.com", &[]))
+        .await;
+    let replica_check = |b: &TestBrowser<'_>| {
+        let headers: HashMap<String, String> =
+            [("cookie".to_string(), b.cookie_header(APP_HOST))].into();
+        let replica = replica.clone();
+        async move {
+            let req = Request {
+                method: "GET",
+                scheme: "https",
+                authority: APP_HOST,
+                path: "/",
+                headers: &headers,
+                route_hint: None,
+                source_ip: None,
+            };
+            replica.authorizer.check(&req).await.kind
+        }
+    };
+    assert_eq!(replica_check(&alice).await, OutcomeKind::Allow);
+
+    // By the IdP's session id: alice's session ends on both replicas, bob's stays.
+    let token = FakeIdp::logout_token(None, Some(&FakeIdp::sid_of("alice")));
+    let a = post_logout(&t, AUTH_HOST, &form(&token)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.headers.get("cache-control").unwrap().to_str().unwrap(),
+        "no-store"
+    );
+    assert_eq!(
+        check(&t, &alice, APP_HOST).await,
+        OutcomeKind::SignInRequired
+    );
+    assert_eq!(replica_check(&alice).await, OutcomeKind::SignInRequired);
+    assert!(!alice.has_session(AUTH_HOST).await);
+    assert_eq!(check(&t, &bob, APP_HOST).await, OutcomeKind::Allow);
+
+    // Replayed: refused, though it would change nothing.
+    let a = post_logout(&t, AUTH_HOST, &form(&token)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+    // By subject: every session of bob's.
+    let mut bob2 = t.browser();
+    bob2.sign_in(&format!("{APP}/"), user("bob@example.com", &[]))
+        .await;
+    let a = post_logout(
+        &t,
+        AUTH_HOST,
+        &form(&FakeIdp::logout_token(Some("bob"), None)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    for b in [&bob, &bob2] {
+        assert_eq!(check(&t, b, APP_HOST).await, OutcomeKind::SignInRequired);
+    }
+    assert_eq!(t.app.metrics.backchannel_logouts.get(), 2);
+    assert_eq!(t.app.metrics.backchannel_logout_rejections.get(), 1);
+    assert_eq!(
+        t.app.metrics.sessions_revoked.get(),
+        3,
+        "alice's one and bob's two (one record per sign-in, whatever the hosts)"
+    );
+}
+
+#[tokio::test]
+async fn attack_backchannel_logouts_that_are_not_are_refused() {
+    use crate::testing::FakeIdp;
+    let t = TestApp::new(CONFIG);
+    let mut alice = t.browser();
+    alice
+        .sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    let sid = FakeIdp::sid_of("alice");
+    let valid = FakeIdp::logout_token(None, Some(&sid));
+    for (what, host, body) in [
+        ("forged", AUTH_HOST, form(&format!("forged.{valid}"))),
+        ("no token", AUTH_HOST, String::new()),
+        ("empty token", AUTH_HOST, form("")),
+        ("not a form", AUTH_HOST, "{\"logout_token\": 1}".to_string()),
+    ] {
+        let a = post_logout(&t, host, &body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{what}");
+        assert!(!a.body.contains(&valid), "{what}: nothing echoed");
+    }
+    // On a route host the endpoint does not exist, and a GET is not a logout.
+    let a = post_logout(&t, APP_HOST, &form(&valid)).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = alice
+        .get(&format!("{AUTH}/.portcullis/backchannel_logout"))
+        .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        check(&t, &alice, APP_HOST).await,
+        OutcomeKind::Allow,
+        "still signed in"
+    );
+    assert_eq!(t.app.metrics.backchannel_logout_rejections.get(), 4);
+}
+
+#[tokio::test]
+async fn a_store_cut_off_fails_closed_with_503_everywhere_and_recovers_by_itself() {
+    use std::sync::atomic::Ordering;
+    let (t, flaky) = TestApp::with_flaky_store(CONFIG);
+    let mut b = t.browser();
+    b.sign_in(&format!("{APP}/"), user("alice@example.com", &[]))
+        .await;
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::Allow);
+
+    flaky.down.store(true, Ordering::SeqCst);
+    assert_eq!(check(&t, &b, APP_HOST).await, OutcomeKind::StoreUnavailable);
+    let page = b
+        .request(
+            axum::http::Method::GET,
+            &format!("{APP}/.portcullis/"),
+            &[("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        page.body.contains("Temporarily unavailable"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("connection refused"), "no internals");
+    let json = b
+        .request(
+            axum::http::Method::GET,
+            &format!("{APP}/.portcullis/user"),
+            &[("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(json.status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(v["error"], "store_unavailable");
+    // A sign-in cannot finish either: no session is made that could not be revoked.
+    let mut other = t.browser();
+    let to_auth = other
+        .get(&format!("{APP}/.portcullis/sign_in?rd={APP}/"))
+        .await;
+    let to_idp = other.get(to_auth.location().unwrap()).await;
+    let back = t.idp.sign_in(
+        to_idp.location().unwrap(),
+        t.app.urls.oauth2_callback.as_str(),
+        user("bob@example.com", &[]),
+    );
+    let callback = other.get(&back).await;
+    assert_eq!(callback.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(other.cookie(AUTH_HOST, "__Host-_portcullis").is_none());
+    assert_eq!(
+        t.app.metrics.store_errors.get(),
+        3,
+        "page, JSON and callback"
+    );
+
+    flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        check(&t, &b, APP_HOST).await,
+        OutcomeKind::Allow,
+        "recovered"
+    );
 }
 
 #[tokio::test]

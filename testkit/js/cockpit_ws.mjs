@@ -4,7 +4,7 @@
 //
 //   node testkit/js/cockpit_ws.mjs --url wss://cockpit.localhost:PORT/cockpit/socket \
 //     [--cookie 'a=b; c=d'] [--origin https://cockpit.localhost:PORT] [--ca CA.pem] \
-//     [--connect-to 127.0.0.1] [--timeout-ms 15000]
+//     [--connect-to 127.0.0.1] [--timeout-ms 15000] [--hold]
 //
 // Cockpit's protocol (doc/protocol.md): every WebSocket message is text, "CHANNEL\nPAYLOAD";
 // the control channel is the empty string, so control messages are "\n{json}". The bridge
@@ -19,6 +19,8 @@
 //   {"status":101, "init":{...}, "whoami":"alice", "user":{"Name":"alice",...},
 //    "messages":["\n{...}", ...]}
 //   {"status":403, "body":"..."}  when the upgrade was refused
+// With --hold the socket stays open after the answers until the server ends it, and the
+// report adds "closed_after_ms" (since the upgrade).
 // Exits 1 with the reason on stderr on a transport error or timeout.
 // --connect-to sends the TCP connection to that address whatever the host name resolves to
 // (glibc does not resolve *.localhost); TLS still checks the URL's host name against --ca.
@@ -35,6 +37,8 @@ const { values: opts } = parseArgs({
     ca: { type: 'string' },
     'connect-to': { type: 'string' },
     'timeout-ms': { type: 'string', default: '15000' },
+    // Keep the socket open after the answers, until the server ends it; report when.
+    hold: { type: 'boolean', default: false },
   },
 });
 if (!opts.url) {
@@ -84,12 +88,15 @@ ws.on('unexpected-response', (_req, res) => {
     done(0);
   });
 });
+let openedAt = 0;
 ws.on('upgrade', (res) => {
   result.status = res.statusCode;
+  openedAt = Date.now();
 });
 ws.on('error', (err) => fail(`${err.code || ''} ${err.message}`.trim()));
 ws.on('close', (code, reason) => {
   result.closed = { code, reason: reason.toString() };
+  if (openedAt) result.closed_after_ms = Date.now() - openedAt;
   done(0);
 });
 
@@ -98,6 +105,10 @@ let whoami = '';
 // Both answers in: close politely and report.
 const maybeDone = () => {
   if (result.whoami !== undefined && result.user !== undefined) {
+    if (opts.hold) {
+      result.held = true; // the 'close' handler reports when the server ends it
+      return;
+    }
     ws.close();
     done(0);
   }

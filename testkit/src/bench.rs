@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// Where the report goes (also printed).
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench/report.md")]
     pub out: PathBuf,
+    /// portcullis's session store in cases 3-5: `memory` or `redis` (a redis-server the
+    /// bench starts; the report then counts Redis's commands per Check).
+    #[arg(long, env = "BENCH_STORE", default_value = "memory", value_parser = ["memory", "redis"])]
+    pub store: String,
     /// Start everything, check it, then wait for Ctrl-C without load (for profiling by
     /// hand; addresses, pids and the cookie in target/bench/run/hold.env).
     #[arg(long, env = "BENCH_HOLD")]
@@ -275,6 +279,7 @@ async fn start_portcullis_side(
     procs: &mut Procs,
     run: &Path,
     secrets: &Secrets,
+    redis: Option<&crate::redis::Redis>,
 ) -> Result<(u16, Bound, u16)> {
     for attempt in 1..=START_ATTEMPTS {
         let envoy_port = free_port();
@@ -285,6 +290,7 @@ async fn start_portcullis_side(
                 port: 0,
                 client_secret_file: &secrets.client_secret,
                 auth_origin: &auth,
+                extra: &[],
             },
             &run.join("idp.log"),
         )
@@ -292,7 +298,13 @@ async fn start_portcullis_side(
         .map_err(anyhow::Error::msg)?;
         let idp_port = idp.port;
         procs.add(idp.proc);
-        let template = fs::read_to_string(repo().join("envoy/bench/portcullis.yaml.in"))?;
+        let mut template = fs::read_to_string(repo().join("envoy/bench/portcullis.yaml.in"))?;
+        if let Some(redis) = redis {
+            template.push_str(&format!(
+                "session_store: {{ redis: {{ url: \"{}\" }} }}\n",
+                redis.url()
+            ));
+        }
         let config = run.join("portcullis.yaml");
         let values = |grpc, http, metrics| {
             [
@@ -427,7 +439,8 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
     log(
         "starting the IdP, portcullis, the no-op server and three Envoys (the JWT-sized no-op later)",
     );
-    let (p_e3, bound, _) = start_portcullis_side(procs, run, &secrets).await?;
+    let redis = (args.store == "redis").then(|| crate::redis::Redis::start(&[]));
+    let (p_e3, bound, _) = start_portcullis_side(procs, run, &secrets, redis.as_ref()).await?;
     let p_noop = start_noop(procs, &bins, run, "noop", None).await?;
     let http = bound.http.port();
     let p_e1 = start_envoy(procs, run, "envoy-direct", p_noop, http, true, None)
@@ -691,6 +704,33 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
         })
     })
     .unwrap_or(0);
+    // Redis's commands over the whole run (steady state: the session is cached after its
+    // first lookup on the replica), against the Checks answered.
+    let redis_line = redis.as_ref().map(|r| {
+        let stats = r.cli(&["INFO", "commandstats"]);
+        let per_command: Vec<String> = stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .map(|l| {
+                let (name, rest) = l.split_once(':').unwrap_or((l, ""));
+                let calls = rest
+                    .strip_prefix("calls=")
+                    .and_then(|r| r.split(',').next())
+                    .unwrap_or("?");
+                format!("{name} {calls}")
+            })
+            .collect();
+        let reads: u64 = ["get", "smembers", "eval", "set"]
+            .iter()
+            .map(|c| r.calls(c))
+            .sum();
+        format!(
+            "- Session store: Redis ({}). Commands over the whole run: {}; session reads and writes (get, smembers, eval, set): {reads}, i.e. {:.6} per Check (the heartbeat's PUBLISH runs 5 times a second whatever the load).\n",
+            r.url(),
+            per_command.join(", "),
+            reads as f64 / checks.max(1.0)
+        )
+    });
     procs.stop_all();
 
     let mut extra = format!(
@@ -698,6 +738,11 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
          - Checks answered: {checks}; identity JWTs signed: {signed} (one session, one route: the cache re-signs only when a token has under a minute left of its 5).\n\
          - portcullis RSS at the end of the run: {} MiB.\n",
         rss_kb / 1024
+    );
+    extra.push_str(
+        redis_line
+            .as_deref()
+            .unwrap_or("- Session store: memory (BENCH_STORE=redis for the Redis store).\n"),
     );
     if args.micro == 1 {
         extra.push_str(&micro(&bins, run)?);

@@ -70,7 +70,7 @@ impl Browser {
     }
 
     /// Another handle on the same client and cookie jar.
-    pub(crate) fn share(&self) -> Self {
+    pub fn share(&self) -> Self {
         Self {
             client: self.client.clone(),
             jar: self.jar.clone(),

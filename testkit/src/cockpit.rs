@@ -499,17 +499,27 @@ pub struct CockpitStack {
 
 impl CockpitStack {
     pub async fn start() -> Self {
+        Self::start_with_websocket_bound(None).await
+    }
+
+    /// The Cockpit stack with `websocket_max_duration` (e.g. `"4s"`) on the `cockpit`
+    /// route, when given.
+    pub async fn start_with_websocket_bound(bound: Option<&str>) -> Self {
         crate::tier::require_cockpit();
         let lock = PamLock::acquire();
         let (main, sub) = (cockpit_listener(), cockpit_listener());
         let upstream = |l: &TcpListener| format!("http://{}", l.local_addr().unwrap());
-        let stack = StackBuilder::default()
+        let mut builder = StackBuilder::default()
             .route("cockpit", "cockpit", "{ any_authenticated_user: true }")
             .route_upstream("cockpit", &upstream(&main))
             .route_option(
                 "cockpit",
                 "cockpit: { accounts: { alice@example.com: alice } }",
-            )
+            );
+        if let Some(bound) = bound {
+            builder = builder.route_option("cockpit", &format!("websocket_max_duration: {bound}"));
+        }
+        let stack = builder
             .route("cockpit-sub", "apps", "{ any_authenticated_user: true }")
             .route_path("cockpit-sub", "/admin")
             .route_upstream("cockpit-sub", &upstream(&sub))
@@ -626,21 +636,39 @@ pub fn node_json(script: &str, args: &[String]) -> serde_json::Value {
 /// Opens `wss://…/cockpit/socket` through Envoy with `cookie` and `origin`, with
 /// testkit/js/cockpit_ws.mjs; returns its report (`status`, `init`, `whoami`, `user`).
 pub fn open_socket(url: &str, cookie: &str, origin: &str) -> serde_json::Value {
-    node_json(
-        "cockpit_ws.mjs",
+    socket(url, cookie, origin, &[])
+}
+
+/// Opens the socket like [`open_socket`] and keeps it open until the server ends it (at
+/// most `timeout_ms`); the report has `closed_after_ms`.
+pub fn hold_socket(url: &str, cookie: &str, origin: &str, timeout_ms: u64) -> serde_json::Value {
+    socket(
+        url,
+        cookie,
+        origin,
         &[
-            "--url".into(),
-            url.into(),
-            "--cookie".into(),
-            cookie.into(),
-            "--origin".into(),
-            origin.into(),
-            "--ca".into(),
-            test_certs().ca.display().to_string(),
-            "--connect-to".into(),
-            "127.0.0.1".into(),
+            "--timeout-ms".into(),
+            timeout_ms.to_string(),
+            "--hold".into(),
         ],
     )
+}
+
+fn socket(url: &str, cookie: &str, origin: &str, extra: &[String]) -> serde_json::Value {
+    let mut args: Vec<String> = vec![
+        "--url".into(),
+        url.into(),
+        "--cookie".into(),
+        cookie.into(),
+        "--origin".into(),
+        origin.into(),
+        "--ca".into(),
+        test_certs().ca.display().to_string(),
+        "--connect-to".into(),
+        "127.0.0.1".into(),
+    ];
+    args.extend_from_slice(extra);
+    node_json("cockpit_ws.mjs", &args)
 }
 
 /// The issuer of the Cockpit tokens in the process tests (the pam fixture's authenticate_url).

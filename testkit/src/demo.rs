@@ -60,6 +60,18 @@ pub struct DemoArgs {
     /// Why Cockpit is not run (shown in the banner).
     #[arg(long, conflicts_with = "cockpit")]
     pub no_cockpit: Option<String>,
+    /// Run this many portcullis replicas behind Envoy, sharing sessions in a Redis the demo
+    /// starts (Debian's redis-server) on 127.0.0.1:9379; 1 keeps sessions in memory.
+    #[arg(long, env = "PORTCULLIS_DEMO_REPLICAS", default_value_t = 1)]
+    pub replicas: u16,
+}
+
+/// The demo's Redis, with several replicas.
+const REDIS_PORT: u16 = 9379;
+
+/// Replica `i`'s (0-based) gRPC and HTTP ports: 9100/9101, 9110/9111, …
+fn replica_ports(i: u16) -> (u16, u16) {
+    (9100 + 10 * i, 9101 + 10 * i)
 }
 
 /// Everything the demo started, stopped in reverse order on drop.
@@ -175,12 +187,27 @@ async fn start(args: &DemoArgs, running: &mut Running) -> Result<()> {
         (LISTEN, "Envoy HTTPS listener"),
         (ADMIN, "Envoy admin"),
         ("127.0.0.1:9000", "dev OIDC provider"),
-        ("127.0.0.1:9100", "portcullis gRPC"),
-        ("127.0.0.1:9101", "portcullis HTTP"),
     ] {
         if TcpListener::bind(addr).is_err() {
             busy.push(format!("error: port {addr} ({what}) is already in use"));
         }
+    }
+    let replicas = args.replicas.max(1);
+    for i in 0..replicas {
+        let (grpc, http) = replica_ports(i);
+        for (port, what) in [(grpc, "gRPC"), (http, "HTTP")] {
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                busy.push(format!(
+                    "error: port 127.0.0.1:{port} (portcullis {} {what}) is already in use",
+                    i + 1
+                ));
+            }
+        }
+    }
+    if replicas > 1 && TcpListener::bind(("127.0.0.1", REDIS_PORT)).is_err() {
+        busy.push(format!(
+            "error: port 127.0.0.1:{REDIS_PORT} (Redis) is already in use"
+        ));
     }
     let cockpit_listener = match args.cockpit {
         true => match TcpListener::bind(COCKPIT) {
@@ -211,16 +238,50 @@ async fn start(args: &DemoArgs, running: &mut Running) -> Result<()> {
     let secrets = Secrets::in_dir(&dir);
     portcullis::ensure_secrets(&secrets, false);
 
-    // The committed config points at .demo/secrets; another state directory gets its own.
+    // The committed config points at .demo/secrets; another state directory gets its own,
+    // and so do replicas (each on its ports, all on the demo's Redis).
     let source = root.join("examples/demo/portcullis.yaml");
-    let config = if dir == root.join(".demo") {
-        source
+    let config = if dir == root.join(".demo") && replicas == 1 {
+        source.clone()
     } else {
-        let text =
+        let mut text =
             fs::read_to_string(&source)?.replace("../../.demo/", &format!("{}/", dir.display()));
+        if replicas > 1 {
+            text.push_str(&format!(
+                "session_store: {{ redis: {{ url: \"redis://127.0.0.1:{REDIS_PORT}\" }} }}\n"
+            ));
+            // Traffic moves off a replica before it stops (rolling restarts).
+            text = text.replace(
+                "  http_address: 127.0.0.1:9101",
+                "  drain_delay: 3s\n  http_address: 127.0.0.1:9101",
+            );
+        }
         let copy = dir.join("portcullis.yaml");
         fs::write(&copy, text)?;
         copy
+    };
+    let mut configs = vec![config.clone()];
+    for i in 1..replicas {
+        let (grpc, http) = replica_ports(i);
+        let text = fs::read_to_string(&config)?
+            .replace("127.0.0.1:9100", &format!("127.0.0.1:{grpc}"))
+            .replace("127.0.0.1:9101", &format!("127.0.0.1:{http}"));
+        let copy = dir.join(format!("portcullis-{}.yaml", i + 1));
+        fs::write(&copy, text)?;
+        configs.push(copy);
+    }
+    let replica_args: Vec<String> = if replicas > 1 {
+        (0..replicas)
+            .flat_map(|i| {
+                let (grpc, http) = replica_ports(i);
+                [
+                    "--replica".to_string(),
+                    format!("127.0.0.1:{grpc},127.0.0.1:{http}"),
+                ]
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
     let out = run(Command::new(portcullis_bin())
         .arg("check-config")
@@ -242,7 +303,8 @@ async fn start(args: &DemoArgs, running: &mut Running) -> Result<()> {
         .arg("--tls-cert")
         .arg(&certs.cert)
         .arg("--tls-key")
-        .arg(&certs.key));
+        .arg(&certs.key)
+        .args(&replica_args));
     if !out.status.success() {
         bail!(
             "portcullis envoy-config: {}",
@@ -277,6 +339,7 @@ async fn start(args: &DemoArgs, running: &mut Running) -> Result<()> {
             port: IDP_PORT,
             client_secret_file: &secrets.client_secret,
             auth_origin: AUTH_URL,
+            extra: &[],
         },
         &logs.join("idp.log"),
     )
@@ -289,21 +352,35 @@ async fn start(args: &DemoArgs, running: &mut Running) -> Result<()> {
         logs.join("idp.log").display()
     );
 
+    if replicas > 1 {
+        crate::redis::require_redis();
+        let redis_dir = dir.join("redis");
+        fs::create_dir_all(&redis_dir)?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &REDIS_PORT.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&redis_dir)
+            .args(["--save", "", "--appendonly", "yes"]);
+        running.add(Proc::spawn("redis", cmd, &logs.join("redis.log")));
+        eprintln!(
+            "==> started Redis on 127.0.0.1:{REDIS_PORT} (log: {})",
+            logs.join("redis.log").display()
+        );
+    }
     let log_level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let (proc, _) = portcullis::serve(
-        "portcullis",
-        &config,
-        &logs.join("portcullis.log"),
-        &log_level,
-        "auth.localhost:8443",
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    running.add(proc);
-    eprintln!(
-        "==> started portcullis (log: {})",
-        logs.join("portcullis.log").display()
-    );
+    for (i, config) in configs.iter().enumerate() {
+        let name = if i == 0 {
+            "portcullis".to_string()
+        } else {
+            format!("portcullis-{}", i + 1)
+        };
+        let log = logs.join(format!("{name}.log"));
+        let (proc, _) = portcullis::serve(&name, config, &log, &log_level, "auth.localhost:8443")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        running.add(proc);
+        eprintln!("==> started {name} (log: {})", log.display());
+    }
 
     let envoy = envoy::start("envoy", &envoy_yaml, 2, "warn", &logs.join("envoy.log"))
         .await
@@ -396,6 +473,22 @@ fn banner(dir: &Path, args: &DemoArgs) {
         )
     };
     let echo: SocketAddr = ECHO.parse().unwrap();
+    let replicas_line = if args.replicas > 1 {
+        format!(
+            "  Sessions: {} portcullis replicas (gRPC 9100, 9110, …) sharing them in Redis at
+            127.0.0.1:{REDIS_PORT}; kill one and the other serves (PORTCULLIS_DEMO_REPLICAS)
+",
+            args.replicas
+        )
+    } else {
+        "  Sessions: in memory, one portcullis (PORTCULLIS_DEMO_REPLICAS=2 for two on Redis)\n"
+            .to_string()
+    };
+    let logs = if args.replicas > 1 {
+        format!("redis,{logs},portcullis-2")
+    } else {
+        logs.to_string()
+    };
     println!(
         "
 ==> portcullis demo ready
@@ -405,7 +498,7 @@ fn banner(dir: &Path, args: &DemoArgs) {
   https://auth.localhost:8443/.portcullis/  who you are signed in as; sign out
 {cockpit_line}
   http://127.0.0.1:9000                     the dev OIDC provider
-
+{replicas_line}
   Users: alice / alice  (alice@example.com, group admins)
          bob / bob      (bob@example.com, no groups)
 

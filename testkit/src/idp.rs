@@ -22,6 +22,8 @@ pub struct IdpOptions<'a> {
     pub client_secret_file: &'a Path,
     /// portcullis's authenticate URL (the redirect URIs are on it).
     pub auth_origin: &'a str,
+    /// More arguments for `idp.mjs` (`--access-token-ttl 6`, `--rotate-refresh-tokens`).
+    pub extra: &'a [String],
 }
 
 /// Starts the IdP and waits for its `ready issuer=… port=…` line.
@@ -30,6 +32,7 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         port,
         client_secret_file,
         auth_origin,
+        extra,
     } = opts;
     let (redirect_uri, post_logout_redirect_uri) = redirect_uris(auth_origin);
     let mut cmd = Command::new("node");
@@ -40,7 +43,8 @@ pub async fn start(name: &str, opts: &IdpOptions<'_>, log: &Path) -> Result<Idp,
         .arg("--client-secret-file")
         .arg(client_secret_file)
         .args(["--redirect-uri", &redirect_uri])
-        .args(["--post-logout-redirect-uri", &post_logout_redirect_uri]);
+        .args(["--post-logout-redirect-uri", &post_logout_redirect_uri])
+        .args(extra.iter());
     let mut proc = Proc::spawn(name, cmd, log);
     let port = proc
         .wait_for("ready line", READY_TIMEOUT, || async {

@@ -23,6 +23,7 @@ pub mod idp;
 pub mod lemonldap;
 pub mod portcullis;
 pub mod proc;
+pub mod redis;
 pub mod stack;
 pub mod tier;
 

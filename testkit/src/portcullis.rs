@@ -150,6 +150,8 @@ pub struct Bound {
     pub http: SocketAddr,
     pub jwks: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    /// The session administration API (with an `admin` section in the config).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Starts `portcullis serve -c CONFIG --ready-file` (with `RUST_LOG=log_level`), waits for
@@ -182,6 +184,7 @@ pub async fn serve(
                 http: addr("http").ok_or("no http")?,
                 jwks: addr("jwks"),
                 metrics: addr("metrics"),
+                admin: addr("admin"),
             })
         })
         .await?;
@@ -196,6 +199,16 @@ pub async fn serve(
             .await
         {
             Ok(r) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    // And until it says it takes requests (a Redis session store is connected).
+    let healthz = format!("http://{}/healthz", bound.http);
+    proc.wait_for("healthz", READY_TIMEOUT, || async {
+        match probe.get(&healthz).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("status {}", r.status())),
             Err(e) => Err(e.to_string()),
         }

@@ -83,6 +83,11 @@ impl Proc {
         self
     }
 
+    /// Sets how long SIGTERM may take before SIGKILL, for a process already started.
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

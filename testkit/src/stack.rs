@@ -31,6 +31,10 @@ use crate::portcullis::{self, Secrets, portcullis_bin, write_secrets};
 use crate::proc::{LOG_TAIL_LINES, Proc, run};
 use crate::{free_port, temp_dir};
 
+/// `RUST_LOG` of [`StackBuilder::quiet_libraries`].
+const QUIET_LIBRARIES: &str =
+    "trace,h2=info,hyper=info,hyper_util=info,tonic=info,tower=info,fred=info,redis_protocol=info";
+
 /// How often the start is redone when Envoy's port was taken meanwhile.
 const START_ATTEMPTS: usize = 5;
 
@@ -88,6 +92,18 @@ pub struct StackBuilder {
     tls_echo: bool,
     /// Top-level YAML lines appended to the config.
     config_extra: Vec<String>,
+    /// How many portcullis processes serve behind Envoy (1 unless [`Self::replicas`]).
+    replicas: usize,
+    /// More keys of the `server` section, one YAML line each.
+    server_extra: Vec<String>,
+    /// Write `secrets/admin_token` (see [`Self::admin_token`]).
+    admin_token: bool,
+    /// More arguments for the dev IdP (see [`Self::idp_args`]).
+    idp_args: Vec<String>,
+    /// Register the auth host's back-channel logout URI at the IdP.
+    backchannel_logout: bool,
+    /// portcullis's `RUST_LOG` (see [`Self::quiet_libraries`]); `trace` by default.
+    log_filter: Option<String>,
     idp: IdpChoice,
     /// More keys of `idp:`, one YAML line each.
     idp_options: Vec<String>,
@@ -163,6 +179,58 @@ impl StackBuilder {
         self
     }
 
+    /// Runs `n` portcullis replicas behind Envoy (`envoy-config --replica` for each), on one
+    /// config (each on ports of its own); give them a shared store with
+    /// [`Self::redis_store`].
+    pub fn replicas(mut self, n: usize) -> Self {
+        assert!(n >= 1);
+        self.replicas = n;
+        self
+    }
+
+    /// Writes a random admin token to `secrets/admin_token` in the stack's dir when it
+    /// starts (for an `admin: { token_file: secrets/admin_token }` in the config).
+    pub fn admin_token(mut self) -> Self {
+        self.admin_token = true;
+        self
+    }
+
+    /// Starts the dev IdP with these arguments too, e.g. `["--access-token-ttl", "6"]`.
+    pub fn idp_args(mut self, args: &[&str]) -> Self {
+        self.idp_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Registers `AUTH/.portcullis/backchannel_logout` at the dev IdP, which then POSTs a
+    /// logout token there (through Envoy, trusting the test CA) when a session ends there.
+    pub fn backchannel_logout(mut self) -> Self {
+        self.backchannel_logout = true;
+        self
+    }
+
+    /// Runs portcullis at `trace` for its own code only, with h2, hyper, tonic and fred at
+    /// `info`: for tests whose load would otherwise spend the two cores on frame-by-frame
+    /// library traces (the log scan for secrets still reads every line portcullis writes).
+    pub fn quiet_libraries(mut self) -> Self {
+        self.log_filter = Some(QUIET_LIBRARIES.to_string());
+        self
+    }
+
+    /// Adds a key to the config's `server` section, as one YAML line (`drain_delay: 2s`).
+    pub fn server_option(mut self, yaml_line: &str) -> Self {
+        self.server_extra.push(yaml_line.to_string());
+        self
+    }
+
+    /// Keeps sessions in Redis at `url` (e.g. [`crate::redis::Redis::url`]), under a key
+    /// prefix of this stack's own.
+    pub fn redis_store(self, url: &str) -> Self {
+        let prefix = format!("s{}:", free_port());
+        self.config_extra(&format!(
+            "session_store: {{ redis: {{ url: \"{url}\", key_prefix: \"{prefix}\" }} }}"
+        ))
+    }
+
     /// Signs in with the test binary's LemonLDAP::NG (see [`shared_lemonldap`]) as its
     /// relying party `client_id`, whose secret becomes the stack's client secret, instead
     /// of a dev IdP of the stack's own.
@@ -196,6 +264,14 @@ impl StackBuilder {
         let certs = test_certs();
         let dir = temp_dir("stack");
         let secrets = write_secrets(&dir);
+        if self.admin_token {
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                ring::rand::generate::<[u8; 24]>(&ring::rand::SystemRandom::new())
+                    .expect("random bytes")
+                    .expose(),
+            );
+            fs::write(dir.join("secrets/admin_token"), token).unwrap();
+        }
         if let IdpChoice::LemonLdap { rp, .. } = self.idp {
             let secret = rp.client_secret.as_deref().unwrap_or_else(|| {
                 panic!(
@@ -224,6 +300,8 @@ impl StackBuilder {
                 jwks: 0,
                 echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
             },
+            replicas: Vec::new(),
+            log_filter: self.log_filter.clone().unwrap_or_else(|| "trace".into()),
             dir,
             secrets,
             certs,
@@ -258,12 +336,20 @@ impl StackBuilder {
         match self.idp {
             IdpChoice::Dev => {
                 let auth = stack.origin("auth");
+                let mut idp_args = self.idp_args.clone();
+                if self.backchannel_logout {
+                    idp_args.push("--backchannel-logout-uri".into());
+                    idp_args.push(format!("{auth}/.portcullis/backchannel_logout"));
+                    idp_args.push("--ca-file".into());
+                    idp_args.push(stack.certs.ca.display().to_string());
+                }
                 let idp = idp::start(
                     "idp",
                     &IdpOptions {
                         port: 0,
                         client_secret_file: &stack.secrets.client_secret,
                         auth_origin: &auth,
+                        extra: &idp_args,
                     },
                     &stack.log_path("idp"),
                 )
@@ -289,6 +375,41 @@ impl StackBuilder {
             jwks: stack.ports.jwks,
         };
         fs::write(&stack.config, self.config_yaml(stack, &listen)).unwrap();
+        stack.replicas = vec![Replica {
+            name: "portcullis".into(),
+            config: stack.config.clone(),
+            grpc: stack.ports.grpc,
+            http: stack.ports.http,
+            admin: bound.admin.map_or(0, |a| a.port()),
+        }];
+        for i in 2..=self.replicas.max(1) {
+            let name = format!("portcullis-{i}");
+            let config = stack.dir.join(format!("{name}.yaml"));
+            fs::write(&config, self.config_yaml(stack, &zero)).unwrap();
+            let (proc, bound) = portcullis::serve(
+                &name,
+                &config,
+                &stack.log_path(&name),
+                &stack.log_filter,
+                &stack.authority("auth"),
+            )
+            .await
+            .map_err(failed)?;
+            stack.procs.push(proc);
+            let listen = Listen {
+                grpc: bound.grpc.port(),
+                http: bound.http.port(),
+                jwks: bound.jwks.map_or(0, |a| a.port()),
+            };
+            fs::write(&config, self.config_yaml(stack, &listen)).unwrap();
+            stack.replicas.push(Replica {
+                name,
+                config,
+                grpc: listen.grpc,
+                http: listen.http,
+                admin: bound.admin.map_or(0, |a| a.port()),
+            });
+        }
 
         let envoy_yaml = stack.render_envoy_config();
         let envoy = envoy::start("envoy", &envoy_yaml, 1, "warn", &stack.log_path("envoy")).await?;
@@ -301,11 +422,14 @@ impl StackBuilder {
     fn config_yaml(&self, stack: &Stack, listen: &Listen) -> String {
         let p = &stack.ports;
         let lifetime = self.cookie_lifetime.as_deref().unwrap_or("8h");
-        let jwks = if self.jwks_listener {
+        let mut jwks = if self.jwks_listener {
             format!("  jwks_address: 127.0.0.1:{}\n", listen.jwks)
         } else {
             String::new()
         };
+        for line in &self.server_extra {
+            jwks.push_str(&format!("  {line}\n"));
+        }
         let client_id = match self.idp {
             IdpChoice::Dev => "portcullis",
             IdpChoice::LemonLdap { rp, .. } => &rp.client_id,
@@ -399,8 +523,24 @@ pub struct Ports {
     pub echo_tls: u16,
 }
 
+/// One portcullis process of a stack.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Its process's name (`portcullis`, `portcullis-2`, …).
+    pub name: String,
+    pub config: PathBuf,
+    pub grpc: u16,
+    pub http: u16,
+    /// The admin API's port, when the config has an `admin` section.
+    pub admin: u16,
+}
+
 /// The running processes of one test, and everything they need, in a temp dir.
 pub struct Stack {
+    /// The portcullis processes, the first being [`Stack::config`]'s.
+    pub replicas: Vec<Replica>,
+    /// portcullis's `RUST_LOG`.
+    log_filter: String,
     pub dir: PathBuf,
     pub ports: Ports,
     pub config: PathBuf,
@@ -543,6 +683,19 @@ impl Stack {
         browser
     }
 
+    /// Signs `user` in (the dev IdP's users have their name as password) from the app's
+    /// front page, and panics unless the browser lands there with 200.
+    pub async fn sign_in(&self, browser: &Browser, user: &str) {
+        let app = self.url("app", "/");
+        let (response, visited) = browser.login(&app, user, user).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{user} did not reach the app; redirects:\n{}",
+            crate::list(&visited)
+        );
+    }
+
     /// `logs/NAME.log` in the stack's dir.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{name}.log"))
@@ -640,6 +793,17 @@ impl Stack {
         ))
     }
 
+    /// How many grants of `grant_type` (`refresh_token`, `authorization_code`) the dev
+    /// IdP's token endpoint has answered.
+    pub fn idp_grants(&mut self, grant_type: &str) -> usize {
+        let line = format!("idp: grant {grant_type}");
+        self.proc_mut("idp")
+            .log_text()
+            .lines()
+            .filter(|l| l.trim() == line)
+            .count()
+    }
+
     /// Every request the echo upstream has received so far, in order.
     pub fn echo_requests(&self) -> Vec<EchoRequest> {
         self.echo.requests()
@@ -698,6 +862,42 @@ impl Stack {
         );
     }
 
+    /// Stops replica `i` (0-based) at once (SIGKILL), as a crash would.
+    pub fn kill_replica(&mut self, i: usize) {
+        let name = self.replicas[i].name.clone();
+        self.proc_mut(&name).stop();
+    }
+
+    /// Starts replica `i` again on its ports, after [`Self::kill_replica`] or to restart it
+    /// (`graceful`: SIGTERM and its drain first), and waits until it is ready.
+    pub async fn restart_replica(&mut self, i: usize, graceful: bool) {
+        let r = self.replicas[i].clone();
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with(&format!("{} (run ", r.name)))
+            .count()
+            + 1;
+        if graceful {
+            let proc = self.proc_mut(&r.name);
+            proc.set_grace(std::time::Duration::from_secs(20));
+        }
+        self.retire(&r.name, &format!("run {n}"));
+        let (proc, bound) = portcullis::serve(
+            &r.name,
+            &r.config,
+            &self.log_path(&r.name),
+            &self.log_filter,
+            &self.authority("auth"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{} did not restart: {e}", r.name));
+        assert_eq!((bound.grpc.port(), bound.http.port()), (r.grpc, r.http));
+        // The admin listener is on port 0 in the config: another one each run.
+        self.replicas[i].admin = bound.admin.map_or(0, |a| a.port());
+        self.procs.push(proc);
+    }
+
     /// Starts portcullis with the config file as it is and waits until it is ready.
     async fn serve_portcullis(&mut self) -> Result<portcullis::Bound, String> {
         let (proc, bound) = portcullis::serve(
@@ -705,7 +905,7 @@ impl Stack {
             &self.config,
             &self.log_path("portcullis"),
             // Every level, so that the log scan at the end sees every line there is.
-            "trace",
+            &self.log_filter,
             &self.authority("auth"),
         )
         .await?;
@@ -794,6 +994,22 @@ impl Stack {
         );
     }
 
+    /// `--replica GRPC,HTTP` for each replica, when there are several.
+    fn replica_args(&self) -> Vec<String> {
+        if self.replicas.len() < 2 {
+            return Vec::new();
+        }
+        self.replicas
+            .iter()
+            .flat_map(|r| {
+                [
+                    "--replica".to_string(),
+                    format!("127.0.0.1:{},127.0.0.1:{}", r.grpc, r.http),
+                ]
+            })
+            .collect()
+    }
+
     /// Renders Envoy's bootstrap with `portcullis envoy-config` into the stack's dir, with
     /// the admin interface on port 0.
     fn render_envoy_config(&self) -> PathBuf {
@@ -806,7 +1022,8 @@ impl Stack {
             .arg("--tls-cert")
             .arg(&self.certs.cert)
             .arg("--tls-key")
-            .arg(&self.certs.key));
+            .arg(&self.certs.key)
+            .args(self.replica_args()));
         assert!(
             out.status.success(),
             "portcullis envoy-config failed ({}):\n{}",
