@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         admin: "127.0.0.1:9901".parse().unwrap(),
         tls_cert: Path::new("cert.pem"),
         tls_key: Path::new("key.pem"),
-        portcullis_host: None,
+        replicas: Vec::new(),
         upstream_ca_file: Path::new(DEFAULT_UPSTREAM_CA_FILE),
         trusted_hops: 0,
     };
