@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::app::App;
+use crate::app::Live;
 use crate::core::Session;
 use crate::crypto::constant_time_eq;
 use crate::secret::SecretString;
@@ -48,32 +48,37 @@ impl From<AdminError> for Status {
 
 /// The service, over the app's store.
 pub struct AdminService {
-    app: Arc<App>,
+    live: Arc<Live>,
 }
 
 /// The service with its bearer-token check, ready for a tonic server.
+/// The token is the current config's, so that a reload rotates it.
 pub fn service(
-    app: Arc<App>,
-    token: SecretString,
+    live: Arc<Live>,
 ) -> tonic::service::interceptor::InterceptedService<
     SessionsServer<AdminService>,
     impl tonic::service::Interceptor + Clone,
 > {
-    let expected = format!("Bearer {}", token.expose());
+    let tokens = live.clone();
     let check = move |req: Request<()>| -> Result<Request<()>, Status> {
         let sent = req
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if constant_time_eq(sent, expected.as_bytes()) {
+        let expected = tokens
+            .app()
+            .admin_token
+            .as_ref()
+            .map(|t: &SecretString| format!("Bearer {}", t.expose()));
+        if expected.is_some_and(|e| constant_time_eq(sent, e.as_bytes())) {
             Ok(req)
         } else {
             tracing::warn!("admin API: refused a call without the right token");
             Err(Status::unauthenticated("missing or wrong admin token"))
         }
     };
-    SessionsServer::with_interceptor(AdminService { app }, check)
+    SessionsServer::with_interceptor(AdminService { live }, check)
 }
 
 /// What an operator may see of a session.
@@ -98,10 +103,10 @@ impl Sessions for AdminService {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ListRequest { user } = request.into_inner();
         let user = Some(user.trim()).filter(|u| !u.is_empty());
-        let mut sessions = self
-            .app
+        let app = self.live.app();
+        let mut sessions = app
             .store
-            .list(user, self.app.now())
+            .list(user, app.now())
             .await
             .map_err(AdminError::from)?;
         sessions.sort_by_key(|s| s.created_at);
@@ -120,21 +125,21 @@ impl Sessions for AdminService {
             Target::User(user) if !user.trim().is_empty() => Selector::User(user.trim()),
             _ => return Err(AdminError::Empty.into()),
         };
-        let ended = self
-            .app
+        let app = self.live.app();
+        let ended = app
             .store
-            .revoke(selector, self.app.now())
+            .revoke(selector, app.now())
             .await
             .map_err(AdminError::from)?;
         for s in &ended {
-            self.app.tokens().forget_session(s.id);
+            app.tokens().forget_session(s.id);
             tracing::info!(
                 user = s.user.display(),
                 session = s.public_id(),
                 "session revoked by the admin API"
             );
         }
-        self.app.metrics.sessions_revoked.inc_by(ended.len() as u64);
+        app.metrics.sessions_revoked.inc_by(ended.len() as u64);
         Ok(Response::new(RevokeResponse {
             revoked: ended.iter().map(|s| s.public_id()).collect(),
         }))

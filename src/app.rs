@@ -39,11 +39,21 @@ pub struct App {
     pub session_lifetime: Duration,
     pub jwks: JwksDocument,
     pub metrics: Arc<Metrics>,
+    /// The decision counters of this route table.
+    pub decisions: crate::metrics::DecisionCounters,
     /// The bearer token of the session administration API, when it is configured.
     pub admin_token: Option<SecretString>,
     /// Set when shutdown begins: `/healthz` answers 503 so that Envoy sends the HTTP
-    /// service's requests to the other replicas while this one drains.
-    pub draining: std::sync::atomic::AtomicBool,
+    /// service's requests to the other replicas while this one drains. Shared by every
+    /// config this process has served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// What the identity provider was built from, to keep it (and its discovery) across a
+    /// reload that does not change it.
+    pub idp_fingerprint: String,
+    /// What only a restart can change (listeners, the store), to say so on a reload.
+    pub restart_fingerprint: String,
+    /// The files the config was read from, for the reloader to watch.
+    pub files: Vec<std::path::PathBuf>,
     pub limits: crate::limits::SignInLimits,
 }
 
@@ -105,6 +115,9 @@ pub struct Parts {
     pub store: Arc<dyn SessionStore>,
     pub clock: Arc<dyn Clock>,
     pub idp: Arc<dyn IdentityProvider>,
+    /// Counters outlive a reload.
+    pub metrics: Arc<Metrics>,
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Parts {
@@ -125,8 +138,66 @@ impl Parts {
                 &urls.oauth2_callback,
                 &urls.signed_out,
             )),
+            metrics: Arc::new(Metrics::default()),
+            draining: Arc::default(),
         })
     }
+
+    /// The parts of a reload: what `old` runs with (its sessions, clock, counters, and its
+    /// identity provider unless the new config changes it), so that nobody is signed out.
+    pub fn carried_over(old: &App, config: &Config) -> Self {
+        let idp: Arc<dyn IdentityProvider> = if old.idp_fingerprint == idp_fingerprint(config) {
+            old.idp.clone()
+        } else {
+            let urls = Urls::new(&config.authenticate_url);
+            Arc::new(OpenIdConnect::new(
+                config.idp.clone(),
+                &urls.oauth2_callback,
+                &urls.signed_out,
+            ))
+        };
+        Self {
+            store: old.store.clone(),
+            clock: old.clock.clone(),
+            idp,
+            metrics: old.metrics.clone(),
+            draining: old.draining.clone(),
+        }
+    }
+}
+
+/// What the identity provider is built from: its settings, with secrets by their hash.
+pub fn idp_fingerprint(config: &Config) -> String {
+    let i = &config.idp;
+    let secret = i
+        .client_secret
+        .as_ref()
+        .map(|s| crate::crypto::sha256_b64(s.expose().as_bytes()))
+        .unwrap_or_default();
+    let key = i
+        .client_key
+        .as_ref()
+        .map(|k| k.fingerprint())
+        .unwrap_or_default();
+    format!(
+        "{}|{}|{secret}|{:?}|{}|{}|{:?}|{:?}|{key}|{:?}|{:?}|{:?}|{}",
+        i.issuer,
+        i.client_id,
+        i.scopes,
+        i.groups_claim,
+        i.assume_email_verified,
+        i.userinfo,
+        i.token_endpoint_auth,
+        i.id_token_algs,
+        i.policy_claims,
+        i.bearer_audiences,
+        config.authenticate_url,
+    )
+}
+
+/// What a reload cannot change: the listeners and the session store.
+pub fn restart_fingerprint(config: &Config) -> String {
+    format!("{:?}|{:?}", config.server, config.session_store)
 }
 
 impl App {
@@ -137,6 +208,8 @@ impl App {
     }
 
     pub fn with_parts(config: Config, parts: Parts) -> Self {
+        let idp_fingerprint = idp_fingerprint(&config);
+        let restart_fingerprint = restart_fingerprint(&config);
         let Config {
             server: _,
             authenticate_url,
@@ -149,14 +222,20 @@ impl App {
             admin,
             log: _,
             sign_in_limits,
+            files,
         } = config;
-        let Parts { store, clock, idp } = parts;
+        let Parts {
+            store,
+            clock,
+            idp,
+            metrics,
+            draining,
+        } = parts;
         let config_bearer = idp_config.bearer_audiences.is_some();
         let urls = Urls::new(&authenticate_url);
         let issuer = authenticate_url.as_str().trim_end_matches('/').to_string();
         let json = serde_json::to_string(signing_keys.jwks()).expect("JWKS serializes");
         let etag = format!("\"{}\"", &crate::crypto::sha256_b64(json.as_bytes())[..22]);
-        let metrics = Arc::new(Metrics::default());
         let tokens = Tokens::new(
             TokenMinter::new(issuer, Arc::new(signing_keys)),
             metrics.tokens_signed(),
@@ -183,7 +262,10 @@ impl App {
             Some(b) => authorizer.with_bearer(b),
             None => authorizer,
         };
+        let decisions =
+            metrics.decision_counters(authorizer.routes().iter().map(|r| r.name.as_str()));
         Self {
+            decisions,
             authorizer,
             store,
             sessions,
@@ -191,14 +273,17 @@ impl App {
             clock,
             auth_authority: authority_of(&authenticate_url),
             urls,
-            csrf: Sealer::derive(&cookie.secret, Purpose::Csrf),
-            hop: Sealer::derive(&cookie.secret, Purpose::Hop),
-            sign_out: Sealer::derive(&cookie.secret, Purpose::SignOut),
+            csrf: Sealer::rotating(&cookie.secret, &cookie.previous_secrets, Purpose::Csrf),
+            hop: Sealer::rotating(&cookie.secret, &cookie.previous_secrets, Purpose::Hop),
+            sign_out: Sealer::rotating(&cookie.secret, &cookie.previous_secrets, Purpose::SignOut),
             session_lifetime: cookie.lifetime,
             jwks: JwksDocument { json, etag },
             metrics,
             admin_token: admin.map(|a| a.token),
-            draining: std::sync::atomic::AtomicBool::new(false),
+            draining,
+            idp_fingerprint,
+            restart_fingerprint,
+            files,
             limits: crate::limits::SignInLimits::new(&sign_in_limits),
         }
     }
@@ -223,5 +308,29 @@ impl App {
     /// not draining before shutdown (gRPC health and `/healthz` say this to Envoy).
     pub fn is_serving(&self) -> bool {
         self.store.is_ready() && !self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The app being served, swapped whole by a reload: each request works with the app it
+/// started on, to its end; the next one gets the new one.
+pub struct Live {
+    current: arc_swap::ArcSwap<App>,
+}
+
+impl Live {
+    pub fn new(app: Arc<App>) -> Arc<Self> {
+        Arc::new(Self {
+            current: arc_swap::ArcSwap::new(app),
+        })
+    }
+
+    /// The current app.
+    pub fn app(&self) -> Arc<App> {
+        self.current.load_full()
+    }
+
+    /// Serves `app` from now on.
+    pub fn swap(&self, app: Arc<App>) {
+        self.current.store(app);
     }
 }

@@ -61,6 +61,8 @@ pub trait BearerVerifier: Send + Sync + 'static {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decision {
     pub kind: OutcomeKind,
+    /// The route it was decided on, when one matched.
+    pub route: Option<crate::core::RouteId>,
     pub action: Action,
 }
 
@@ -238,7 +240,8 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         {
             Ok(session) => session,
             Err(e) => {
-                let d = self.deny(Denial::Store(e), req);
+                let mut d = self.deny(Denial::Store(e), req);
+                d.route = Some(route.id);
                 audit(req, Some(route), None, d.kind, None, started);
                 return d;
             }
@@ -260,7 +263,8 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     (Some(Arc::new(session)), true)
                 }
                 Err(why) => {
-                    let d = self.deny(Denial::InvalidBearer(why), req);
+                    let mut d = self.deny(Denial::InvalidBearer(why), req);
+                    d.route = Some(route.id);
                     audit(req, Some(route), None, d.kind, None, started);
                     return d;
                 }
@@ -273,7 +277,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
             Outcome::Refuse(Refusal::Forbidden { reason, .. }) => *reason,
             Outcome::Refuse(_) => None,
         };
-        let decision = match outcome {
+        let mut decision = match outcome {
             Outcome::Allow(grant) => match self.forward_edits(&grant, cookie_header, now) {
                 Ok(mut edits) => {
                     // The bearer token was for us; the upstream gets the identity JWT.
@@ -282,6 +286,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     }
                     Decision {
                         kind: OutcomeKind::Allow,
+                        route: None,
                         action: Action::Forward(edits),
                     }
                 }
@@ -289,6 +294,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
             },
             Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req),
         };
+        decision.route = Some(route.id);
         audit(
             req,
             Some(route),
@@ -368,6 +374,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
     fn deny(&self, denial: Denial<'_>, req: &Request<'_>) -> Decision {
         Decision {
             kind: denial.kind(),
+            route: None,
             action: Action::Respond(self.respond(&denial, req)),
         }
     }

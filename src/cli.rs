@@ -432,8 +432,13 @@ fn serve(
                 return ExitCode::FAILURE;
             }
         };
-        match crate::server::serve(app, listeners, stopping, crate::server::shutdown_signal()).await
-        {
+        let live = crate::app::Live::new(app);
+        let files = live.app().files.clone();
+        let reloader = tokio::spawn(crate::reload::watch(live.clone(), path.clone(), files));
+        let served =
+            crate::server::serve(live, listeners, stopping, crate::server::shutdown_signal()).await;
+        reloader.abort();
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -49,6 +49,14 @@ pub struct Config {
     pub session_store: StoreConfig,
     /// The session administration API, when configured.
     pub admin: Option<AdminConfig>,
+    /// Every file the config named and was read (the config file itself included when
+    /// loaded from one): a change to any of them is a reason to reload.
+    pub files: Vec<PathBuf>,
+}
+
+thread_local! {
+    /// The files read while a config is being validated, on this thread.
+    static FILES_READ: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The session administration API (`portcullis.admin.v1.Sessions`).
@@ -175,7 +183,10 @@ const KNOWN_ALGS: [&str; 13] = [
 #[derive(Debug, Clone)]
 pub struct CookieConfig {
     pub name: String,
+    /// Seals every cookie, hop and sealed token.
     pub secret: SecretBytes,
+    /// Earlier secrets: what they sealed still opens (a rotation without signing anyone out).
+    pub previous_secrets: Vec<SecretBytes>,
     pub lifetime: Duration,
     pub secure: bool,
 }
@@ -261,12 +272,18 @@ impl std::error::Error for ConfigErrors {}
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let (text, base, file) = read_file(path)?;
-    parse(&text, &base).map_err(|mut errors| {
-        for e in &mut errors.0 {
-            e.file = Some(file.clone());
+    match parse(&text, &base) {
+        Ok(mut config) => {
+            config.files.insert(0, path.to_path_buf());
+            Ok(config)
         }
-        errors
-    })
+        Err(mut errors) => {
+            for e in &mut errors.0 {
+                e.file = Some(file.clone());
+            }
+            Err(errors)
+        }
+    }
 }
 
 /// The config file's text, the directory its relative paths start from, and its name.
@@ -329,6 +346,7 @@ pub fn load_routes(path: &Path) -> Result<Vec<RouteConfig>, ConfigErrors> {
 /// Parses and validates config text; relative file paths resolve against `base`. Every
 /// problem is reported, each with its key path and position.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    FILES_READ.with(|f| f.borrow_mut().clear());
     let mut errors = Errors::default();
     let (raw, read_errors) = source::read(text);
     let positions = source::Positions::of(text);
@@ -348,8 +366,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
         i <= read || !(unreadable.contains(&e.path) && e.message.starts_with("missing"))
     });
     if errors.0.is_empty()
-        && let Some(c) = config
+        && let Some(mut c) = config
     {
+        c.files = FILES_READ.with(|f| std::mem::take(&mut *f.borrow_mut()));
+        c.files.dedup();
         return Ok(c);
     }
     let mut all = errors.0;
@@ -510,6 +530,7 @@ fn validate(raw: RawConfig, base: &Path, errors: &mut Errors) -> Option<Config> 
         signing_keys: signing_keys?,
         identity_header,
         routes,
+        files: Vec::new(),
     })
 }
 
@@ -756,6 +777,7 @@ fn validate_cookie(raw: raw::RawCookie, base: &Path, errors: &mut Errors) -> Opt
     let raw::RawCookie {
         name,
         secret_file,
+        previous_secret_files,
         lifetime,
         secure,
     } = raw;
@@ -781,6 +803,21 @@ fn validate_cookie(raw: raw::RawCookie, base: &Path, errors: &mut Errors) -> Opt
         .map(SecretBytes::new),
         None => errors.missing("cookie.secret_file"),
     };
+    let previous_secrets: Vec<SecretBytes> = previous_secret_files
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            read_secret_file(
+                base,
+                f,
+                &format!("cookie.previous_secret_files[{i}]"),
+                MIN_COOKIE_SECRET_BYTES,
+                errors,
+            )
+            .map(SecretBytes::new)
+        })
+        .collect();
     let lifetime = match lifetime {
         Some(l) => parse_duration(&l)
             .map_err(|m| errors.push("cookie.lifetime", m))
@@ -789,6 +826,7 @@ fn validate_cookie(raw: raw::RawCookie, base: &Path, errors: &mut Errors) -> Opt
     };
     Some(CookieConfig {
         name,
+        previous_secrets,
         secret: secret?,
         lifetime: lifetime?,
         secure: secure.unwrap_or(true),
@@ -1069,13 +1107,16 @@ fn parse_route_from(value: &str, path: &str, errors: &mut Errors) -> Option<Url>
     }
 }
 
+/// The path of a file the config names; noted as read, for the reloader to watch.
 fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
-    if p.is_absolute() {
+    let path = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
-    }
+    };
+    FILES_READ.with(|f| f.borrow_mut().push(path.clone()));
+    path
 }
 
 fn read_secret_file(

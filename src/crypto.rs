@@ -55,7 +55,10 @@ impl Purpose {
 
 /// A sealing key for one purpose.
 pub struct Sealer {
+    /// The key that seals.
     key: LessSafeKey,
+    /// Keys of earlier secrets that still open (during a secret rotation), newest first.
+    previous: Vec<LessSafeKey>,
     rng: SystemRandom,
 }
 
@@ -72,20 +75,32 @@ impl hkdf::KeyType for KeyLen {
     }
 }
 
+fn derive_key(master: &SecretBytes, purpose: Purpose) -> LessSafeKey {
+    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis");
+    let prk = salt.extract(master.expose());
+    let info = [purpose.label()];
+    let okm = prk
+        .expand(&info, KeyLen)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    let mut bytes = [0u8; 32];
+    okm.fill(&mut bytes)
+        .expect("buffer length matches the requested key length");
+    let key = UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte key fits AES-256-GCM");
+    LessSafeKey::new(key)
+}
+
 impl Sealer {
     pub fn derive(master: &SecretBytes, purpose: Purpose) -> Self {
-        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis");
-        let prk = salt.extract(master.expose());
-        let info = [purpose.label()];
-        let okm = prk
-            .expand(&info, KeyLen)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        let mut bytes = [0u8; 32];
-        okm.fill(&mut bytes)
-            .expect("buffer length matches the requested key length");
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte key fits AES-256-GCM");
+        Self::rotating(master, &[], purpose)
+    }
+
+    /// Seals with `current`; opens what `current` or any of `previous` sealed, so that a
+    /// secret can be rotated without signing anyone out: add the new one in front, keep the
+    /// old ones until what they sealed has expired.
+    pub fn rotating(current: &SecretBytes, previous: &[SecretBytes], purpose: Purpose) -> Self {
         Self {
-            key: LessSafeKey::new(key),
+            key: derive_key(current, purpose),
+            previous: previous.iter().map(|p| derive_key(p, purpose)).collect(),
             rng: SystemRandom::new(),
         }
     }
@@ -151,15 +166,20 @@ impl Sealer {
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&raw[..NONCE_LEN]);
-        let plain = self
-            .key
-            .open_in_place(
+        let sealed = raw.split_off(NONCE_LEN);
+        for key in std::iter::once(&self.key).chain(&self.previous) {
+            // AES-GCM opens in place; a key that fails must not leave the buffer changed
+            // for the next one (it does not, but keep each try on its own copy anyway).
+            let mut buf = sealed.clone();
+            if let Ok(plain) = key.open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(context),
-                &mut raw[NONCE_LEN..],
-            )
-            .map_err(|_| OpenError::Authentication)?;
-        serde_json::from_slice(plain).map_err(|_| OpenError::Payload)
+                &mut buf,
+            ) {
+                return serde_json::from_slice(plain).map_err(|_| OpenError::Payload);
+            }
+        }
+        Err(OpenError::Authentication)
     }
 }
 
@@ -256,6 +276,26 @@ mod tests {
             Err(OpenError::Authentication)
         );
         assert_eq!(s.open_bytes(&sealed[..10], b"x"), Err(OpenError::Truncated));
+    }
+
+    #[test]
+    fn a_rotated_secret_still_opens_and_no_longer_seals() {
+        let (old, new) = (SecretBytes::new(vec![1; 32]), SecretBytes::new(vec![2; 32]));
+        let before = Sealer::derive(&old, Purpose::Session);
+        let sealed_before = before.seal(&P { a: 1 }, b"h");
+        let during = Sealer::rotating(&new, std::slice::from_ref(&old), Purpose::Session);
+        assert_eq!(during.open::<P>(&sealed_before, b"h"), Ok(P { a: 1 }));
+        let sealed_during = during.seal(&P { a: 2 }, b"h");
+        assert!(
+            before.open::<P>(&sealed_during, b"h").is_err(),
+            "seals with the new one"
+        );
+        let after = Sealer::derive(&new, Purpose::Session);
+        assert_eq!(after.open::<P>(&sealed_during, b"h"), Ok(P { a: 2 }));
+        assert!(
+            after.open::<P>(&sealed_before, b"h").is_err(),
+            "the old one retired"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use envoy_types::ext_authz::v3::{
 };
 use tonic::{Response, Status};
 
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::authorizer::Action;
 use crate::core::Request;
 
@@ -22,12 +22,18 @@ pub use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// The ext_authz service.
 pub struct AuthzService {
-    app: Arc<App>,
+    live: Arc<Live>,
 }
 
 impl AuthzService {
+    /// The service on one app.
     pub fn new(app: Arc<App>) -> Self {
-        Self { app }
+        Self::live(Live::new(app))
+    }
+
+    /// The service on whatever app `live` holds (a reload swaps it between Checks).
+    pub fn live(live: Arc<Live>) -> Self {
+        Self { live }
     }
 }
 
@@ -42,11 +48,11 @@ impl Authorization for AuthzService {
         let req = to_request(&request)?;
         // The authorizer writes the audit line; the action's Debug (header names only,
         // never values) is for debugging.
-        let decision = self.app.authorizer.check(&req).await;
+        let app = self.live.app();
+        let decision = app.authorizer.check(&req).await;
         tracing::debug!(action = ?decision.action, "check");
-        self.app
-            .metrics
-            .observe_check(decision.kind, started.elapsed());
+        app.decisions.count(decision.route, decision.kind);
+        app.metrics.observe_check(started.elapsed());
         Ok(Response::new(to_check_response(decision.action)))
     }
 }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod refresh;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -14,15 +14,50 @@ use prometheus_client::registry::Registry;
 use crate::core::OutcomeKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub struct DecisionLabel {
+    /// The route's name; empty when no route matched.
+    pub route: String,
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
+}
+
+/// The decision counters of one route table, resolved once (a `Check` increments one
+/// without building a label or hashing).
+pub struct DecisionCounters {
+    per_route: Vec<Vec<Counter>>,
+    no_route: Vec<Counter>,
+}
+
+impl DecisionCounters {
+    /// Counts one decision on `route` (by its position in the table).
+    pub fn count(&self, route: Option<crate::core::RouteId>, kind: OutcomeKind) {
+        let row = route
+            .and_then(|r| self.per_route.get(r.0 as usize))
+            .unwrap_or(&self.no_route);
+        if let Some(c) = row.get(kind.index()) {
+            c.inc();
+        }
+    }
 }
 
 /// Everything portcullis counts.
 pub struct Metrics {
     registry: Registry,
     check_duration: Histogram,
-    decisions: Family<OutcomeLabel, Counter>,
+    decisions: Family<DecisionLabel, Counter>,
+    idp_duration: Histogram,
+    idp_errors: Family<KindLabel, Counter>,
+    /// Sign-outs (a session ended by its user).
+    pub sign_outs: Counter,
     pub sign_ins: Counter,
     pub sign_in_failures: Counter,
     pub sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -35,6 +70,9 @@ pub struct Metrics {
     pub sessions_revoked: Counter,
     /// Requests answered 503 because the session store could not be reached.
     pub store_errors: Counter,
+    /// Config reloads that were swapped in, and refused.
+    pub reloads_ok: Counter,
+    pub reloads_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -47,12 +85,32 @@ impl Default for Metrics {
             "Time spent answering one ext_authz Check, in the handler",
             check_duration.clone(),
         );
-        let decisions = Family::<OutcomeLabel, Counter>::default();
+        let decisions = Family::<DecisionLabel, Counter>::default();
         registry.register(
             "check_decisions",
-            "ext_authz decisions by outcome",
+            "ext_authz decisions by route and outcome",
             decisions.clone(),
         );
+        // 1 ms … ~16 s: a round trip to the IdP.
+        let idp_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "idp_request_duration_seconds",
+            "Time of calls to the identity provider (code exchange with UserInfo, refresh)",
+            idp_duration.clone(),
+        );
+        let idp_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "idp_errors",
+            "Calls to the identity provider that failed, by cause",
+            idp_errors.clone(),
+        );
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running portcullis version", build);
         let sign_ins = Counter::default();
         registry.register("sign_ins", "Completed OIDC sign-ins", sign_ins.clone());
         let sign_in_failures = Counter::default();
@@ -114,6 +172,17 @@ impl Default for Metrics {
             "session_store_errors",
             "HTTP requests answered 503 because the session store could not be reached",
         );
+        let sign_outs = counter(&mut registry, "sign_outs", "Sign-outs by users");
+        let reloads = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (ok: swapped in; refused: invalid, the old one serves)",
+            reloads.clone(),
+        );
+        let reloads_ok = reloads.get_or_create(&KindLabel { kind: "ok" }).clone();
+        let reloads_refused = reloads
+            .get_or_create(&KindLabel { kind: "refused" })
+            .clone();
         Self {
             registry,
             check_duration,
@@ -127,19 +196,48 @@ impl Default for Metrics {
             backchannel_logout_rejections,
             sessions_revoked,
             store_errors,
+            idp_duration,
+            idp_errors,
+            sign_outs,
+            reloads_ok,
+            reloads_refused,
         }
     }
 }
 
 impl Metrics {
-    /// Counts one decision by its kind, and times it.
-    pub fn observe_check(&self, kind: OutcomeKind, elapsed: Duration) {
+    /// Times one `Check` (its decision is counted by [`DecisionCounters::count`]).
+    pub fn observe_check(&self, elapsed: Duration) {
         self.check_duration.observe(elapsed.as_secs_f64());
-        self.decisions
-            .get_or_create(&OutcomeLabel {
-                outcome: kind.as_str(),
-            })
-            .inc();
+    }
+
+    /// The decision counters of a route table (the names in table order).
+    pub fn decision_counters<'a>(&self, routes: impl Iterator<Item = &'a str>) -> DecisionCounters {
+        let row = |route: &str| -> Vec<Counter> {
+            OutcomeKind::ALL
+                .iter()
+                .map(|k| {
+                    self.decisions
+                        .get_or_create(&DecisionLabel {
+                            route: route.to_string(),
+                            outcome: k.as_str(),
+                        })
+                        .clone()
+                })
+                .collect()
+        };
+        DecisionCounters {
+            per_route: routes.map(row).collect(),
+            no_route: row(""),
+        }
+    }
+
+    /// Times one call to the IdP, and counts its failure by cause.
+    pub fn observe_idp(&self, elapsed: Duration, error: Option<&'static str>) {
+        self.idp_duration.observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.idp_errors.get_or_create(&KindLabel { kind }).inc();
+        }
     }
 
     /// The counter of identity JWTs signed, for the token source to count with.
@@ -163,18 +261,25 @@ mod tests {
     #[test]
     fn decisions_are_counted_by_outcome_and_timed() {
         let m = Metrics::default();
-        m.observe_check(OutcomeKind::Allow, Duration::from_micros(20));
-        m.observe_check(OutcomeKind::SignInRequired, Duration::from_micros(20));
-        m.observe_check(OutcomeKind::SignInRequired, Duration::from_micros(20));
+        let counters = m.decision_counters(["app", "admin"].into_iter());
+        let app = Some(crate::core::RouteId(0));
+        counters.count(app, OutcomeKind::Allow);
+        counters.count(Some(crate::core::RouteId(1)), OutcomeKind::SignInRequired);
+        counters.count(Some(crate::core::RouteId(1)), OutcomeKind::SignInRequired);
+        counters.count(None, OutcomeKind::NoRoute);
+        for _ in 0..3 {
+            m.observe_check(Duration::from_micros(20));
+        }
         let text = m.encode();
-        assert!(
-            text.contains(r#"portcullis_check_decisions_total{outcome="allow"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"portcullis_check_decisions_total{outcome="sign_in_required"} 2"#),
-            "{text}"
-        );
+        for line in [
+            r#"portcullis_check_decisions_total{route="app",outcome="allow"} 1"#,
+            r#"portcullis_check_decisions_total{route="admin",outcome="sign_in_required"} 2"#,
+            r#"portcullis_check_decisions_total{route="",outcome="no_route"} 1"#,
+            r#"portcullis_check_decisions_total{route="app",outcome="forbidden"} 0"#,
+            r#"portcullis_build_info{version=""#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
         assert!(
             text.contains("portcullis_check_duration_seconds_count 3"),
             "{text}"

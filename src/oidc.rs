@@ -74,6 +74,26 @@ pub enum OidcError {
     Bearer(String),
 }
 
+impl OidcError {
+    /// A short label of the cause, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OidcError::NotReady => "not_ready",
+            OidcError::Unreachable { .. } => "unreachable",
+            OidcError::InvalidClient(_) => "invalid_client",
+            OidcError::InvalidGrant(_) => "invalid_grant",
+            OidcError::TokenEndpoint(_) => "token_endpoint",
+            OidcError::NoIdToken => "no_id_token",
+            OidcError::AlgorithmRefused { .. } => "algorithm_refused",
+            OidcError::IdToken(_) => "id_token",
+            OidcError::SubjectMismatch { .. } => "subject_mismatch",
+            OidcError::UserInfo(_) => "userinfo",
+            OidcError::LogoutToken(_) => "logout_token",
+            OidcError::Bearer(_) => "bearer",
+        }
+    }
+}
+
 /// A sign-in in flight: where to send the browser, and what to remember until it comes back.
 pub struct AuthStart {
     pub url: Url,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::Live;
 use crate::config::ServerConfig;
 use crate::ext_authz::{AuthorizationServer, AuthzService};
 
@@ -146,7 +146,7 @@ pub struct Stopping {
 
 /// Serves `app` until `shutdown` resolves, then drains as `stopping` says.
 pub async fn serve(
-    app: Arc<App>,
+    live: Arc<Live>,
     listeners: Listeners,
     stopping: Stopping,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -162,15 +162,16 @@ pub async fn serve(
     let grpc_addr = grpc_listener.local_addr()?;
 
     let discovery = {
-        let app = app.clone();
+        let app = live.app();
         tokio::spawn(async move { app.idp.discover_until_ready().await })
     };
     let sweeper = {
-        let app = app.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
+                let app = live.app();
                 let now = app.now();
                 app.store.sweep(now).await;
                 app.tokens().prune(now);
@@ -187,12 +188,16 @@ pub async fn serve(
     // The HTTP service, and the optional JWKS and metrics listeners, all axum.
     let mut servers = Vec::new();
     for (name, listener, router) in [
-        ("http", Some(http_listener), crate::web::router(app.clone())),
-        ("jwks", jwks_listener, crate::web::jwks_router(app.clone())),
+        (
+            "http",
+            Some(http_listener),
+            crate::web::router_live(live.clone()),
+        ),
+        ("jwks", jwks_listener, crate::web::jwks_router(live.clone())),
         (
             "metrics",
             metrics_listener,
-            crate::web::metrics_router(app.clone()),
+            crate::web::metrics_router(live.clone()),
         ),
     ] {
         let Some(listener) = listener else { continue };
@@ -213,12 +218,12 @@ pub async fn serve(
     // begins, so that Envoy sends no Check to a replica that would only answer 503.
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_task = {
-        let app = app.clone();
+        let live = live.clone();
         let health = health.clone();
         tokio::spawn(async move {
             let mut serving = None;
             loop {
-                let now = app.is_serving();
+                let now = live.app().is_serving();
                 if serving != Some(now) {
                     let status = if now {
                         tonic_health::ServingStatus::Serving
@@ -234,7 +239,7 @@ pub async fn serve(
         })
     };
     {
-        let svc = AuthorizationServer::new(AuthzService::new(app.clone()));
+        let svc = AuthorizationServer::new(AuthzService::live(live.clone()));
         let signal = stopped(rx.clone());
         let incoming = grpc_io::incoming(grpc_listener);
         tracing::info!(addr = %grpc_addr, "ext_authz gRPC listening");
@@ -249,8 +254,8 @@ pub async fn serve(
             }
         }));
     }
-    if let (Some(listener), Some(token)) = (admin_listener, app.admin_token.clone()) {
-        let svc = crate::admin::service(app.clone(), token);
+    if let Some(listener) = admin_listener {
+        let svc = crate::admin::service(live.clone());
         let signal = stopped(rx.clone());
         tracing::info!(addr = %listener.local_addr()?, "admin gRPC listening");
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -266,7 +271,8 @@ pub async fn serve(
     }
 
     shutdown.await;
-    app.draining
+    live.app()
+        .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
     health_task.abort();
     health

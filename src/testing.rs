@@ -496,6 +496,8 @@ impl TestApp {
                 store,
                 clock: clock.clone(),
                 idp: idp.clone(),
+                metrics: Default::default(),
+                draining: Default::default(),
             },
         ));
         Self {
@@ -526,6 +528,8 @@ impl TestApp {
                 store,
                 clock: self.clock.clone(),
                 idp: self.idp.clone(),
+                metrics: Default::default(),
+                draining: Default::default(),
             },
         ))
     }

@@ -13,11 +13,31 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::pages;
 
-/// The axum application for the HTTP service.
+/// The app a request is served by: the current one when the request arrived (a reload
+/// swaps it for the next request, not in the middle of this one).
+pub struct CurrentApp(pub Arc<App>);
+
+impl axum::extract::FromRequestParts<Arc<Live>> for CurrentApp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        live: &Arc<Live>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(CurrentApp(live.app()))
+    }
+}
+
+/// The axum application for the HTTP service, on one app.
 pub fn router(app: Arc<App>) -> Router {
+    router_live(Live::new(app))
+}
+
+/// The axum application for the HTTP service, on whatever app `live` holds.
+pub fn router_live(live: Arc<Live>) -> Router {
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/.well-known/portcullis/jwks.json", get(handlers::jwks))
@@ -41,16 +61,16 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(handlers::not_found)
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            live.clone(),
             count_store_errors,
         ))
         .layer(axum::middleware::from_fn(request_context))
-        .with_state(app)
+        .with_state(live)
 }
 
 /// Counts the answers that failed because the session store could not be reached.
 async fn count_store_errors(
-    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    axum::extract::State(live): axum::extract::State<Arc<Live>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -60,30 +80,30 @@ async fn count_store_errors(
         .get::<ErrorPage>()
         .is_some_and(|p| p.code == "store_unavailable")
     {
-        app.metrics.store_errors.inc();
+        live.app().metrics.store_errors.inc();
     }
     response
 }
 
 /// The standalone JWKS listener: only the key set and health, no sessions, no sign-in, so it
 /// can be exposed to verifiers (Grafana) on an internal network without going through Envoy.
-pub fn jwks_router(app: Arc<App>) -> Router {
+pub fn jwks_router(live: Arc<Live>) -> Router {
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/.well-known/portcullis/jwks.json", get(handlers::jwks))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn(request_context))
-        .with_state(app)
+        .with_state(live)
 }
 
 /// The metrics listener.
-pub fn metrics_router(app: Arc<App>) -> Router {
+pub fn metrics_router(live: Arc<Live>) -> Router {
     Router::new()
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn(request_context))
-        .with_state(app)
+        .with_state(live)
 }
 
 /// Pages about sign-in must not be framed, cached or leak their URLs (which can carry

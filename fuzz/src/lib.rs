@@ -117,6 +117,8 @@ fn build() -> Fixture {
             store: Arc::new(MemoryStore::default()) as Arc<dyn SessionStore>,
             clock: Arc::new(SystemClock),
             idp: Arc::new(FakeIdp::new()),
+            metrics: Default::default(),
+            draining: Default::default(),
         },
     ));
     let user = User {

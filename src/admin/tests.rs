@@ -42,7 +42,7 @@ async fn start() -> Running {
     let grpc = format!("http://{}", listeners.grpc.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve(
-        t.app.clone(),
+        crate::app::Live::new(t.app.clone()),
         listeners,
         Stopping {
             drain_delay: Duration::ZERO,

@@ -70,6 +70,7 @@ fn routes() -> RouteTable {
 fn cookie_codec() -> Arc<CookieCodec> {
     Arc::new(CookieCodec::new(&CookieConfig {
         name: "_portcullis".into(),
+        previous_secrets: Vec::new(),
         secret: SecretBytes::new(vec![9; 32]),
         lifetime: std::time::Duration::from_secs(3600),
         secure: true,

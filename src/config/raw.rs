@@ -102,6 +102,8 @@ pub struct RawBearer {
 pub struct RawCookie {
     pub name: Option<String>,
     pub secret_file: Option<String>,
+    /// Earlier secrets that still open what they sealed.
+    pub previous_secret_files: Option<Vec<String>>,
     pub lifetime: Option<String>,
     pub secure: Option<bool>,
 }

@@ -110,6 +110,24 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// Every kind, in the order of [`OutcomeKind::index`].
+    pub const ALL: [OutcomeKind; 9] = [
+        OutcomeKind::Allow,
+        OutcomeKind::NoRoute,
+        OutcomeKind::AmbiguousPath,
+        OutcomeKind::SignInRequired,
+        OutcomeKind::Forbidden,
+        OutcomeKind::NoLocalAccount,
+        OutcomeKind::CockpitTokenTooLong,
+        OutcomeKind::StoreUnavailable,
+        OutcomeKind::InvalidBearerToken,
+    ];
+
+    /// The position of this kind in [`OutcomeKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label metrics and logs use.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -187,8 +187,8 @@ async fn the_service_decides_and_counts_by_outcome() {
     assert_eq!(err.code(), Code::InvalidArgument);
     let metrics = t.app.metrics.encode();
     for line in [
-        r#"portcullis_check_decisions_total{outcome="allow"} 1"#,
-        r#"portcullis_check_decisions_total{outcome="sign_in_required"} 1"#,
+        r#"portcullis_check_decisions_total{route="app",outcome="allow"} 1"#,
+        r#"portcullis_check_decisions_total{route="admin",outcome="sign_in_required"} 1"#,
         "portcullis_check_duration_seconds_count 2",
         "portcullis_identity_tokens_signed_total 1",
     ] {

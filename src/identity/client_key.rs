@@ -121,6 +121,15 @@ impl ClientKey {
         &self.kid
     }
 
+    /// What identifies this key and certificate to the IdP: a reload that changes either
+    /// needs a new client.
+    pub fn fingerprint(&self) -> String {
+        match &self.thumbprints {
+            Some((sha1, sha256)) => format!("{}|{sha1}|{sha256}", self.kid),
+            None => self.kid.clone(),
+        }
+    }
+
     /// The public key as a JWK, for the IdP's client registration.
     pub fn public_jwk(&self) -> &serde_json::Value {
         &self.jwk

@@ -559,6 +559,8 @@ async fn attack_the_backchannel_logout_endpoint_refuses_what_the_idp_did_not_sig
             store: store.clone(),
             clock: Arc::new(crate::core::SystemClock),
             idp: rp.clone(),
+            metrics: Default::default(),
+            draining: Default::default(),
         },
     ));
     let now = crate::core::unix_now();

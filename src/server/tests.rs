@@ -61,7 +61,7 @@ async fn every_listener_serves_until_shutdown_and_the_ready_file_names_them() {
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
-        t.app.clone(),
+        crate::app::Live::new(t.app.clone()),
         listeners,
         Stopping {
             drain_delay: Duration::ZERO,
@@ -98,7 +98,9 @@ async fn every_listener_serves_until_shutdown_and_the_ready_file_names_them() {
     ));
     let metrics = get(format!("http://{}/metrics", addr("metrics"))).await;
     assert!(
-        metrics.contains(r#"portcullis_check_decisions_total{outcome="sign_in_required"} 1"#),
+        metrics.contains(
+            r#"portcullis_check_decisions_total{route="admin",outcome="sign_in_required"} 1"#
+        ),
         "{metrics}"
     );
     // The metrics listener serves metrics only, not the sign-in pages.
@@ -147,7 +149,7 @@ async fn on_shutdown_health_says_not_serving_while_checks_are_still_answered() {
     let grpc = format!("http://{}", listeners.grpc.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
-        t.app.clone(),
+        crate::app::Live::new(t.app.clone()),
         listeners,
         Stopping {
             drain_delay: Duration::from_millis(600),

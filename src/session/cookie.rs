@@ -64,8 +64,12 @@ impl CookieCodec {
             hop_name: format!("{host}{base}_hop"),
             id_token_name: format!("{secure}{base}_idt"),
             secure: config.secure,
-            sealer: Sealer::derive(&config.secret, Purpose::Session),
-            id_token_sealer: Sealer::derive(&config.secret, Purpose::IdTokenHint),
+            sealer: Sealer::rotating(&config.secret, &config.previous_secrets, Purpose::Session),
+            id_token_sealer: Sealer::rotating(
+                &config.secret,
+                &config.previous_secrets,
+                Purpose::IdTokenHint,
+            ),
         }
     }
 
@@ -285,6 +289,7 @@ mod tests {
     fn config() -> CookieConfig {
         CookieConfig {
             name: "_portcullis".into(),
+            previous_secrets: Vec::new(),
             secret: SecretBytes::new(vec![1; 32]),
             lifetime: Duration::from_secs(60),
             secure: true,

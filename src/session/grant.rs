@@ -14,7 +14,11 @@ pub struct GrantSealer(Sealer);
 
 impl GrantSealer {
     pub fn new(cookie: &CookieConfig) -> Self {
-        Self(Sealer::derive(&cookie.secret, Purpose::RefreshToken))
+        Self(Sealer::rotating(
+            &cookie.secret,
+            &cookie.previous_secrets,
+            Purpose::RefreshToken,
+        ))
     }
 
     pub fn seal(&self, session: &SessionId, token: &SecretString) -> SealedToken {
@@ -44,6 +48,7 @@ mod tests {
     fn sealer(secret: u8) -> GrantSealer {
         GrantSealer::new(&CookieConfig {
             name: "_p".into(),
+            previous_secrets: Vec::new(),
             secret: SecretBytes::new(vec![secret; 32]),
             lifetime: Duration::from_secs(60),
             secure: true,

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ClientAddress, WebError};
+use super::{ClientAddress, CurrentApp, WebError};
 use crate::app::App;
 use crate::authorizer::hop_binding;
 use crate::core::{Route, Session, SessionId, authority_of};
@@ -97,7 +97,7 @@ fn redirect_with_cookies(location: &str, cookies: &[String]) -> Response {
 
 /// `ok`, or 503 while the session store cannot answer or before shutdown (Envoy's health
 /// check then moves the traffic to other replicas).
-pub async fn healthz(State(app): State<Arc<App>>) -> Response {
+pub async fn healthz(CurrentApp(app): CurrentApp) -> Response {
     if app.is_serving() {
         "ok".into_response()
     } else {
@@ -105,7 +105,7 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub async fn metrics(CurrentApp(app): CurrentApp) -> Response {
     if let Some(n) = app.store.count() {
         app.metrics.sessions.set(n as i64);
     }
@@ -125,7 +125,7 @@ pub async fn not_found() -> WebError {
 
 /// The JWKS. Verifiers cache it for a minute (Grafana caps its cache at this max-age) and
 /// revalidate cheaply with the ETag.
-pub async fn jwks(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+pub async fn jwks(CurrentApp(app): CurrentApp, headers: HeaderMap) -> Response {
     let cache = [
         (header::CACHE_CONTROL, "max-age=60"),
         (header::ETAG, app.jwks.etag.as_str()),
@@ -175,7 +175,7 @@ const NOT_OURS: WebError =
 /// straight to the route host. On a route host, gives the browser its hop nonce first and
 /// sends it on to the auth host: every hop is bound to the browser that asked for it.
 pub async fn sign_in(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     Query(q): Query<SignInQuery>,
@@ -282,7 +282,7 @@ pub struct CallbackQuery {
 
 /// The OIDC redirect URI: validates state, exchanges the code, creates the session.
 pub async fn oauth2_callback(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     Extension(address): Extension<ClientAddress>,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
@@ -332,13 +332,13 @@ pub async fn oauth2_callback(
             "This sign-in answer was already used. Please open the application again.",
         ));
     }
-    let signed_in = app
-        .idp
-        .finish(&code, &csrf.pkce, &csrf.nonce)
-        .await
-        .inspect_err(|_| {
-            app.metrics.sign_in_failures.inc();
-        })?;
+    let asked = std::time::Instant::now();
+    let signed_in = app.idp.finish(&code, &csrf.pkce, &csrf.nonce).await;
+    app.metrics
+        .observe_idp(asked.elapsed(), signed_in.as_ref().err().map(|e| e.kind()));
+    let signed_in = signed_in.inspect_err(|_| {
+        app.metrics.sign_in_failures.inc();
+    })?;
     app.limits
         .account(&signed_in.user.subject)
         .map_err(|l| WebError::TooMany(l.retry_after_secs()))?;
@@ -378,7 +378,7 @@ pub struct HopQuery {
 
 /// On a route host: turns a one-time hop token into that host's own session cookie.
 pub async fn hop_callback(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     headers: HeaderMap,
     Query(q): Query<HopQuery>,
 ) -> Result<Response, WebError> {
@@ -454,7 +454,7 @@ fn origin_of(app: &App, host: &Host<'_>) -> String {
 /// asks, with a form that POSTs back. The one exception is the auth host continuing the
 /// sign-out that this very browser's session just made on a route host.
 pub async fn sign_out_page(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     headers: HeaderMap,
     Query(q): Query<SignOutQuery>,
 ) -> Result<Response, WebError> {
@@ -488,7 +488,7 @@ pub async fn sign_out_page(
 /// session and continues on the auth host; on the auth host, revokes, clears the cookies
 /// and ends the IdP session (RP-initiated logout).
 pub async fn sign_out(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     let (host, authority) = host_of(&app, &headers)?;
@@ -530,6 +530,7 @@ pub async fn sign_out(
 async fn revoke(app: &App, s: &Session) -> Result<(), WebError> {
     let ended = app.store.revoke(Selector::Session(s.id), app.now()).await?;
     app.metrics.sessions_revoked.inc_by(ended.len() as u64);
+    app.metrics.sign_outs.inc();
     app.tokens().forget_session(s.id);
     tracing::info!(user = s.user.display(), "signed out");
     Ok(())
@@ -577,7 +578,7 @@ const LOGOUT_JTI_TTL_SECS: u64 = 11 * 60;
 /// the sessions it names end on every replica (through the shared store). 200 when the
 /// token is valid, 400 otherwise; a token is accepted once.
 pub async fn backchannel_logout(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     headers: HeaderMap,
     form: Result<axum::Form<LogoutForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, WebError> {
@@ -638,7 +639,7 @@ async fn end_idp_sessions(app: &App, token: Option<String>) -> Result<Response, 
     Ok(StatusCode::OK.into_response())
 }
 
-pub async fn signed_out(State(app): State<Arc<App>>) -> Response {
+pub async fn signed_out(CurrentApp(app): CurrentApp) -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         pages::signed_out(app.urls.sign_in.as_str()),
@@ -660,7 +661,7 @@ async fn current_session<'a>(
 
 /// HTML page: who am I signed in as.
 pub async fn user_page(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     let (session, host, authority) = current_session(&app, &headers).await?;
@@ -690,7 +691,7 @@ pub async fn user_page(
 
 /// JSON: who am I signed in as (401 when not).
 pub async fn user_json(
-    State(app): State<Arc<App>>,
+    CurrentApp(app): CurrentApp,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
     let (session, _, _) = current_session(&app, &headers).await?;

@@ -1056,6 +1056,9 @@ impl Drop for Stack {
                 llng.keep_state();
             }
             self.dump_logs();
+            // The logs, config and secrets stay; the copied binary (about 190 MB in a
+            // debug build) says nothing the build tree does not, and kept stacks fill /tmp.
+            let _ = fs::remove_dir_all(self.dir.join("bin"));
             eprintln!("(kept {} for inspection)", self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
