@@ -75,6 +75,10 @@ pub struct ServerConfig {
     pub metrics_address: Option<SocketAddr>,
     /// The session administration API's listener (`admin.address`, when `admin` is set).
     pub admin_address: Option<SocketAddr>,
+    /// Optional listener for forward-auth proxies (nginx `auth_request`, Caddy
+    /// `forward_auth`, Traefik `forwardAuth`): it believes the `X-Forwarded-*` headers it
+    /// is sent, so only the proxy may reach it.
+    pub forward_auth_address: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     /// After SIGTERM, how long to keep serving while reporting NOT_SERVING on gRPC health,
     /// so that Envoy's health checks move traffic to the other replicas first.
@@ -519,6 +523,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
         http_address,
         jwks_address,
         metrics_address,
+        forward_auth_address,
         shutdown_grace,
         drain_delay,
     } = raw;
@@ -532,6 +537,8 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     let http_address = addr(http_address, "127.0.0.1:9101", "server.http_address");
     let jwks_address = jwks_address.map(|a| addr(Some(a), "", "server.jwks_address"));
     let metrics_address = metrics_address.map(|a| addr(Some(a), "", "server.metrics_address"));
+    let forward_auth_address =
+        forward_auth_address.map(|a| addr(Some(a), "", "server.forward_auth_address"));
     let shutdown_grace = match shutdown_grace {
         Some(s) => parse_duration(&s)
             .map_err(|m| errors.push("server.shutdown_grace", m))
@@ -555,6 +562,10 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
             None => None,
         },
         metrics_address: match metrics_address {
+            Some(a) => Some(a?),
+            None => None,
+        },
+        forward_auth_address: match forward_auth_address {
             Some(a) => Some(a?),
             None => None,
         },

@@ -68,6 +68,7 @@ pub struct RawServer {
     pub http_address: Option<String>,
     pub jwks_address: Option<String>,
     pub metrics_address: Option<String>,
+    pub forward_auth_address: Option<String>,
     pub shutdown_grace: Option<String>,
     pub drain_delay: Option<String>,
 }
