@@ -10,9 +10,10 @@
 //! * **allowed**: `200`, with the final value of each header the proxy copies upstream:
 //!   the identity JWT, `Cookie` without our cookies, and `Authorization` (the Cockpit login
 //!   credential, or the client's own where it passes). A header the upstream must not get
-//!   is absent, so that copying it removes it: nginx drops a `proxy_set_header` whose value
-//!   is empty, Traefik deletes an `authResponseHeaders` entry the answer lacks, and Caddy
-//!   2.6's `copy_headers` sets it to the empty string.
+//!   is there with an empty value, so that copying it removes it: nginx sends no header for
+//!   a `proxy_set_header` whose value is empty; Caddy 2.6's `copy_headers` and Traefik's
+//!   `authResponseHeaders` set it empty. (Left out, Caddy 2.6 would send the upstream its
+//!   placeholder, `{http.reverse_proxy.header.Cookie}`, as the value.)
 //! * **no session**: `401` with JSON (`sign_in_url`) and, for a browser, `Location`: the
 //!   route host's `/.portcullis/sign_in?rd=…`, which binds the hop to the browser without
 //!   any cookie crossing the proxy. `/forward_auth/redirect` answers a browser `302` to it
@@ -320,7 +321,7 @@ pub fn render(
 
 /// The final value of every header the proxy copies upstream: the identity header,
 /// `cookie`, `authorization`, and any other header the edits touch. Set by the edits:
-/// their value; removed by them: absent; untouched: the client's own value, if any (so
+/// their value; removed by them: empty; untouched: the client's own value, or empty (so
 /// copying it changes nothing), except the identity header, which is never the client's.
 pub fn upstream_headers(
     edits: HeaderEdits,
@@ -340,17 +341,14 @@ pub fn upstream_headers(
     }
     managed
         .into_iter()
-        .filter_map(|name| {
-            if let Some((_, v)) = set.iter().find(|(k, _)| *k == name) {
-                return Some((name, v.clone()));
-            }
-            if remove.contains(&name) || name == identity_header {
-                return None;
-            }
-            let v = original.get(&name)?.clone();
-            Some((name, v))
+        .map(|name| {
+            let value = match set.iter().find(|(k, _)| *k == name) {
+                Some((_, v)) => v.clone(),
+                None if remove.contains(&name) || name == identity_header => String::new(),
+                None => original.get(&name).cloned().unwrap_or_default(),
+            };
+            (name, value)
         })
-        .filter(|(_, v)| !v.is_empty())
         .collect()
 }
 

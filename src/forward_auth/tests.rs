@@ -76,8 +76,19 @@ async fn ask(t: &TestApp, path: &str, h: &[(String, String)]) -> Answer {
     }
 }
 
+/// A header of the answer; an empty one (what the proxy copies to remove it) is none.
 fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-    a.headers.get(name).map(|v| v.to_str().unwrap())
+    a.headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .filter(|v| !v.is_empty())
+}
+
+/// The three headers a proxy copies are in every 200, once each.
+fn copies_all(a: &Answer) {
+    for name in [IDENTITY, "cookie", "authorization"] {
+        assert_eq!(a.headers.get_all(name).iter().count(), 1, "{name}: {a:?}");
+    }
 }
 
 /// The claims of a JWT, unverified (the tokens module's tests verify them).
@@ -354,8 +365,10 @@ async fn a_signed_in_user_gets_the_identity_jwt_and_a_refused_one_403() {
     assert_eq!(c["email"], "alice@example.com");
     assert_eq!(c["aud"], APP);
     assert_eq!(header(&a, "cache-control"), Some("no-store"));
-    // Only our cookie was sent: there is no Cookie to copy, so it is removed.
+    copies_all(&a);
+    // Only our cookie was sent: the Cookie to copy is empty, so it is removed.
     assert_eq!(header(&a, "cookie"), None);
+    assert_eq!(a.headers.get("cookie").unwrap(), "");
     assert!(a.body.is_empty());
 
     let request_id = "fwd-req-42";
@@ -439,6 +452,7 @@ async fn attack_our_cookie_never_survives_in_any_form_of_cookie() {
         h.extend(form.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let a = ask(&t, "/forward_auth", &h).await;
         assert_eq!(a.status, StatusCode::OK, "{form:?}: {}", a.body);
+        copies_all(&a);
         let cookie = header(&a, "cookie").unwrap_or_default();
         assert!(
             !cookie.contains(&name) && !cookie.contains(ours.split('=').nth(1).unwrap()),
@@ -583,7 +597,8 @@ async fn attack_authorization_passes_only_where_it_should() {
     )
     .await;
     assert_eq!(socket.status, StatusCode::OK);
-    assert_eq!(header(&socket, "authorization"), None);
+    copies_all(&socket);
+    assert_eq!(socket.headers.get("authorization").unwrap(), "");
 }
 
 #[tokio::test]
@@ -634,19 +649,27 @@ fn upstream_headers_are_the_final_values() {
         set: vec![(IDENTITY.into(), "jwt".into())],
         remove: vec!["authorization".into()],
     };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     assert_eq!(
         upstream_headers(edits, &original, IDENTITY),
-        vec![
-            (IDENTITY.to_string(), "jwt".to_string()),
-            ("cookie".to_string(), "a=1".to_string())
-        ]
+        pairs(&[(IDENTITY, "jwt"), ("cookie", "a=1"), ("authorization", "")])
     );
     // Nothing said about the identity header: never the client's.
     assert_eq!(
         upstream_headers(HeaderEdits::default(), &original, IDENTITY),
-        vec![
-            ("cookie".to_string(), "a=1".to_string()),
-            ("authorization".to_string(), "Basic x".to_string())
-        ]
+        pairs(&[
+            (IDENTITY, ""),
+            ("cookie", "a=1"),
+            ("authorization", "Basic x")
+        ])
+    );
+    // Nothing sent, nothing to keep: empty, so a proxy's copy removes it.
+    assert_eq!(
+        upstream_headers(HeaderEdits::default(), &HashMap::new(), IDENTITY),
+        pairs(&[(IDENTITY, ""), ("cookie", ""), ("authorization", "")])
     );
 }
