@@ -110,6 +110,8 @@ pub struct StackBuilder {
     idp_options: Vec<String>,
     /// The proxy in front (see [`StackBuilder::front`]).
     front: Front,
+    /// Have the IdP write its signing key (see [`Stack::idp_key_file`]).
+    export_idp_key: bool,
 }
 
 impl StackBuilder {
@@ -260,6 +262,13 @@ impl StackBuilder {
         self
     }
 
+    /// Has the IdP write its signing key to [`Stack::idp_key_file`], so a test can sign
+    /// tokens the IdP would never issue with its real key.
+    pub fn export_idp_key(mut self) -> Self {
+        self.export_idp_key = true;
+        self
+    }
+
     /// Appends a top-level key to the config, as YAML, e.g.
     /// `published_key_files: [secrets/next.pub.pem]` (paths relative to the stack's dir).
     pub fn config_extra(mut self, yaml: &str) -> Self {
@@ -322,6 +331,7 @@ impl StackBuilder {
             secrets,
             certs,
             browsers: Mutex::new(Vec::new()),
+            noted: Mutex::new(Vec::new()),
             echo,
             procs: Vec::new(),
             idp: self.idp,
@@ -360,6 +370,10 @@ impl StackBuilder {
                     idp_args.push(format!("{auth}/.portcullis/backchannel_logout"));
                     idp_args.push("--ca-file".into());
                     idp_args.push(stack.certs.ca.display().to_string());
+                }
+                if self.export_idp_key {
+                    idp_args.push("--key-out".into());
+                    idp_args.push(stack.idp_key_file().display().to_string());
                 }
                 let idp = idp::start(
                     "idp",
@@ -610,6 +624,8 @@ pub struct Stack {
     secrets: Secrets,
     /// Every browser handed out, for the log scan at the end (their cookies are secrets).
     browsers: Mutex<Vec<Browser>>,
+    /// More secrets for the log scan (see [`Stack::note_secret`]).
+    noted: Mutex<Vec<String>>,
     echo: Echo,
     procs: Vec<Proc>,
     idp: IdpChoice,
@@ -638,6 +654,12 @@ impl Stack {
     /// `https://<label>.localhost:<envoy port><path>`.
     pub fn url(&self, label: &str, path: &str) -> String {
         format!("{}{path}", self.origin(label))
+    }
+
+    /// Where the IdP wrote its signing key (with [`StackBuilder::export_idp_key`]): an RSA
+    /// PKCS#8 PEM, whose tokens are RS256 with the key's RFC 7638 thumbprint as `kid`.
+    pub fn idp_key_file(&self) -> PathBuf {
+        self.dir.join("secrets/idp_signing_key.pem")
     }
 
     /// The IdP's issuer, `http://127.0.0.1:<port>`.
@@ -784,10 +806,18 @@ impl Stack {
             .unwrap_or_else(|| panic!("no process {name} was started"))
     }
 
+    /// Adds `value` (a token the test made or obtained) to the secrets that no portcullis
+    /// log line may contain.
+    pub fn note_secret(&self, value: &str) {
+        self.noted.lock().unwrap().push(value.to_string());
+    }
+
     /// Every secret value this test saw: the config's secrets, every cookie the browsers
-    /// hold, and every identity JWT, credential and cookie the upstream received.
+    /// hold, every identity JWT, credential and cookie the upstream received, and what the
+    /// test noted.
     fn secrets_seen(&self) -> Vec<String> {
         let mut seen = self.secrets.values();
+        seen.extend(self.noted.lock().unwrap().iter().cloned());
         for b in self.browsers.lock().unwrap().iter() {
             seen.extend(b.all_cookie_values(self.ports.envoy));
         }
