@@ -26,10 +26,12 @@ const HOP_NONCE_LEN: usize = 22;
 pub trait TokenSource: Send + Sync + 'static {
     /// The identity JWT for `session` on `route`.
     fn identity_token(&self, session: &Session, route: &Route, now: u64) -> Arc<str>;
-    /// The `Authorization` value that logs `account` in to Cockpit on `route`.
+    /// The `Authorization` value that logs `account` in to Cockpit on `route`, granting
+    /// administrative access to that Cockpit session when `admin`.
     fn cockpit_credential(
         &self,
         account: &str,
+        admin: bool,
         route: &Route,
         now: u64,
     ) -> Result<String, TokenTooLong>;
@@ -378,8 +380,10 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         }
         match &grant.cockpit {
             CockpitStep::None => {}
-            CockpitStep::LogIn { account } => {
-                let basic = self.tokens.cockpit_credential(account, grant.route, now)?;
+            CockpitStep::LogIn { account, admin } => {
+                let basic = self
+                    .tokens
+                    .cockpit_credential(account, *admin, grant.route, now)?;
                 edits.set.push(("authorization".into(), basic));
             }
             CockpitStep::StripCredentials => edits.remove.push("authorization".into()),

@@ -880,9 +880,10 @@ fn validate_routes(
             );
         }
         // Cockpit's UrlRoot is the route's path prefix.
-        let cockpit = cockpit.map(|account| CockpitSettings {
+        let cockpit = cockpit.map(|(account, admin_groups)| CockpitSettings {
             url_root: path_prefix.clone(),
             account,
+            admin_groups,
         });
         let name = name.unwrap_or_else(|| format!("{authority}{path_prefix}"));
         if routes.iter().any(|r| r.name == name) {
@@ -989,9 +990,17 @@ fn validate_cockpit(
     raw: raw::RawCockpit,
     path: &str,
     errors: &mut Errors,
-) -> Option<AccountMapping> {
-    let raw::RawCockpit { account, accounts } = raw;
-    match (account.as_deref(), accounts) {
+) -> Option<(AccountMapping, Vec<String>)> {
+    let raw::RawCockpit {
+        account,
+        accounts,
+        admin_groups,
+    } = raw;
+    let admin_groups = admin_groups.unwrap_or_default();
+    if admin_groups.iter().any(|g| g.trim().is_empty()) {
+        errors.push(format!("{path}.admin_groups"), "a group name is empty");
+    }
+    let mapping = match (account.as_deref(), accounts) {
         (Some(_), Some(_)) => {
             errors.push(path, "set either account or accounts, not both");
             None
@@ -1024,7 +1033,8 @@ fn validate_cockpit(
             );
             None
         }
-    }
+    };
+    Some((mapping?, admin_groups))
 }
 
 fn parse_origin(value: &str, path: &str, errors: &mut Errors) -> Option<Url> {

@@ -9,10 +9,8 @@
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, COOKIE};
-use testkit::cockpit::{
-    PAM_FILE, PamBlock, PamLock, cockpit_listener, install_portcullis, open_socket,
-};
-use testkit::{Browser, EchoRequest, Front, Stack, list, send};
+use testkit::cockpit::{OneCockpit, open_socket};
+use testkit::{EchoRequest, Front, Stack, list, send};
 
 const SESSION_COOKIE: &str = "__Host-_portcullis";
 const IDENTITY_HEADER: &str = "x-portcullis-jwt-assertion";
@@ -253,79 +251,23 @@ async fn caddy_signs_alice_in_and_refuses_bob() {
 /// Cockpit behind the proxy: alice's login request carries the credential, Cockpit's PAM
 /// stack accepts it, and the WebSocket upgrades through the proxy and runs as alice.
 async fn cockpit_through(front: Front) {
-    testkit::tier::require_cockpit();
-    let lock = PamLock::acquire();
-    let listener = cockpit_listener();
-    let upstream = format!("http://{}", listener.local_addr().unwrap());
-    let stack = Stack::builder()
-        .front(front)
-        .route("cockpit", "cockpit", "{ any_authenticated_user: true }")
-        .route_upstream("cockpit", &upstream)
-        .route_option(
-            "cockpit",
-            "cockpit: { accounts: { alice@example.com: alice } }",
-        )
-        .start()
-        .await;
-    let name = front.name();
-    let cockpit = testkit::cockpit::CockpitWs::start(
-        &stack.dir.join("cockpit-ws-xdg"),
-        &stack.log_path("cockpit-ws"),
-        "cockpit-ws",
-        listener,
-        &stack.origin("cockpit"),
-        "",
-    );
-    let bin = install_portcullis(&stack.dir);
-    let jwks = testkit::cockpit::write_jwks(&stack);
-    let _pam = PamBlock::write(
-        &lock,
-        std::path::Path::new(PAM_FILE),
-        "e2e-test",
-        &bin,
-        &jwks,
-        &stack.origin("auth"),
-        &[stack.authority("cockpit")],
-    )
-    .unwrap_or_else(|e| panic!("write the PAM block: {e:#}"));
-
-    let browser: Browser = stack.browser();
-    let home = stack.url("cockpit", "/");
-    let (page, visited) = browser.login(&home, "alice", "alice").await;
-    assert_eq!(
-        page.status(),
-        StatusCode::OK,
-        "{name}: {}\n{}",
-        list(&visited),
-        cockpit.log_tail()
-    );
-    let login = send(
-        browser
-            .get(&stack.url("cockpit", "/cockpit/login"))
-            .header(ACCEPT, "application/json, text/plain, */*")
-            .header("x-requested-with", "XMLHttpRequest"),
+    let one = OneCockpit::start(
+        front,
+        "cockpit: { accounts: { alice@example.com: alice } }",
+        false,
     )
     .await;
-    let status = login.status();
-    let body = login.text().await.unwrap();
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "{name}: GET /cockpit/login: {body}\n{}",
-        cockpit.log_tail()
-    );
-    let socket = stack
-        .url("cockpit", "/cockpit/socket")
-        .replacen("https://", "wss://", 1);
-    let cookies = browser.cookie_header(&home).unwrap();
-    assert!(cookies.contains("cockpit="), "{name}: {cookies}");
-    let report = open_socket(&socket, &cookies, &stack.origin("cockpit"));
+    let name = front.name();
+    let cookies = one.log_in("alice").await;
+    let socket = one.socket_url();
+    let origin = one.stack.origin("cockpit");
+    let report = open_socket(&socket, &cookies, &origin);
     eprintln!("{name}: cockpit socket: {report}");
     assert_eq!(
         report["status"],
         101,
         "{name}: {report}\n{}",
-        cockpit.log_tail()
+        one.cockpit.log_tail()
     );
     assert_eq!(report["whoami"], "alice", "{name}: {report}");
     assert_eq!(report["user"]["Name"], "alice", "{name}: {report}");
@@ -334,9 +276,8 @@ async fn cockpit_through(front: Front) {
         .split("; ")
         .filter(|c| c.starts_with("cockpit="))
         .collect();
-    let report = open_socket(&socket, &only_cockpit, &stack.origin("cockpit"));
+    let report = open_socket(&socket, &only_cockpit, &origin);
     assert_ne!(report["status"], 101, "{name}: {report}");
-    drop(cockpit);
 }
 
 #[tokio::test]

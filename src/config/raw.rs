@@ -140,6 +140,8 @@ pub struct RawCockpit {
     pub account: Option<String>,
     /// Explicit email → account table; when given, only these users have an account.
     pub accounts: Option<std::collections::BTreeMap<String, String>>,
+    /// IdP groups whose members get administrative access without a password.
+    pub admin_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -116,6 +116,18 @@ pub fn require_lemonldap() {
     );
 }
 
+/// sudo and visudo, for Cockpit's administrative access.
+pub fn require_sudo() {
+    let missing: Vec<&str> = ["/usr/bin/sudo", "/usr/sbin/visudo"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tier cockpit: Cockpit's administrative access needs sudo (missing: {missing:?}): {RUN_SCRIPTS_TEST} (apt-get install sudo)"
+    );
+}
+
 /// Debian's chromium (driven by npm playwright-core from the IdP's modules).
 pub fn require_chromium() {
     assert!(
