@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
@@ -45,39 +45,22 @@ use crate::web::RequestId;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/forward_auth", any(forward_auth))
-        .route("/forward_auth/redirect", any(forward_auth_redirect))
+        .route("/forward_auth/redirect", any(forward_auth))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn(crate::web::request_context))
         .with_state(app)
 }
 
+/// `/forward_auth`, or `/forward_auth/redirect` for a `302` to a browser without a session.
 async fn forward_auth(
     State(app): State<Arc<App>>,
     Extension(id): Extension<RequestId>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    answer(
-        &app,
-        &id,
-        &headers,
-        SignInAnswer::RouteHost { redirect: false },
-    )
-    .await
-}
-
-async fn forward_auth_redirect(
-    State(app): State<Arc<App>>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-) -> Response {
-    answer(
-        &app,
-        &id,
-        &headers,
-        SignInAnswer::RouteHost { redirect: true },
-    )
-    .await
+    let redirect = uri.path().ends_with("/redirect");
+    answer(&app, &id, &headers, SignInAnswer::RouteHost { redirect }).await
 }
 
 async fn answer(app: &App, id: &RequestId, headers: &HeaderMap, sign_in: SignInAnswer) -> Response {

@@ -490,6 +490,25 @@ impl CockpitWs {
         }
     }
 
+    /// [`CockpitWs::start`] as process `name` of `stack`, for the public origin of the
+    /// host `label` (config in the stack's `NAME-xdg`, log in `logs/NAME.log`).
+    pub fn in_stack(
+        stack: &Stack,
+        name: &str,
+        listener: TcpListener,
+        label: &str,
+        url_root: &str,
+    ) -> Self {
+        Self::start(
+            &stack.dir.join(format!("{name}-xdg")),
+            &stack.log_path(name),
+            name,
+            listener,
+            &stack.origin(label),
+            url_root,
+        )
+    }
+
     /// `http://127.0.0.1:<port>`, the route's upstream.
     pub fn upstream(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -577,34 +596,14 @@ impl CockpitStack {
             )
             .start()
             .await;
-        let cockpit = CockpitWs::start(
-            &stack.dir.join("cockpit-ws-xdg"),
-            &stack.log_path("cockpit-ws"),
-            "cockpit-ws",
-            main,
-            &stack.origin("cockpit"),
-            "",
-        );
-        let sub = CockpitWs::start(
-            &stack.dir.join("cockpit-ws-sub-xdg"),
-            &stack.log_path("cockpit-ws-sub"),
-            "cockpit-ws-sub",
-            sub,
-            &stack.origin("apps"),
-            "/admin",
-        );
-        let bin = install_portcullis(&stack.dir);
-        let jwks = write_jwks(&stack);
-        let pam = PamBlock::write(
+        let cockpit = CockpitWs::in_stack(&stack, "cockpit-ws", main, "cockpit", "");
+        let sub = CockpitWs::in_stack(&stack, "cockpit-ws-sub", sub, "apps", "/admin");
+        let (bin, jwks, pam) = install_pam(
             &lock,
-            Path::new(PAM_FILE),
-            PAM_BLOCK,
-            &bin,
-            &jwks,
-            &stack.origin("auth"),
+            &stack,
             &[stack.authority("cockpit"), stack.authority("apps")],
-        )
-        .unwrap_or_else(|e| panic!("write the PAM block: {e:#}"));
+            &[],
+        );
         Self {
             pam,
             cockpit,
@@ -666,16 +665,7 @@ impl OneCockpit {
             .route_option("cockpit", cockpit_yaml)
             .start()
             .await;
-        let cockpit = CockpitWs::start(
-            &stack.dir.join("cockpit-ws-xdg"),
-            &stack.log_path("cockpit-ws"),
-            "cockpit-ws",
-            listener,
-            &stack.origin("cockpit"),
-            "",
-        );
-        let bin = install_portcullis(&stack.dir);
-        let jwks = write_jwks(&stack);
+        let cockpit = CockpitWs::in_stack(&stack, "cockpit-ws", listener, "cockpit", "");
         let extra = if admin {
             vec![
                 "--admin-grants".to_string(),
@@ -684,17 +674,7 @@ impl OneCockpit {
         } else {
             Vec::new()
         };
-        let pam = PamBlock::write_with(
-            &lock,
-            Path::new(PAM_FILE),
-            PAM_BLOCK,
-            &bin,
-            &jwks,
-            &stack.origin("auth"),
-            &[stack.authority("cockpit")],
-            &extra,
-        )
-        .unwrap_or_else(|e| panic!("write the PAM block: {e:#}"));
+        let (bin, _, pam) = install_pam(&lock, &stack, &[stack.authority("cockpit")], &extra);
         Self {
             pam,
             cockpit,
@@ -825,6 +805,31 @@ impl Drop for AdminAccess {
             }
         }
     }
+}
+
+/// What PAM needs for `stack`: the portcullis under test where PAM may run it, the JWKS
+/// file, and the tests' block in `/etc/pam.d/cockpit` for `audiences` (with `extra`
+/// arguments for pam-verify).
+fn install_pam(
+    lock: &PamLock,
+    stack: &Stack,
+    audiences: &[String],
+    extra: &[String],
+) -> (PathBuf, PathBuf, PamBlock) {
+    let bin = install_portcullis(&stack.dir);
+    let jwks = write_jwks(stack);
+    let pam = PamBlock::write_with(
+        lock,
+        Path::new(PAM_FILE),
+        PAM_BLOCK,
+        &bin,
+        &jwks,
+        &stack.origin("auth"),
+        audiences,
+        extra,
+    )
+    .unwrap_or_else(|e| panic!("write the PAM block: {e:#}"));
+    (bin, jwks, pam)
 }
 
 /// Copies the portcullis under test to `dir/bin/portcullis` (root-owned, 0755): PAM runs it
