@@ -409,6 +409,17 @@ async fn a_signed_in_user_gets_the_identity_jwt_and_a_refused_one_403() {
     let a = ask(&t, "/forward_auth", &[]).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.body.contains("X-Forwarded-Method"), "{}", a.body);
+
+    // Counted by route and outcome as Envoy's Checks are; the undecided request is not.
+    let metrics = t.app.metrics.encode();
+    for line in [
+        r#"portcullis_check_decisions_total{route="app",outcome="allow"} 1"#,
+        r#"portcullis_check_decisions_total{route="admin",outcome="forbidden"} 2"#,
+        r#"portcullis_check_decisions_total{route="",outcome="no_route"} 1"#,
+        "portcullis_check_duration_seconds_count 4",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
