@@ -11,13 +11,18 @@
 //! The walk (steps 1–5) runs on a plain stack; step 6, the Cockpit shell, needs the Cockpit
 //! stack (cockpit-ws, the PAM block under its cross-process lock) and an IdP that is up, so
 //! it is its own test below, driven by the same script.
+//!
+//! Step 5 restarts portcullis with the IdP stopped: the 503 page is what portcullis answers
+//! while it has not discovered the IdP. An IdP that stops after discovery is outside
+//! portcullis's reach: sign-in sends the browser to the IdP's address, and the browser
+//! shows its own error there.
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use testkit::chromium::{Step, StepReport, walk};
+use testkit::chromium::{Step, StepReport, walk, walk_untrusted};
 use testkit::cockpit::CockpitStack;
 use testkit::{EchoRequest, Stack};
 
@@ -36,7 +41,8 @@ fn echoed(r: &StepReport) -> EchoRequest {
 /// The step ended on the dev IdP's login form.
 fn assert_idp_sign_in_form(stack: &Stack, r: &StepReport) {
     assert!(
-        r.url.starts_with(&format!("{}/interaction/", stack.idp_origin())),
+        r.url
+            .starts_with(&format!("{}/interaction/", stack.idp_origin())),
         "step {}: not at the IdP's login form but at {}; navigations:\n{}",
         r.name,
         r.url,
@@ -51,9 +57,26 @@ fn assert_idp_sign_in_form(stack: &Stack, r: &StepReport) {
     );
 }
 
-/// One of portcullis's pages: its policy lets nothing but its own style load, and no one
-/// keeps a copy.
-fn assert_portcullis_page(r: &StepReport) {
+/// One of portcullis's pages, answered with `status`, titled `title` and saying each of
+/// `says`: its policy lets nothing but its own style load, and no one keeps a copy.
+fn assert_portcullis_page(r: &StepReport, status: u16, title: &str, says: &[&str]) {
+    assert_eq!(
+        (r.status, r.title.as_str()),
+        (Some(status), title),
+        "step {} at {}:\n{}\n{}",
+        r.name,
+        r.url,
+        r.trail(),
+        r.text
+    );
+    for text in says {
+        assert!(
+            r.text.contains(text),
+            "step {}: no {text:?} in:\n{}",
+            r.name,
+            r.text
+        );
+    }
     let header = |name: &str| r.headers.get(name).map(String::as_str).unwrap_or_default();
     assert!(
         header("content-security-policy").starts_with("default-src 'none';"),
@@ -63,28 +86,44 @@ fn assert_portcullis_page(r: &StepReport) {
     );
     assert_eq!(header("cache-control"), "no-store", "step {}", r.name);
     assert!(
+        header("content-security-policy").contains("style-src 'sha256-"),
+        "step {}: {:?}",
+        r.name,
+        r.headers
+    );
+    assert!(
         header("content-type").starts_with("text/html"),
         "step {}: {:?}",
         r.name,
         r.headers
     );
+    // The policy is not only sent but holds the page as it is: its style is the one the
+    // hash names, and nothing on it is refused.
+    assert!(
+        !r.console
+            .iter()
+            .any(|m| m.contains("Content Security Policy")),
+        "step {}: {:?}",
+        r.name,
+        r.console
+    );
 }
 
 /// The request id the page shows, which must be the one portcullis logged for it (what an
-/// admin greps for).
-fn assert_request_id_logged(stack: &mut Stack, r: &StepReport) -> String {
+/// admin greps for): a log line with that id says each of `expect` too.
+fn assert_request_id_logged(stack: &mut Stack, r: &StepReport, expect: &[&str]) {
     let id = r
         .request_id()
-        .unwrap_or_else(|| panic!("step {}: no request id on the page:\n{}", r.name, r.text))
-        .to_string();
+        .unwrap_or_else(|| panic!("step {}: no request id on the page:\n{}", r.name, r.text));
     assert!(id.len() >= 8, "step {}: request id {id:?}", r.name);
     let log = stack.proc_mut("portcullis").log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
     assert!(
-        log.lines().any(|l| l.contains(&id)),
-        "step {}: request id {id} is in no portcullis log line",
-        r.name
+        lines.iter().any(|l| expect.iter().all(|e| l.contains(e))),
+        "step {}: no portcullis log line has request id {id} and {expect:?}; with the id:\n{}",
+        r.name,
+        lines.join("\n")
     );
-    id
 }
 
 /// The identity JWT the app received in `r`, verified against portcullis's JWKS for the
@@ -111,6 +150,31 @@ fn user_rows(r: &StepReport) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('\t'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
+}
+
+/// A Sign out button pressed: its POST to `posted_to`, redirects that end the IdP's session
+/// (RP-initiated logout) and the signed-out page.
+fn assert_signed_out(r: &StepReport, posted_to: &str, idp: &str) {
+    assert!(
+        r.requests
+            .iter()
+            .any(|n| n.method == "POST" && n.url == posted_to),
+        "step {}: the Sign out button POSTs to {posted_to}:\n{}",
+        r.name,
+        r.trail()
+    );
+    assert!(
+        r.visited(&format!("{idp}/session/end")),
+        "step {}: RP-initiated logout at the IdP:\n{}",
+        r.name,
+        r.trail()
+    );
+    assert_portcullis_page(
+        r,
+        200,
+        "Signed out",
+        &["You have been signed out", "Sign in again"],
+    );
 }
 
 #[tokio::test]
@@ -140,8 +204,27 @@ async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the
             &format!("{auth}/.portcullis/signed_out"),
         ),
         Step::goto("walk-4-app-asks-to-sign-in-again", "alice", &app),
+        // And from the 403 page, on the route host: through the auth host to the IdP.
+        Step::sign_out(
+            "walk-4-bob-signed-out-from-the-403-page",
+            "bob",
+            &format!("{auth}/.portcullis/signed_out"),
+        ),
     ];
     let r = walk(&ca, &steps);
+
+    // 0. The walk passes because the browser trusts the test CA, not because certificate
+    // errors are ignored: a browser without it refuses the very first page.
+    let untrusted = walk_untrusted(&[Step::goto("walk-0-untrusted-browser", "mallory", &app)]);
+    assert!(
+        untrusted.len() == 1
+            && !untrusted[0].ok
+            && untrusted[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("ERR_CERT_AUTHORITY_INVALID")),
+        "a browser without the test CA: {untrusted:?}"
+    );
 
     // 1.
     assert_idp_sign_in_form(&stack, &r[0]);
@@ -152,10 +235,21 @@ async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the
     );
     assert_eq!((r[1].url.as_str(), r[1].status), (app.as_str(), Some(200)));
     let claims = identity(&stack, &r[1], "app").await;
-    assert_eq!(claims["email"], "alice@example.com", "{claims}");
+    assert_eq!(
+        (&claims["sub"], &claims["email"], &claims["groups"]),
+        (
+            &serde_json::json!("alice"),
+            &serde_json::json!("alice@example.com"),
+            &serde_json::json!(["admins"])
+        ),
+        "{claims}"
+    );
 
     // 2.
-    assert_eq!((r[2].url.as_str(), r[2].status), (admin.as_str(), Some(200)));
+    assert_eq!(
+        (r[2].url.as_str(), r[2].status),
+        (admin.as_str(), Some(200))
+    );
     assert!(
         !r[2].visited(&idp),
         "alice was sent to the IdP again:\n{}",
@@ -166,16 +260,25 @@ async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the
     assert_idp_sign_in_form(&stack, &r[3]);
     let bob = &r[4];
     assert_eq!((bob.url.as_str(), bob.status), (admin.as_str(), Some(403)));
-    assert_portcullis_page(bob);
-    assert_eq!(bob.title, "Access denied");
-    assert!(
-        bob.text
-            .contains("You are signed in as bob@example.com, and this account is not allowed to use admin."),
-        "{}",
-        bob.text
+    assert_portcullis_page(
+        bob,
+        403,
+        "Access denied",
+        &[
+            "You are signed in as bob@example.com, and this account is not allowed to use admin.",
+            "Sign out",
+        ],
     );
-    assert!(bob.text.contains("Sign out"), "{}", bob.text);
-    assert_request_id_logged(&mut stack, bob);
+    // The decision's audit line: Envoy's request id, who, and what was decided.
+    assert_request_id_logged(
+        &mut stack,
+        bob,
+        &[
+            "decision",
+            "email=\"bob@example.com\"",
+            "outcome=\"forbidden\"",
+        ],
+    );
     assert!(
         !stack
             .echo_requests()
@@ -187,63 +290,57 @@ async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the
 
     // 3.
     let me = &r[5];
-    assert_eq!(me.status, Some(200), "{}", me.text);
-    assert_portcullis_page(me);
+    assert_portcullis_page(me, 200, "Signed in", &[]);
     let rows = user_rows(me);
     assert_eq!(
         rows.get("Email").map(String::as_str),
         Some("alice@example.com"),
         "{rows:?}"
     );
-    assert_eq!(rows.get("Groups").map(String::as_str), Some("admins"), "{rows:?}");
+    assert_eq!(
+        rows.get("Groups").map(String::as_str),
+        Some("admins"),
+        "{rows:?}"
+    );
 
     // 4.
-    let out = &r[6];
-    assert!(
-        out.requests
-            .iter()
-            .any(|n| n.method == "POST" && n.url == format!("{auth}/.portcullis/sign_out")),
-        "the Sign out button POSTs:\n{}",
-        out.trail()
-    );
-    assert!(
-        out.visited(&format!("{idp}/session/end")),
-        "RP-initiated logout at the IdP:\n{}",
-        out.trail()
-    );
-    assert_eq!(out.status, Some(200));
-    assert_portcullis_page(out);
-    assert_eq!(out.title, "Signed out");
-    assert!(
-        out.text.contains("You have been signed out") && out.text.contains("Sign in again"),
-        "{}",
-        out.text
-    );
+    assert_signed_out(&r[6], &format!("{auth}/.portcullis/sign_out"), &idp);
     // Both sessions ended: portcullis's (the app asks) and the IdP's (it shows its form
     // rather than signing alice straight back in).
     assert_idp_sign_in_form(&stack, &r[7]);
+    let bob_out = &r[8];
+    assert_signed_out(bob_out, &format!("{admin}.portcullis/sign_out"), &idp);
+    assert!(
+        bob_out.visited(&format!("{auth}/.portcullis/sign_out?t=")),
+        "the route host hands the sign-out on to the auth host:\n{}",
+        bob_out.trail()
+    );
 
-    // 5. The IdP stops; a new visitor gets portcullis's page, not the browser's error page.
+    // 5. The IdP is down when portcullis starts (a restart, a new replica): portcullis has
+    // not discovered it, so a new visitor gets its 503 page rather than a redirect to an
+    // address that answers nothing (the browser's own error page) or a stack trace.
     stack.proc_mut("idp").stop();
+    stack.restart_portcullis_without_the_idp().await;
     let r = walk(&ca, &[Step::goto("walk-5-idp-stopped", "carol", &app)]);
     let down = &r[0];
-    assert_eq!(down.status, Some(503), "{}\n{}", down.url, down.text);
     assert!(
         down.url.starts_with(&format!("{auth}/.portcullis/sign_in")),
         "{}\n{}",
         down.url,
         down.trail()
     );
-    assert_portcullis_page(down);
-    assert_eq!(down.title, "Sign-in unavailable");
-    assert!(
-        down.text
-            .contains("The identity provider cannot be reached right now. Please try again in a moment."),
-        "{}",
-        down.text
+    assert_portcullis_page(
+        down,
+        503,
+        "Sign-in unavailable",
+        &["The identity provider cannot be reached right now. Please try again in a moment."],
     );
     assert!(!down.text.contains("panicked"), "{}", down.text);
-    assert_request_id_logged(&mut stack, down);
+    assert_request_id_logged(
+        &mut stack,
+        down,
+        &["before the identity provider was discovered"],
+    );
 }
 
 /// The email in the identity JWT the echo app received (not verified: only to tell who
@@ -265,7 +362,12 @@ async fn alice_reaches_the_cockpit_shell_in_chromium() {
         &stack.certs.ca,
         &[
             Step::goto("cockpit-sign-in", "alice", &cockpit),
-            Step::sign_in("cockpit-signed-in", "alice", "alice", &stack.origin("cockpit")),
+            Step::sign_in(
+                "cockpit-signed-in",
+                "alice",
+                "alice",
+                &stack.origin("cockpit"),
+            ),
             Step::cockpit_shell("cockpit-shell", "alice", "alice"),
         ],
     );
@@ -281,6 +383,10 @@ async fn alice_reaches_the_cockpit_shell_in_chromium() {
         "the shell's title names alice: {}",
         shell.title
     );
-    assert!(shell.url.starts_with(&stack.origin("cockpit")), "{}", shell.url);
+    assert!(
+        shell.url.starts_with(&stack.origin("cockpit")),
+        "{}",
+        shell.url
+    );
     assert_eq!(cs.cockpit.sessions_spawned(), 1, "one login, no form");
 }

@@ -455,3 +455,268 @@ async fn a_disallowed_user_is_refused_even_with_sso() {
     assert_eq!(login.status(), StatusCode::OK);
     assert!(cockpit_cookie(&login).is_some());
 }
+
+// ---------------------------------------------------------------------------------------
+// `portcullis pam-verify` as a process, the way pam_exec runs it
+// ---------------------------------------------------------------------------------------
+
+/// A signing key and the JWKS `portcullis jwks` prints for it.
+fn pam_fixture() -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir("pam-verify");
+    let secrets = testkit::write_secrets(&dir);
+    let config = dir.join("portcullis.yaml");
+    fs::write(
+        &config,
+        "\
+authenticate_url: https://auth.localhost:8443
+idp: { issuer: http://127.0.0.1:9, client_id: portcullis, client_secret_file: secrets/client_secret }
+cookie: { secret_file: secrets/cookie_secret }
+signing_key_file: secrets/signing_key.pem
+routes:
+  - { from: https://cockpit.localhost:8443, to: http://127.0.0.1:9090, policy: { any_authenticated_user: true }, cockpit: { account: preferred_username } }
+",
+    )
+    .unwrap();
+    let out = run(Command::new(portcullis_bin())
+        .arg("jwks")
+        .arg("-c")
+        .arg(&config));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwks = dir.join("jwks.json");
+    fs::write(&jwks, &out.stdout).unwrap();
+    (dir, secrets.signing_key, jwks)
+}
+
+#[test]
+#[ignore = "tier stack: needs node and examples/demo/node_modules (jose); run scripts/test"]
+fn pam_verify_accepts_only_a_fresh_token_for_this_host_and_account() {
+    const AUD: &str = "cockpit.localhost:8443";
+    let (dir, key, jwks) = pam_fixture();
+    let bin = portcullis_bin();
+    let tokens = jose_tokens(&key, AUD, "alice");
+    let sizes: Vec<String> = tokens
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.len()))
+        .collect();
+    eprintln!("jose tokens (bytes): {}", sizes.join(" "));
+    let valid = tokens["valid"].as_bytes();
+
+    let check = |what: &str, pam_user: Option<&str>, input: &[u8], accept: bool, reason: &str| {
+        let out = pam_verify(bin, &jwks, TEST_ISSUER, &[AUD], pam_user, input);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{what:>28}: {} | {}", out.status, stderr.trim());
+        assert_eq!(
+            out.status.success(),
+            accept,
+            "{what}: exit {}; stderr: {stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr.starts_with("portcullis pam-verify: "),
+            "{what}: a reason on stderr: {stderr}"
+        );
+        assert!(
+            stderr.to_lowercase().contains(&reason.to_lowercase()),
+            "{what}: expected {reason:?} in: {stderr}"
+        );
+        // Nothing on stdout: pam_exec would pass it on to the user as a message.
+        assert!(out.stdout.is_empty(), "{what}: stdout {:?}", out.stdout);
+    };
+
+    check(
+        "valid",
+        Some("alice"),
+        valid,
+        true,
+        "accepted token for alice",
+    );
+    // pam_exec expose_authtok writes the token followed by a NUL byte.
+    let mut nul = valid.to_vec();
+    nul.push(0);
+    check("valid + NUL", Some("alice"), &nul, true, "accepted");
+    let mut newline = valid.to_vec();
+    newline.push(b'\n');
+    check("valid + newline", Some("alice"), &newline, true, "accepted");
+    check(
+        "second audience",
+        Some("alice"),
+        jose_tokens(&key, "apps.localhost:8443", "alice")["valid"].as_bytes(),
+        false,
+        "audience",
+    );
+
+    for (case, reason) in [
+        ("wrong_signature", "signature"),
+        ("wrong_aud", "audience"),
+        ("expired", "expired"),
+        ("iat_in_future", "future"),
+        ("wrong_account", "not \"alice\""),
+        ("alg_none", "none"),
+        ("hs256_public_key", "HS256"),
+        ("no_kid", "kid"),
+        ("truncated", "token"),
+        // Token confusion: an identity JWT from the same key is never a Cockpit password.
+        ("identity_jwt", "not a Cockpit login token"),
+        ("no_typ", "not a Cockpit login token"),
+        ("bare_aud", "audience"),
+        ("wrong_iss", "issuer"),
+    ] {
+        check(case, Some("alice"), tokens[case].as_bytes(), false, reason);
+    }
+    check("for another PAM_USER", Some("bob"), valid, false, "account");
+    check("empty", Some("alice"), b"", false, "no token");
+    check("only a NUL", Some("alice"), b"\0", false, "no token");
+    let garbage: Vec<u8> = (0..1 << 20).map(|i| b"AZaz09-_."[i % 9]).collect();
+    check("1 MiB of garbage", Some("alice"), &garbage, false, "longer");
+    let binary: Vec<u8> = (0..4096).map(|i| (i * 7 % 256) as u8).collect();
+    check("binary junk", Some("alice"), &binary, false, "token");
+    check("no PAM_USER", None, valid, false, "PAM_USER");
+    // root never logs in by SSO, even with a genuine token for it; nor a system account.
+    let root = jose_tokens(&key, AUD, "root");
+    check(
+        "root",
+        Some("root"),
+        root["valid"].as_bytes(),
+        false,
+        "root and system accounts",
+    );
+    let daemon = jose_tokens(&key, AUD, "daemon");
+    check(
+        "daemon (uid 1)",
+        Some("daemon"),
+        daemon["valid"].as_bytes(),
+        false,
+        "system accounts",
+    );
+    // Another issuer configured on the helper refuses portcullis's own token.
+    let out = pam_verify(
+        bin,
+        &jwks,
+        "https://other.localhost",
+        &[AUD],
+        Some("alice"),
+        valid,
+    );
+    assert!(!out.status.success(), "a token from another issuer");
+
+    let missing = dir.join("no-such-jwks.json");
+    let out = pam_verify(bin, &missing, TEST_ISSUER, &[AUD], Some("alice"), valid);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWKS"));
+    fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+#[ignore = "tier stack: needs node and examples/demo/node_modules (jose); run scripts/test"]
+fn pam_verify_with_a_replay_dir_accepts_a_token_once() {
+    const AUD: &str = "cockpit.localhost:8443";
+    let (dir, key, jwks) = pam_fixture();
+    let tokens = jose_tokens(&key, AUD, "alice");
+    let replay = dir.join("replay");
+    let attempt = |token: &str| {
+        let mut child = Command::new(portcullis_bin())
+            .args(["pam-verify", "--jwks"])
+            .arg(&jwks)
+            .args(["--issuer", TEST_ISSUER, "--audience", AUD, "--replay-dir"])
+            .arg(&replay)
+            .env("PAM_USER", "alice")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("portcullis pam-verify starts");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), token.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (first, why) = attempt(&tokens["valid"]);
+    assert!(first, "first use is accepted: {why}");
+    let (second, why) = attempt(&tokens["valid"]);
+    assert!(
+        !second && why.contains("already used"),
+        "a replay is refused: {why}"
+    );
+    // A refused token is not recorded: it cannot fill the directory or block a good one.
+    let (bad, _) = attempt(&tokens["expired"]);
+    assert!(!bad);
+    assert_eq!(fs::read_dir(&replay).unwrap().count(), 1);
+    fs::remove_dir_all(dir).ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// The PAM edit and the examples
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_cockpit_examples_match_what_portcullis_and_the_scripts_expect() {
+    let examples = repo().join("examples/cockpit");
+    // The PAM lines in the example are the ones testkit::cockpit::pam_block writes (the demo's
+    // and the tests' block).
+    let example = fs::read_to_string(examples.join("pam.d-cockpit")).unwrap();
+    let rules = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let block = testkit::cockpit::pam_block(
+        "x",
+        Path::new("/usr/local/bin/portcullis"),
+        Path::new("/etc/portcullis/jwks.json"),
+        "https://auth.example.com",
+        &["cockpit.example.com".to_string()],
+    );
+    assert_eq!(
+        rules(&example),
+        rules(&block),
+        "examples/cockpit/pam.d-cockpit and testkit::cockpit::pam_block disagree"
+    );
+
+    let conf = fs::read_to_string(examples.join("cockpit.conf")).unwrap();
+    for line in [
+        "[WebService]",
+        "Origins = https://cockpit.example.com wss://cockpit.example.com",
+        "ProtocolHeader = X-Forwarded-Proto",
+    ] {
+        assert!(
+            conf.lines().any(|l| l == line),
+            "cockpit.conf lacks {line:?}"
+        );
+    }
+    assert!(
+        !conf.lines().any(|l| l.trim() == "[OAuth]"),
+        "no [OAuth] section: it would make Cockpit's login page redirect on its own"
+    );
+
+    // The example routes are valid portcullis config.
+    let (dir, _, _) = pam_fixture();
+    let config = dir.join("portcullis.yaml");
+    let base = fs::read_to_string(&config).unwrap();
+    let base = &base[..base.find("routes:").unwrap()];
+    let routes = fs::read_to_string(examples.join("portcullis-routes.yaml")).unwrap();
+    fs::write(&config, format!("{base}{routes}")).unwrap();
+    let out = run(Command::new(portcullis_bin())
+        .arg("check-config")
+        .arg("-c")
+        .arg(&config));
+    assert!(
+        out.status.success(),
+        "examples/cockpit/portcullis-routes.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "config OK: 2 routes"
+    );
+    fs::remove_dir_all(dir).ok();
+}

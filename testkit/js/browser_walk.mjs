@@ -19,16 +19,18 @@
 //   {"name", "context", "action": "cockpit_shell", "expect_user"}
 //       wait for the Cockpit shell's host switcher and title to name the user
 //
-// The demo CA (--plan's "ca") is trusted the way a user would trust it: it goes into an NSS
+// The test CA (--plan's "ca") is trusted the way a user would trust it: it goes into an NSS
 // database in a temporary HOME (certutil, Debian's libnss3-tools), which is where Chromium
 // on Linux looks. Certificate errors are not ignored. Chromium resolves *.localhost to
 // loopback by itself, so the URLs carry Envoy's port.
 //
 // Prints one JSON object on stdout: {"ok": bool, "steps": [RESULT...]}, where each RESULT is
 //   {"name", "ok", "error"?, "url", "status", "headers", "title", "text", "body",
-//    "requests": [{"method", "url", "status"}...], "screenshot", "current_username"?}
+//    "requests": [{"method", "url", "status"}...], "console", "screenshot",
+//    "current_username"?}
 // ("requests": every main-frame navigation request of the step, redirects included; "text":
-// what the page shows; "body": the document's response body). A failing step ends the walk
+// what the page shows; "body": the document's response body; "console": the page's console
+// errors and warnings, CSP violations among them). A failing step ends the walk
 // (its screenshot is still taken) and the script exits 1.
 
 import { execFileSync } from 'node:child_process';
@@ -56,7 +58,11 @@ const home = mkdtempSync(join(tmpdir(), 'portcullis-chromium-home-'));
 const nssdb = `sql:${join(home, '.pki', 'nssdb')}`;
 mkdirSync(join(home, '.pki', 'nssdb'), { recursive: true });
 execFileSync('certutil', ['-d', nssdb, '-N', '--empty-password']);
-execFileSync('certutil', ['-d', nssdb, '-A', '-n', 'portcullis-test-ca', '-t', 'C,,', '-i', resolve(plan.ca)]);
+// "ca": null leaves the database empty: a browser never told of the CA, which must refuse
+// the test servers (the check that nothing here ignores certificate errors).
+if (plan.ca) {
+  execFileSync('certutil', ['-d', nssdb, '-A', '-n', 'portcullis-test-ca', '-t', 'C,,', '-i', resolve(plan.ca)]);
+}
 
 const report = { ok: false, steps: [] };
 const contexts = new Map();
@@ -68,7 +74,13 @@ async function pageOf(name) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     const page = await context.newPage();
     page.setDefaultTimeout(timeout);
-    const entry = { page, requests: [], last: null };
+    const entry = { page, requests: [], last: null, console: [] };
+    // What the page itself complains of: a Content-Security-Policy violation (a blocked
+    // style, a form or redirect it refuses) shows only here, not as a failed request.
+    page.on('console', (m) => {
+      if (m.type() === 'error' || m.type() === 'warning') entry.console.push(m.text());
+    });
+    page.on('pageerror', (e) => entry.console.push(`uncaught: ${e.message}`));
     page.on('request', (r) => {
       if (r.isNavigationRequest() && r.frame() === page.mainFrame()) {
         entry.requests.push({ method: r.method(), url: r.url(), status: null, request: r });
@@ -133,6 +145,7 @@ async function describe(step, entry, result) {
   const { page } = entry;
   result.url = page.url();
   result.requests = entry.requests.map(({ method, url, status }) => ({ method, url, status }));
+  result.console = entry.console;
   result.title = await page.title();
   result.text = await page.evaluate(() => (document.body ? document.body.innerText : ''));
   if (entry.last) {
@@ -159,6 +172,7 @@ try {
     const entry = await pageOf(step.context);
     entry.requests = [];
     entry.last = null;
+    entry.console = [];
     result.screenshot = join(artifacts, `${step.name}.png`);
     try {
       await act(step, entry);

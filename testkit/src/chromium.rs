@@ -63,7 +63,13 @@ impl Step {
     }
 
     pub fn sign_out(name: &str, context: &str, until: &str) -> Self {
-        Self::new(name, context, Action::SignOut { until: until.into() })
+        Self::new(
+            name,
+            context,
+            Action::SignOut {
+                until: until.into(),
+            },
+        )
     }
 
     pub fn cockpit_shell(name: &str, context: &str, expect_user: &str) -> Self {
@@ -115,6 +121,10 @@ pub struct StepReport {
     /// Every main-frame navigation of the step, redirects included, in order.
     #[serde(default)]
     pub requests: Vec<Navigation>,
+    /// The page's console errors and warnings during the step (a Content-Security-Policy
+    /// violation shows only there).
+    #[serde(default)]
+    pub console: Vec<String>,
     pub screenshot: PathBuf,
     /// The Cockpit shell's user (after [`Action::CockpitShell`]).
     pub current_username: Option<String>,
@@ -151,6 +161,37 @@ pub fn artifacts() -> PathBuf {
 /// returns one report per step. Panics, with the report of the step that failed and where
 /// its screenshot is, unless every step ran.
 pub fn walk(ca: &Path, steps: &[Step]) -> Vec<StepReport> {
+    let (reports, finished, stderr) = run_walk(Some(ca), steps);
+    if let Some(failed) = reports.iter().find(|r| !r.ok) {
+        panic!(
+            "chromium step {} failed: {}\nat {} (status {:?}), navigations:\n{}\nconsole: {:?}\npage text:\n{}\nscreenshot: {}\n{stderr}",
+            failed.name,
+            failed.error.as_deref().unwrap_or("?"),
+            failed.url,
+            failed.status,
+            failed.trail(),
+            failed.console,
+            failed.text,
+            failed.screenshot.display()
+        );
+    }
+    assert!(
+        finished && reports.len() == steps.len(),
+        "the walk did not finish: {reports:?}\n{stderr}"
+    );
+    reports
+}
+
+/// Runs `steps` in a Chromium that trusts no test CA (its NSS database is empty), up to the
+/// first step that fails; returns their reports. What a browser that was never told about
+/// the CA sees: proof that the walks do not pass by ignoring certificate errors.
+pub fn walk_untrusted(steps: &[Step]) -> Vec<StepReport> {
+    run_walk(None, steps).0
+}
+
+/// Runs browser_walk.mjs: the reports of the steps it ran (each with its screenshot),
+/// whether it ran them all, and its stderr.
+fn run_walk(ca: Option<&Path>, steps: &[Step]) -> (Vec<StepReport>, bool, String) {
     crate::tier::require_chromium();
     let dir = artifacts();
     for step in steps {
@@ -165,13 +206,19 @@ pub fn walk(ca: &Path, steps: &[Step]) -> Vec<StepReport> {
     });
     let out = run(crate::node_script("browser_walk.mjs").args(["--plan", &plan.to_string()]));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
             "browser_walk.mjs printed no report ({e}; {}):\n{stdout}\n{stderr}",
             out.status
         )
     });
+    // The script's own failure (Chromium did not start), not a step's.
+    assert!(
+        report["error"].is_null(),
+        "browser_walk.mjs failed: {}\n{stderr}",
+        report["error"]
+    );
     let reports: Vec<StepReport> = serde_json::from_value(report["steps"].clone())
         .unwrap_or_else(|e| panic!("browser_walk.mjs's report does not parse ({e}): {report}"));
     for r in &reports {
@@ -183,31 +230,12 @@ pub fn walk(ca: &Path, steps: &[Step]) -> Vec<StepReport> {
             r.title,
             r.screenshot.display()
         );
-    }
-    if let Some(failed) = reports.iter().find(|r| !r.ok) {
-        panic!(
-            "chromium step {} failed: {}\nat {} (status {:?}), navigations:\n{}\npage text:\n{}\nscreenshot: {}\n{stderr}",
-            failed.name,
-            failed.error.as_deref().unwrap_or("?"),
-            failed.url,
-            failed.status,
-            failed.trail(),
-            failed.text,
-            failed.screenshot.display()
-        );
-    }
-    assert!(
-        out.status.success() && reports.len() == steps.len(),
-        "the walk did not finish ({}): {report}\n{stderr}",
-        out.status
-    );
-    for r in &reports {
         assert!(
-            fs::metadata(&r.screenshot).is_ok_and(|m| m.len() > 5_000),
+            !r.ok || fs::metadata(&r.screenshot).is_ok_and(|m| m.len() > 5_000),
             "no screenshot of step {} at {}",
             r.name,
             r.screenshot.display()
         );
     }
-    reports
+    (reports, out.status.success(), stderr)
 }
