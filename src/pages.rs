@@ -13,14 +13,21 @@ code,pre{background:#f4f4f4;padding:.1rem .3rem}table{border-collapse:collapse}t
 button,a.button{display:inline-block;padding:.5rem 1rem;border:1px solid #888;border-radius:4px;background:#fff;color:#222;text-decoration:none;font:inherit;cursor:pointer}\
 .id{color:#666;font-size:.9rem;margin-top:2rem}";
 
-/// The Content-Security-Policy of every page: the style above by its hash, forms only to
-/// ourselves, no frames, no base URL games.
+/// The Content-Security-Policy of every page: the style above by its hash, no frames, no
+/// base URL games.
+///
+/// No `form-action`: browsers apply it to every redirect a form submission follows, and
+/// the Sign out button's POST goes on, by redirects, from the route host to the auth host
+/// and then to the IdP's end-session endpoint (another origin, known only from the
+/// config), so `form-action 'self'` made Chromium block sign-out (found by
+/// tests/e2e_browser.rs). The pages run no script and escape every value, so the only
+/// forms on them are our own.
 pub fn csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
         let hash = ring::digest::digest(&ring::digest::SHA256, STYLE.as_bytes());
         format!(
-            "default-src 'none'; style-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'sha256-{}'; frame-ancestors 'none'; base-uri 'none'",
             base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
         )
     })
@@ -202,6 +209,8 @@ mod tests {
             csp()
         );
         assert!(csp().starts_with("default-src 'none';"));
+        // It would stop the sign-out's redirects to the IdP (see csp()).
+        assert!(!csp().contains("form-action"), "{}", csp());
         for page in [
             p,
             forbidden(None, "app", "x", Some("r")),

@@ -1,13 +1,14 @@
 //! Cockpit single sign-on, end to end: the real cockpit-ws (Debian's 287), the real Envoy,
 //! the real IdP, portcullis, and Cockpit's own PAM stack with `portcullis pam-verify` in it.
 //!
-//! Tier `cockpit` (and `browser` for Chromium); the `pam-verify` process tests need only
-//! node's jose (tier `stack`), and the check of the examples runs everywhere.
+//! Tier `cockpit`; the `pam-verify` process tests need only node's jose (tier `stack`), and
+//! the check of the examples runs everywhere. Chromium in the Cockpit shell is in
+//! e2e_browser.rs (tier `browser`).
 //!
 //! The tests that start Cockpit edit `/etc/pam.d/cockpit` (and one edits
 //! `/etc/cockpit/disallowed-users`): they hold a cross-process lock for their whole run and
 //! undo their edits, also when they fail. They need root, cockpit-ws/-bridge/-system, the
-//! local account `alice`, Debian's `chromium` and the demo's node modules: `scripts/test`
+//! local account `alice` and the demo's node modules: `scripts/test`
 //! installs all of them.
 
 use std::fs;
@@ -453,69 +454,6 @@ async fn a_disallowed_user_is_refused_even_with_sso() {
     let login = cockpit_login(&browser, &login_url, None).await;
     assert_eq!(login.status(), StatusCode::OK);
     assert!(cockpit_cookie(&login).is_some());
-}
-
-#[tokio::test]
-#[ignore = "tier browser: needs Debian's chromium and npm playwright-core, and the cockpit tier's parts; run scripts/test as root"]
-async fn alice_reaches_the_cockpit_shell_in_chromium() {
-    testkit::tier::require_chromium();
-    let cs = CockpitStack::start().await;
-    let stack = &cs.stack;
-    let artifacts = repo().join("tests/artifacts");
-    fs::create_dir_all(&artifacts).unwrap();
-    let screenshot = artifacts.join("cockpit-shell.png");
-    let _ = fs::remove_file(&screenshot);
-    let out = run(testkit::node_script("cockpit_browser.mjs")
-        .args(["--url", &stack.url("cockpit", "/")])
-        .args([
-            "--user",
-            "alice",
-            "--password",
-            "alice",
-            "--expect-user",
-            "alice",
-        ])
-        .arg("--screenshot")
-        .arg(&screenshot));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("cockpit_browser.mjs: {stdout}");
-    assert!(
-        out.status.success(),
-        "the browser did not reach the Cockpit shell ({}):\n{stdout}\n{}\nscreenshot: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        screenshot.display()
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let steps: Vec<&str> = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s.as_str())
-        .collect();
-    assert!(
-        steps.iter().any(|s| s.starts_with(&stack.idp_origin())),
-        "the browser went through the IdP: {steps:?}"
-    );
-    assert_eq!(report["current_username"], "alice", "{report}");
-    assert!(
-        report["title"]
-            .as_str()
-            .is_some_and(|t| t.ends_with(&format!("alice@{}", "cockpit.localhost"))),
-        "the shell's title names alice: {report}"
-    );
-    assert!(
-        report["final_url"]
-            .as_str()
-            .is_some_and(|u| u.starts_with(&stack.origin("cockpit"))),
-        "{report}"
-    );
-    assert!(
-        fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0) > 10_000,
-        "no screenshot at {}",
-        screenshot.display()
-    );
-    assert_eq!(cs.cockpit.sessions_spawned(), 1, "one login, no form");
 }
 
 // ---------------------------------------------------------------------------------------

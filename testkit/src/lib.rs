@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod browser;
 pub mod certs;
+pub mod chromium;
 pub mod cockpit;
 pub mod demo;
 pub mod echo;

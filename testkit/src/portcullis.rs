@@ -156,14 +156,45 @@ pub struct Bound {
 }
 
 /// Starts `portcullis serve -c CONFIG --ready-file` (with `RUST_LOG=log_level`), waits for
-/// the ready file, then until sign-in on `auth_authority` no longer answers 503 (the IdP's
-/// discovery has finished).
+/// the ready file and `/healthz`, then until sign-in on `auth_authority` redirects to the
+/// IdP (its discovery has finished).
 pub async fn serve(
     name: &str,
     config: &Path,
     log: &Path,
     log_level: &str,
     auth_authority: &str,
+) -> Result<(Proc, Bound), String> {
+    let (mut proc, bound) = serve_undiscovered(name, config, log, log_level).await?;
+    // /healthz answers before IdP discovery has finished; sign-in answers 503 until it has.
+    // Only a redirect (to the IdP) means it has: a 429 (the probes themselves count against
+    // the sign-in limit per address) is no answer about the IdP.
+    let probe = probe_client();
+    let sign_in = format!("http://{}/.portcullis/sign_in", bound.http);
+    proc.wait_for("IdP discovery", READY_TIMEOUT, || async {
+        match probe
+            .get(&sign_in)
+            .header("host", auth_authority)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_redirection() => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    Ok((proc, bound))
+}
+
+/// [`serve`] without waiting for the IdP's discovery: for a portcullis started while the
+/// IdP is down. Waits for the ready file and for `/healthz` (a Redis session store is
+/// connected).
+pub async fn serve_undiscovered(
+    name: &str,
+    config: &Path,
+    log: &Path,
+    log_level: &str,
 ) -> Result<(Proc, Bound), String> {
     let ready = log.with_extension("ready.json");
     let _ = fs::remove_file(&ready);
@@ -190,23 +221,7 @@ pub async fn serve(
             })
         })
         .await?;
-    // /healthz answers before IdP discovery has finished; sign-in answers 503 until it has.
     let probe = probe_client();
-    let sign_in = format!("http://{}/.portcullis/sign_in", bound.http);
-    proc.wait_for("IdP discovery", READY_TIMEOUT, || async {
-        match probe
-            .get(&sign_in)
-            .header("host", auth_authority)
-            .send()
-            .await
-        {
-            Ok(r) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => Ok(()),
-            Ok(r) => Err(format!("status {}", r.status())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await?;
-    // And until it says it takes requests (a Redis session store is connected).
     let healthz = format!("http://{}/healthz", bound.http);
     proc.wait_for("healthz", READY_TIMEOUT, || async {
         match probe.get(&healthz).send().await {

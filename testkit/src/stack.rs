@@ -397,7 +397,7 @@ impl StackBuilder {
         // envoy-config and for a restart on the same ports.
         let zero = Listen::default();
         fs::write(&stack.config, self.config_yaml(stack, &zero)).unwrap();
-        let bound = stack.serve_portcullis().await.map_err(failed)?;
+        let bound = stack.serve_portcullis(true).await.map_err(failed)?;
         stack.ports.grpc = bound.grpc.port();
         stack.ports.http = bound.http.port();
         stack.ports.jwks = bound.jwks.map_or(0, |a| a.port());
@@ -936,6 +936,16 @@ impl Stack {
     /// [`Stack::config`] first) and waits until it is ready. Sessions live in memory, so
     /// browsers must sign in again. The old log is kept as `logs/portcullis.N.log`.
     pub async fn restart_portcullis(&mut self) {
+        self.restart_portcullis_waiting(true).await;
+    }
+
+    /// [`Self::restart_portcullis`] while the IdP is down (stopped first): waits until
+    /// portcullis serves, not for a discovery that cannot finish, so sign-in answers 503.
+    pub async fn restart_portcullis_without_the_idp(&mut self) {
+        self.restart_portcullis_waiting(false).await;
+    }
+
+    async fn restart_portcullis_waiting(&mut self, for_the_idp: bool) {
         let n = self
             .procs
             .iter()
@@ -944,7 +954,7 @@ impl Stack {
             + 1;
         self.retire("portcullis", &format!("before restart {n}"));
         let bound = self
-            .serve_portcullis()
+            .serve_portcullis(for_the_idp)
             .await
             .unwrap_or_else(|e| panic!("portcullis did not restart: {e}"));
         assert_eq!(
@@ -990,17 +1000,17 @@ impl Stack {
         self.procs.push(proc);
     }
 
-    /// Starts portcullis with the config file as it is and waits until it is ready.
-    async fn serve_portcullis(&mut self) -> Result<portcullis::Bound, String> {
-        let (proc, bound) = portcullis::serve(
-            "portcullis",
-            &self.config,
-            &self.log_path("portcullis"),
-            // Every level, so that the log scan at the end sees every line there is.
-            &self.log_filter,
-            &self.authority("auth"),
-        )
-        .await?;
+    /// Starts portcullis with the config file as it is and waits until it is ready (and,
+    /// `for_the_idp`, until it has discovered the IdP).
+    async fn serve_portcullis(&mut self, for_the_idp: bool) -> Result<portcullis::Bound, String> {
+        let (name, config, log) = ("portcullis", &self.config, self.log_path("portcullis"));
+        // Every level, so that the log scan at the end sees every line there is.
+        let level = &self.log_filter;
+        let (proc, bound) = if for_the_idp {
+            portcullis::serve(name, config, &log, level, &self.authority("auth")).await?
+        } else {
+            portcullis::serve_undiscovered(name, config, &log, level).await?
+        };
         self.procs.push(proc);
         Ok(bound)
     }

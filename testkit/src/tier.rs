@@ -8,7 +8,7 @@
 //! | `compose` | Debian's `docker-compose` (or Docker's compose plugin), openssl | compose.rs |
 //! | `proxies` | Debian's nginx and caddy, and the `stack` parts | e2e_proxies.rs |
 //! | `cockpit` | root, cockpit-ws/-bridge/-system, the account alice, and the `stack` parts | e2e_cockpit.rs, the Cockpit cases of e2e_proxies.rs |
-//! | `browser` | Debian's chromium and npm playwright-core, and the `cockpit` parts | the Chromium test |
+//! | `browser` | Debian's chromium, certutil (libnss3-tools) and npm playwright-core, and the `cockpit` parts | e2e_browser.rs |
 //! | `idps` | LemonLDAP::NG and nginx (Debian), and the `stack` parts | e2e_idps.rs |
 //!
 //! `cargo test` runs none of them (they are `#[ignore = "tier …"]`); `scripts/test` installs
@@ -128,11 +128,17 @@ pub fn require_sudo() {
     );
 }
 
-/// Debian's chromium (driven by npm playwright-core from the IdP's modules).
+/// Debian's chromium (driven by npm playwright-core from the IdP's modules), and certutil,
+/// which puts the test CA into the NSS database Chromium trusts.
 pub fn require_chromium() {
     assert!(
         Path::new("/usr/bin/chromium").exists(),
         "tier browser: Debian's chromium is missing: {RUN_SCRIPTS_TEST} (apt-get install chromium)"
+    );
+    let certutil = Command::new("certutil").arg("-H").output();
+    assert!(
+        certutil.is_ok(),
+        "tier browser: certutil is not on PATH: {RUN_SCRIPTS_TEST} (apt-get install libnss3-tools)"
     );
     assert!(
         repo()
