@@ -138,7 +138,8 @@ pub fn too_many(retry_after_secs: u64, request_id: &str) -> String {
         "Too many attempts",
         &format!(
             "<h1>Too many attempts</h1><p>There have been too many sign-in attempts. Please \
-wait {retry_after_secs} seconds, then try again.</p>"
+wait {retry_after_secs} second{}, then try again.</p>",
+            if retry_after_secs == 1 { "" } else { "s" }
         ),
         Some(request_id),
     )
@@ -225,5 +226,7 @@ mod tests {
             );
             assert_eq!(page.matches("<style>").count(), 1);
         }
+        assert!(too_many(1, "r").contains("wait 1 second,"));
+        assert!(too_many(30, "r").contains("wait 30 seconds,"));
     }
 }
