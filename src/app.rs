@@ -180,7 +180,7 @@ pub fn idp_fingerprint(config: &Config) -> String {
         .map(|k| k.fingerprint())
         .unwrap_or_default();
     format!(
-        "{}|{}|{secret}|{:?}|{}|{}|{:?}|{:?}|{key}|{:?}|{:?}|{:?}|{}",
+        "{}|{}|{secret}|{:?}|{}|{}|{:?}|{:?}|{key}|{:?}|{:?}|{:?}|{:?}|{}",
         i.issuer,
         i.client_id,
         i.scopes,
@@ -191,6 +191,7 @@ pub fn idp_fingerprint(config: &Config) -> String {
         i.id_token_algs,
         i.policy_claims,
         i.bearer_audiences,
+        i.probe_interval,
         config.authenticate_url,
     )
 }

@@ -116,7 +116,14 @@ pub struct IdpConfig {
     /// Programmatic access: `Authorization: Bearer` tokens are accepted (ID tokens for our
     /// client id, and access tokens for these audiences too); `None`: off.
     pub bearer_audiences: Option<Vec<String>>,
+    /// How often the IdP's discovery document is fetched to tell whether it is up (more
+    /// often while it is not): sign-ins answer 503 while it is down rather than sending
+    /// browsers to an address that does not answer.
+    pub probe_interval: Duration,
 }
+
+/// `idp.probe_interval` when the config does not say.
+pub const DEFAULT_IDP_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Sign-ins per minute (0: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,6 +647,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         client_cert_file,
         id_token_algs,
         bearer,
+        probe_interval,
     } = raw;
     let issuer = match issuer {
         Some(i) => match Url::parse(&i) {
@@ -768,6 +776,20 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
             }
         }
     }
+    let probe_interval = match probe_interval {
+        None => Some(DEFAULT_IDP_PROBE_INTERVAL),
+        Some(text) => match parse_duration(&text) {
+            Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) => Some(d),
+            Ok(_) => {
+                errors.push("idp.probe_interval", format!("{text:?}: use 1s to 1h"));
+                None
+            }
+            Err(m) => {
+                errors.push("idp.probe_interval", m);
+                None
+            }
+        },
+    };
     Some(IdpConfig {
         issuer: issuer?,
         client_id: client_id?,
@@ -781,6 +803,7 @@ fn validate_idp(raw: raw::RawIdp, base: &Path, errors: &mut Errors) -> Option<Id
         id_token_algs,
         policy_claims: Vec::new(),
         bearer_audiences: bearer.map(|b| b.audiences.unwrap_or_default()),
+        probe_interval: probe_interval?,
     })
 }
 

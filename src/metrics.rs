@@ -61,6 +61,8 @@ pub struct Metrics {
     pub sign_ins: Counter,
     pub sign_in_failures: Counter,
     pub sessions: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// 1 while the IdP is discovered and answers its probes, set when scraped.
+    pub idp_up: Gauge<i64, std::sync::atomic::AtomicI64>,
     tokens_signed: Counter<u64, AtomicU64>,
     pub refresh: crate::refresh::RefreshCounters,
     /// Back-channel logouts accepted, and refused (bad, replayed or unverifiable tokens).
@@ -124,6 +126,12 @@ impl Default for Metrics {
             "sessions",
             "Live sessions in the in-memory store",
             sessions.clone(),
+        );
+        let idp_up = Gauge::default();
+        registry.register(
+            "idp_up",
+            "1 while the identity provider is discovered and answers its probes, else 0",
+            idp_up.clone(),
         );
         let tokens_signed = Counter::default();
         registry.register(
@@ -190,6 +198,7 @@ impl Default for Metrics {
             sign_ins,
             sign_in_failures,
             sessions,
+            idp_up,
             tokens_signed,
             refresh,
             backchannel_logouts,

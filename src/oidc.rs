@@ -10,6 +10,7 @@
 mod claims;
 mod logout;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -140,6 +141,18 @@ pub trait IdentityProvider: Send + Sync + 'static {
     /// Whether sign-ins can start (discovery has succeeded).
     fn is_ready(&self) -> bool;
 
+    /// Whether the IdP answered its last reachability probe (see [`spawn_probe`]); true
+    /// until a probe says otherwise.
+    fn is_reachable(&self) -> bool {
+        true
+    }
+
+    /// Checks once whether the IdP answers, and says when to check again (`None`: this
+    /// provider is not probed).
+    async fn probe(&self) -> Option<Duration> {
+        None
+    }
+
     /// Runs until the provider is ready; the server spawns it at startup.
     async fn discover_until_ready(&self) {}
 
@@ -209,7 +222,33 @@ pub struct OpenIdConnect {
     http: reqwest::Client,
     provider: RwLock<Option<Arc<Provider>>>,
     /// When an unknown bearer `kid` last made portcullis fetch the IdP's keys (Unix s).
-    last_rediscovery: std::sync::atomic::AtomicU64,
+    last_rediscovery: AtomicU64,
+    /// Whether the IdP answered the last probe of its discovery document.
+    reachable: AtomicBool,
+}
+
+/// How long a reachability probe waits for the IdP's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an IdP that did not answer is probed (at most), so that sign-ins resume
+/// soon after it is back.
+const PROBE_WHILE_DOWN: Duration = Duration::from_secs(2);
+
+/// Probes `idp` (see [`IdentityProvider::probe`]) for as long as an app holds it: the task
+/// keeps only a weak reference, so a reload that replaces the IdP ends its probe.
+pub fn spawn_probe(idp: &Arc<dyn IdentityProvider>) {
+    let idp = Arc::downgrade(idp);
+    tokio::spawn(async move {
+        loop {
+            let next = {
+                let Some(idp) = idp.upgrade() else { return };
+                match idp.probe().await {
+                    Some(next) => next,
+                    None => return,
+                }
+            };
+            tokio::time::sleep(next).await;
+        }
+    });
 }
 
 /// The largest UserInfo answer read.
@@ -233,7 +272,8 @@ impl OpenIdConnect {
             ),
             http,
             provider: RwLock::new(None),
-            last_rediscovery: std::sync::atomic::AtomicU64::new(0),
+            last_rediscovery: AtomicU64::new(0),
+            reachable: AtomicBool::new(true),
         }
     }
 
@@ -248,18 +288,11 @@ impl OpenIdConnect {
     /// Whether an unknown `kid` may send portcullis to the IdP for its keys now.
     fn may_rediscover(&self) -> bool {
         let now = crate::core::unix_now();
-        let last = self
-            .last_rediscovery
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let last = self.last_rediscovery.load(Ordering::Relaxed);
         now >= last + 60
             && self
                 .last_rediscovery
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
 
@@ -285,7 +318,16 @@ impl OpenIdConnect {
             );
         }
         *self.provider.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
+        self.reachable.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The discovery document's URL (OpenID Connect Discovery 1.0, 4).
+    fn discovery_url(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        )
     }
 
     fn provider_from(&self, metadata: ProviderMetadataWithLogout) -> Provider {
@@ -611,6 +653,48 @@ fn tokens_of(response: &CoreTokenResponse) -> IdpTokens {
 impl IdentityProvider for OpenIdConnect {
     fn is_ready(&self) -> bool {
         self.provider().is_ok()
+    }
+
+    fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the discovery document: the IdP is up when it answers 2xx. Discovery itself
+    /// is not redone (the keys are refetched when a token names an unknown one); this only
+    /// decides whether a browser is sent to the IdP or told it is unavailable.
+    async fn probe(&self) -> Option<Duration> {
+        let interval = self.config.probe_interval;
+        if !self.is_ready() {
+            // Until discovery succeeds, its own retries are the probe.
+            return Some(interval);
+        }
+        let answer = self
+            .http
+            .get(self.discovery_url())
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await;
+        let outcome = match answer {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("its discovery document answered {}", r.status())),
+            Err(e) => Err(error_chain(&e)),
+        };
+        let was = self.reachable.swap(outcome.is_ok(), Ordering::Relaxed);
+        match (&outcome, was) {
+            (Err(e), true) => tracing::warn!(
+                issuer = %self.config.issuer,
+                error = %e,
+                "identity provider unreachable: sign-ins answer 503 until it answers again"
+            ),
+            (Ok(()), false) => {
+                tracing::info!(issuer = %self.config.issuer, "identity provider reachable again")
+            }
+            _ => {}
+        }
+        Some(match outcome {
+            Ok(()) => interval,
+            Err(_) => interval.min(PROBE_WHILE_DOWN),
+        })
     }
 
     /// Discovers the IdP, retrying with capped exponential backoff until it answers. Runs in

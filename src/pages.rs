@@ -132,14 +132,25 @@ pub fn error(status_text: &str, message: &str, request_id: &str) -> String {
     )
 }
 
+/// What the 429 page and its JSON say.
+pub fn too_many_text(retry_after_secs: u64) -> String {
+    let unit = if retry_after_secs == 1 {
+        "second"
+    } else {
+        "seconds"
+    };
+    format!(
+        "There have been too many sign-in attempts. Please wait {retry_after_secs} {unit}, then try again."
+    )
+}
+
 /// 429: too many sign-in attempts from here, or for this account.
 pub fn too_many(retry_after_secs: u64, request_id: &str) -> String {
     page(
         "Too many attempts",
         &format!(
-            "<h1>Too many attempts</h1><p>There have been too many sign-in attempts. Please \
-wait {retry_after_secs} second{}, then try again.</p>",
-            if retry_after_secs == 1 { "" } else { "s" }
+            "<h1>Too many attempts</h1><p>{}</p>",
+            too_many_text(retry_after_secs)
         ),
         Some(request_id),
     )

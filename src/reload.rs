@@ -37,6 +37,7 @@ pub async fn reload(live: &Live, path: &Path) -> Result<(), ReloadError> {
     let new_idp = !Arc::ptr_eq(&parts.idp, &old.idp);
     let app = Arc::new(App::with_parts(config, parts));
     if new_idp {
+        crate::oidc::spawn_probe(&app.idp);
         // Discover before swapping, so that sign-ins do not answer 503 in between; if the
         // IdP is down, swap anyway and keep trying in the background.
         let idp = app.idp.clone();

@@ -184,6 +184,7 @@ pub async fn serve(
 
     let discovery = {
         let app = live.app();
+        crate::oidc::spawn_probe(&app.idp);
         tokio::spawn(async move { app.idp.discover_until_ready().await })
     };
     let sweeper = {

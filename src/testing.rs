@@ -141,6 +141,7 @@ struct Code {
 /// use and bound to the PKCE challenge and nonce of the sign-in that asked for it.
 pub struct FakeIdp {
     ready: AtomicBool,
+    reachable: AtomicBool,
     pending: Mutex<HashMap<String, Pending>>,
     codes: Mutex<HashMap<String, Code>>,
     finishes: AtomicUsize,
@@ -174,6 +175,7 @@ impl FakeIdp {
     pub fn new() -> Self {
         Self {
             ready: AtomicBool::new(true),
+            reachable: AtomicBool::new(true),
             pending: Mutex::default(),
             codes: Mutex::default(),
             finishes: AtomicUsize::new(0),
@@ -190,6 +192,12 @@ impl FakeIdp {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// What the next reachability probe finds (the real provider's probe fetches its
+    /// discovery document).
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::SeqCst);
     }
 
     /// How many code exchanges were attempted.
@@ -271,6 +279,10 @@ impl FakeIdp {
 impl IdentityProvider for FakeIdp {
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::SeqCst)
     }
 
     fn start(&self) -> Result<AuthStart, OidcError> {

@@ -134,6 +134,8 @@ pub enum WebError {
     NotFound,
     #[error("the identity provider is not reachable yet")]
     IdpNotReady,
+    #[error("the identity provider did not answer its last probe")]
+    IdpDown,
     #[error("sign-in failed: {0}")]
     SignIn(#[from] crate::oidc::OidcError),
     #[error("the identity provider returned an error: {0}")]
@@ -183,8 +185,12 @@ impl IntoResponse for WebError {
                 "Not found",
                 "Nothing is served here.".into(),
             ),
-            WebError::IdpNotReady | WebError::SignIn(OidcError::NotReady) => {
-                tracing::warn!("sign-in attempted before the identity provider was discovered");
+            WebError::IdpNotReady | WebError::SignIn(OidcError::NotReady) | WebError::IdpDown => {
+                if matches!(self, WebError::IdpDown) {
+                    tracing::warn!("sign-in attempted while the identity provider is unreachable");
+                } else {
+                    tracing::warn!("sign-in attempted before the identity provider was discovered");
+                }
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "idp_unavailable",
@@ -238,9 +244,7 @@ impl IntoResponse for WebError {
                 response.extensions_mut().insert(ErrorPage {
                     code: "too_many_attempts",
                     title: "Too many attempts",
-                    message: format!(
-                        "There have been too many sign-in attempts. Please wait {secs} seconds, then try again."
-                    ),
+                    message: pages::too_many_text(*secs),
                 });
                 return response;
             }

@@ -12,10 +12,11 @@
 //! stack (cockpit-ws, the PAM block under its cross-process lock) and an IdP that is up, so
 //! it is its own test below, driven by the same script.
 //!
-//! Step 5 restarts portcullis with the IdP stopped: the 503 page is what portcullis answers
-//! while it has not discovered the IdP. An IdP that stops after discovery is outside
-//! portcullis's reach: sign-in sends the browser to the IdP's address, and the browser
-//! shows its own error there.
+//! Step 5 stops the IdP under a running portcullis, which notices at its next probe of the
+//! IdP's discovery document (`idp.probe_interval`, 1 s here) and answers sign-ins with its
+//! 503 page rather than sending browsers to an address that answers nothing; then it
+//! restarts portcullis with the IdP still down (a restart, a new replica), which has never
+//! discovered it and answers the same page.
 
 use std::collections::BTreeMap;
 
@@ -180,7 +181,10 @@ fn assert_signed_out(r: &StepReport, posted_to: &str, idp: &str) {
 #[tokio::test]
 #[ignore = "tier browser: needs Debian's chromium and certutil, npm playwright-core, Envoy and the dev IdP; run scripts/test as root"]
 async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the_idp_stopping() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::builder()
+        .idp_option("probe_interval: 1s")
+        .start()
+        .await;
     let ca = stack.certs.ca.clone();
     let app = stack.url("app", "/");
     let admin = stack.url("admin", "/");
@@ -316,13 +320,45 @@ async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the
         bob_out.trail()
     );
 
-    // 5. The IdP is down when portcullis starts (a restart, a new replica): portcullis has
-    // not discovered it, so a new visitor gets its 503 page rather than a redirect to an
-    // address that answers nothing (the browser's own error page) or a stack trace.
+    // 5. The IdP stops: once a probe has found it down, a new visitor gets portcullis's
+    // 503 page rather than a redirect to an address that answers nothing (the browser's own
+    // error page) or a stack trace.
     stack.proc_mut("idp").stop();
-    stack.restart_portcullis_without_the_idp().await;
+    // Waiting on the log, not by asking: sign-ins are limited per address.
+    let portcullis = stack.proc_mut("portcullis");
+    let noticed = testkit::poll_until(std::time::Duration::from_secs(10), || {
+        let seen = portcullis
+            .log_text()
+            .contains("identity provider unreachable");
+        async move { seen.then_some(()) }
+    })
+    .await;
+    assert!(
+        noticed.is_some(),
+        "portcullis still sends browsers to the stopped IdP after 10 s (probe every 1 s)"
+    );
     let r = walk(&ca, &[Step::goto("walk-5-idp-stopped", "carol", &app)]);
-    let down = &r[0];
+    assert_idp_unavailable(
+        &mut stack,
+        &r[0],
+        &auth,
+        "while the identity provider is unreachable",
+    );
+
+    // And a portcullis that starts while the IdP is down has not discovered it: the same.
+    stack.restart_portcullis_without_the_idp().await;
+    let r = walk(&ca, &[Step::goto("walk-5-idp-down-at-start", "dave", &app)]);
+    assert_idp_unavailable(
+        &mut stack,
+        &r[0],
+        &auth,
+        "before the identity provider was discovered",
+    );
+}
+
+/// The step ended on portcullis's 503 page at the auth host's sign-in, its request id in a
+/// log line that says `why`.
+fn assert_idp_unavailable(stack: &mut Stack, down: &StepReport, auth: &str, why: &str) {
     assert!(
         down.url.starts_with(&format!("{auth}/.portcullis/sign_in")),
         "{}\n{}",
@@ -336,11 +372,7 @@ async fn the_pages_walked_in_chromium_sign_in_deny_show_sign_out_and_survive_the
         &["The identity provider cannot be reached right now. Please try again in a moment."],
     );
     assert!(!down.text.contains("panicked"), "{}", down.text);
-    assert_request_id_logged(
-        &mut stack,
-        down,
-        &["before the identity provider was discovered"],
-    );
+    assert_request_id_logged(stack, down, &[why]);
 }
 
 /// The email in the identity JWT the echo app received (not verified: only to tell who

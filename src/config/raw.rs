@@ -91,6 +91,8 @@ pub struct RawIdp {
     pub id_token_algs: Option<Vec<String>>,
     /// Present: `Authorization: Bearer` tokens are accepted.
     pub bearer: Option<RawBearer>,
+    /// How often the IdP is checked for reachability (`10s`).
+    pub probe_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

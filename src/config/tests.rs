@@ -252,6 +252,9 @@ fn idp_settings_for_the_idps_people_run() {
     assert_eq!(c.userinfo, UserInfoMode::Auto);
     assert_eq!(c.token_endpoint_auth, None);
     assert_eq!(c.id_token_algs, None);
+    assert_eq!(c.probe_interval, Duration::from_secs(10));
+    let c = f.parse(&with("  probe_interval: 1m\n")).unwrap().idp;
+    assert_eq!(c.probe_interval, Duration::from_secs(60));
 
     let c = f
         .parse(&with("  userinfo: never\n  token_endpoint_auth: client_secret_post\n  groups_claim: realm_access.roles\n  id_token_algs: [RS256, HS512]\n"))
@@ -280,6 +283,9 @@ fn idp_settings_for_the_idps_people_run() {
 
     for (yaml, path) in [
         (with("  userinfo: sometimes\n"), "idp.userinfo"),
+        (with("  probe_interval: 0s\n"), "idp.probe_interval"),
+        (with("  probe_interval: 2h\n"), "idp.probe_interval"),
+        (with("  probe_interval: soon\n"), "idp.probe_interval"),
         (
             with("  token_endpoint_auth: client_secret_jwt\n"),
             "idp.token_endpoint_auth",

@@ -74,6 +74,7 @@ impl Idp {
                 id_token_algs: configured.map(|c| c.iter().map(|a| a.to_string()).collect()),
                 policy_claims: Vec::new(),
                 bearer_audiences: None,
+                probe_interval: crate::config::DEFAULT_IDP_PROBE_INTERVAL,
             },
             &Url::parse("https://auth.example/callback").unwrap(),
             &Url::parse("https://auth.example/").unwrap(),

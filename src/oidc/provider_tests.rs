@@ -51,6 +51,8 @@ struct Mock {
     /// How each token request authenticated: "basic", "post" or "private_key_jwt".
     auth_seen: Vec<String>,
     userinfo_calls: usize,
+    /// Answer discovery with 503 (an IdP that is down behind its proxy).
+    discovery_down: bool,
 }
 
 type Shared = Arc<Mutex<Mock>>;
@@ -75,6 +77,7 @@ impl Mock {
             refresh_tokens: HashMap::new(),
             auth_seen: Vec::new(),
             userinfo_calls: 0,
+            discovery_down: false,
         }
     }
 
@@ -104,8 +107,11 @@ impl Mock {
     }
 }
 
-async fn discovery(State(m): State<Shared>) -> Json<Value> {
+async fn discovery(State(m): State<Shared>) -> Response {
     let m = m.lock().unwrap();
+    if m.discovery_down {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let i = &m.issuer;
     let mut doc = json!({
         "issuer": i,
@@ -123,7 +129,7 @@ async fn discovery(State(m): State<Shared>) -> Json<Value> {
     if m.userinfo.is_some() {
         doc["userinfo_endpoint"] = format!("{i}/userinfo").into();
     }
-    Json(doc)
+    Json(doc).into_response()
 }
 
 async fn jwks(State(m): State<Shared>) -> Json<Value> {
@@ -272,6 +278,7 @@ fn config(issuer: &str) -> IdpConfig {
         id_token_algs: None,
         policy_claims: Vec::new(),
         bearer_audiences: None,
+        probe_interval: crate::config::DEFAULT_IDP_PROBE_INTERVAL,
     }
 }
 
@@ -747,4 +754,40 @@ async fn bearer_tokens_from_the_idp_for_us_or_a_configured_audience_and_nothing_
     for (what, token) in refused {
         assert!(ok(token).await.is_err(), "{what} was accepted");
     }
+}
+
+#[tokio::test]
+async fn the_reachability_probe_follows_the_discovery_document() {
+    use crate::config::DEFAULT_IDP_PROBE_INTERVAL as INTERVAL;
+    let m = serve(Mock::new()).await;
+    let rp = rp(&m, |_| {}).await;
+    assert!(rp.is_reachable());
+    assert_eq!(rp.probe().await, Some(INTERVAL));
+    assert!(rp.is_reachable());
+
+    m.lock().unwrap().discovery_down = true;
+    // Down: probed again sooner, so that sign-ins resume soon after it is back.
+    assert_eq!(rp.probe().await, Some(PROBE_WHILE_DOWN));
+    assert!(!rp.is_reachable());
+    assert!(rp.is_ready(), "still discovered: tokens keep verifying");
+
+    m.lock().unwrap().discovery_down = false;
+    assert_eq!(rp.probe().await, Some(INTERVAL));
+    assert!(rp.is_reachable());
+
+    // Nothing listening at all.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut c = config(&format!("http://{closed}"));
+    c.probe_interval = Duration::from_secs(1);
+    let gone = OpenIdConnect::new(
+        c,
+        &Url::parse("https://auth.example/cb").unwrap(),
+        &Url::parse("https://auth.example/").unwrap(),
+    );
+    // Not discovered: discovery's own retries stand in for the probe.
+    assert_eq!(gone.probe().await, Some(Duration::from_secs(1)));
+    assert!(!gone.is_ready());
 }

@@ -109,6 +109,9 @@ pub async fn metrics(CurrentApp(app): CurrentApp) -> Response {
     if let Some(n) = app.store.count() {
         app.metrics.sessions.set(n as i64);
     }
+    app.metrics
+        .idp_up
+        .set(i64::from(app.idp.is_ready() && app.idp.is_reachable()));
     (
         [(
             header::CONTENT_TYPE,
@@ -211,6 +214,10 @@ pub async fn sign_in(
     }
     if !app.idp.is_ready() {
         return Err(WebError::IdpNotReady);
+    }
+    if !app.idp.is_reachable() {
+        // Sending the browser on would end on its own "cannot connect" page.
+        return Err(WebError::IdpDown);
     }
     let start = app.idp.start()?;
     let csrf = Csrf {

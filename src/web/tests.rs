@@ -380,6 +380,40 @@ async fn the_jwks_is_cacheable_and_pages_are_not() {
     );
 }
 
+/// The metrics listener's answer.
+async fn scrape(t: &TestApp) -> String {
+    use tower::ServiceExt;
+    let a = crate::web::metrics_router(crate::app::Live::new(t.app.clone()))
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(a.into_body(), 1 << 20).await.unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn an_idp_that_stops_answering_gets_the_unavailable_page_not_a_redirect() {
+    let t = TestApp::new(CONFIG);
+    let mut b = t.browser();
+    let up = b.get(&format!("{AUTH}/.portcullis/sign_in")).await;
+    assert_eq!(up.status, StatusCode::SEE_OTHER, "{}", up.body);
+    t.idp.set_reachable(false);
+    let down = b.get(&format!("{AUTH}/.portcullis/sign_in")).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(down.location().is_none());
+    assert!(down.body.contains("Sign-in unavailable"), "{}", down.body);
+    assert!(down.set_cookies().is_empty(), "no sign-in was started");
+    assert!(scrape(&t).await.contains("portcullis_idp_up 0\n"));
+    t.idp.set_reachable(true);
+    let back = b.get(&format!("{AUTH}/.portcullis/sign_in")).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER);
+    assert!(scrape(&t).await.contains("portcullis_idp_up 1\n"));
+}
+
 #[tokio::test]
 async fn unknown_hosts_and_an_unready_idp_get_clear_answers() {
     let t = TestApp::new(CONFIG);
