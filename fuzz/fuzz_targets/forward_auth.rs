@@ -14,7 +14,8 @@
 //! - a 200 carries the identity header, `cookie` and `authorization` once each; never a
 //!   cookie of ours; an identity JWT only with the real session cookie for the route's host;
 //!   credentials only on a Cockpit route's signed-in login request;
-//! - no answer echoes a session cookie or sets a cookie; a redirect goes only to the route
+//! - no answer echoes a session cookie (beyond the request's own URL, which a sign-in link
+//!   carries) or sets a cookie; a redirect goes only to the route
 //!   host's own sign-in.
 
 #![no_main]
@@ -137,6 +138,11 @@ fuzz_target!(|data: &[u8]| {
         .to_bytes();
     let body = String::from_utf8_lossy(&body);
     for (_, value) in f.cookie_values() {
+        // A value that the request's own URL carries comes back in the sign-in link to that
+        // URL (the fuzzer put it there, not a Cookie header): not an echo of a cookie.
+        if fwd.path.contains(value) {
+            continue;
+        }
         assert!(!body.contains(value), "an answer echoes a session cookie");
     }
 });
