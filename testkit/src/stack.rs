@@ -216,6 +216,19 @@ impl StackBuilder {
         self
     }
 
+    /// Runs portcullis at `RUST_LOG=filter` instead of `trace` (the soak: `info` without
+    /// the per-request audit lines, whose volume in minutes of load the log scan would read).
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = Some(filter.to_string());
+        self
+    }
+
+    /// Serves `server.metrics_address` on port 0, reported in [`Ports::metrics`] (a restart
+    /// of portcullis binds another port).
+    pub fn metrics_listener(self) -> Self {
+        self.server_option("metrics_address: 127.0.0.1:0")
+    }
+
     /// Adds a key to the config's `server` section, as one YAML line (`drain_delay: 2s`).
     pub fn server_option(mut self, yaml_line: &str) -> Self {
         self.server_extra.push(yaml_line.to_string());
@@ -299,6 +312,7 @@ impl StackBuilder {
                 http: 0,
                 jwks: 0,
                 echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
+                metrics: 0,
             },
             replicas: Vec::new(),
             log_filter: self.log_filter.clone().unwrap_or_else(|| "trace".into()),
@@ -369,6 +383,7 @@ impl StackBuilder {
         stack.ports.grpc = bound.grpc.port();
         stack.ports.http = bound.http.port();
         stack.ports.jwks = bound.jwks.map_or(0, |a| a.port());
+        stack.ports.metrics = bound.metrics.map_or(0, |a| a.port());
         let listen = Listen {
             grpc: stack.ports.grpc,
             http: stack.ports.http,
@@ -521,6 +536,8 @@ pub struct Ports {
     pub jwks: u16,
     /// The HTTPS echo (only with [`StackBuilder::tls_echo`]).
     pub echo_tls: u16,
+    /// The metrics listener (only with [`StackBuilder::metrics_listener`]).
+    pub metrics: u16,
 }
 
 /// One portcullis process of a stack.
@@ -807,6 +824,17 @@ impl Stack {
     /// Every request the echo upstream has received so far, in order.
     pub fn echo_requests(&self) -> Vec<EchoRequest> {
         self.echo.requests()
+    }
+
+    /// Whether the echo upstream keeps the requests it gets from now on (see
+    /// [`Echo::keep_requests`]); the log scan then sees only those it kept.
+    pub fn keep_echo_requests(&self, keep: bool) {
+        self.echo.keep_requests(keep);
+    }
+
+    /// The pid of the process `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == name)?.pid()
     }
 
     /// Stops portcullis (SIGKILL by pid) and waits for it to exit.
