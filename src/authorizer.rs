@@ -1,5 +1,5 @@
 //! The work around the decision, shared by every edge that asks "may this request pass?"
-//! (Envoy's ext_authz; a forward-auth endpoint can use the same): find the route and the
+//! (Envoy's ext_authz, and the forward-auth endpoint of nginx, Caddy and Traefik): find the route and the
 //! session, ask [`decide`], then turn the outcome into header edits for the upstream or a
 //! response for the client. The session lookup, the token source and the clock are traits,
 //! so tests drive it with fakes, the way linkerd's policy server is generic over its index.
@@ -26,10 +26,12 @@ const HOP_NONCE_LEN: usize = 22;
 pub trait TokenSource: Send + Sync + 'static {
     /// The identity JWT for `session` on `route`.
     fn identity_token(&self, session: &Session, route: &Route, now: u64) -> Arc<str>;
-    /// The `Authorization` value that logs `account` in to Cockpit on `route`.
+    /// The `Authorization` value that logs `account` in to Cockpit on `route`, granting
+    /// administrative access to that Cockpit session when `admin`.
     fn cockpit_credential(
         &self,
         account: &str,
+        admin: bool,
         route: &Route,
         now: u64,
     ) -> Result<String, TokenTooLong>;
@@ -55,6 +57,21 @@ pub struct Authorizer<L, T, C> {
 #[async_trait::async_trait]
 pub trait BearerVerifier: Send + Sync + 'static {
     async fn verify(&self, token: &str, now: u64) -> Result<(crate::core::User, u64), String>;
+}
+
+/// How an edge sends a browser that must sign in somewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInAnswer {
+    /// Envoy: `302` straight to the auth host, binding the hop to this browser with a nonce
+    /// cookie that the denied response itself sets on the route host.
+    AuthHost,
+    /// Forward-auth proxies: to the route host's own `/.portcullis/sign_in`, which sets the
+    /// nonce cookie and continues to the auth host, so no `Set-Cookie` has to cross the
+    /// proxy (nginx's `auth_request` passes none). With `redirect`, a browser gets that as a
+    /// `302` (Caddy and Traefik hand a denial to the client as it is); without, as a `401`
+    /// with `Location` (nginx's `auth_request` passes only `401` and `403` on, and its
+    /// `error_page` turns that into the redirect).
+    RouteHost { redirect: bool },
 }
 
 /// What to do with one request, and the kind of outcome (for metrics and logs).
@@ -182,6 +199,17 @@ impl<L, T, C> Authorizer<L, T, C> {
         &self.identity_header
     }
 
+    /// A route host's own sign-in link for `return_url` (see [`SignInAnswer::RouteHost`]).
+    pub fn route_sign_in_url(&self, route: &Route, return_url: &str) -> String {
+        let mut url = format!("{}/.portcullis/sign_in?", route.origin());
+        url.push_str(
+            &url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("rd", return_url)
+                .finish(),
+        );
+        url
+    }
+
     /// The sign-in link on the auth host for `return_url`. With the route host's hop nonce,
     /// its hash goes along (`hb`) to be sealed into the hop; without one (API clients), the
     /// auth host first sends the browser to the route host to get one.
@@ -218,8 +246,13 @@ impl<L, T, C> Authorizer<L, T, C> {
 }
 
 impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
-    /// Decides one request.
+    /// Decides one request, for Envoy.
     pub async fn check(&self, req: &Request<'_>) -> Decision {
+        self.check_as(req, SignInAnswer::AuthHost).await
+    }
+
+    /// Decides one request; a browser that must sign in is answered as `sign_in` says.
+    pub async fn check_as(&self, req: &Request<'_>, sign_in: SignInAnswer) -> Decision {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         let route = match self
@@ -228,7 +261,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         {
             Ok(route) => route,
             Err(e) => {
-                let d = self.deny(Denial::Refused(e.into()), req);
+                let d = self.deny(Denial::Refused(e.into()), req, sign_in);
                 audit(req, None, None, d.kind, None, started);
                 return d;
             }
@@ -240,7 +273,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         {
             Ok(session) => session,
             Err(e) => {
-                let mut d = self.deny(Denial::Store(e), req);
+                let mut d = self.deny(Denial::Store(e), req, sign_in);
                 d.route = Some(route.id);
                 audit(req, Some(route), None, d.kind, None, started);
                 return d;
@@ -263,7 +296,7 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                     (Some(Arc::new(session)), true)
                 }
                 Err(why) => {
-                    let mut d = self.deny(Denial::InvalidBearer(why), req);
+                    let mut d = self.deny(Denial::InvalidBearer(why), req, sign_in);
                     d.route = Some(route.id);
                     audit(req, Some(route), None, d.kind, None, started);
                     return d;
@@ -290,9 +323,9 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
                         action: Action::Forward(edits),
                     }
                 }
-                Err(e) => self.deny(Denial::CockpitToken(e), req),
+                Err(e) => self.deny(Denial::CockpitToken(e), req, sign_in),
             },
-            Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req),
+            Outcome::Refuse(refusal) => self.deny(Denial::Refused(refusal), req, sign_in),
         };
         decision.route = Some(route.id);
         audit(
@@ -353,8 +386,10 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         }
         match &grant.cockpit {
             CockpitStep::None => {}
-            CockpitStep::LogIn { account } => {
-                let basic = self.tokens.cockpit_credential(account, grant.route, now)?;
+            CockpitStep::LogIn { account, admin } => {
+                let basic = self
+                    .tokens
+                    .cockpit_credential(account, *admin, grant.route, now)?;
                 edits.set.push(("authorization".into(), basic));
             }
             CockpitStep::StripCredentials => edits.remove.push("authorization".into()),
@@ -371,16 +406,16 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
         Ok(edits)
     }
 
-    fn deny(&self, denial: Denial<'_>, req: &Request<'_>) -> Decision {
+    fn deny(&self, denial: Denial<'_>, req: &Request<'_>, sign_in: SignInAnswer) -> Decision {
         Decision {
             kind: denial.kind(),
             route: None,
-            action: Action::Respond(self.respond(&denial, req)),
+            action: Action::Respond(self.respond(&denial, req, sign_in)),
         }
     }
 
     /// The one place a denial becomes a client response.
-    fn respond(&self, denial: &Denial<'_>, req: &Request<'_>) -> Response {
+    fn respond(&self, denial: &Denial<'_>, req: &Request<'_>, sign_in: SignInAnswer) -> Response {
         let html = wants_html(req);
         let path = crate::core::decision::path_only(req.path);
         match denial {
@@ -405,18 +440,33 @@ impl<L: SessionLookup, T: TokenSource, C: Clock> Authorizer<L, T, C> {
             }
             Denial::Refused(Refusal::SignInRequired { route }) => {
                 let return_url = format!("{}{}", route.origin(), req.path);
-                if html {
-                    // Bind the hop that will bring the session here to this browser.
-                    let (nonce, cookie) = self.hop_nonce(req.header("cookie").unwrap_or(""));
-                    let mut r = Response::redirect(self.sign_in_url(&return_url, Some(&nonce)));
-                    r.headers.push(("set-cookie", cookie));
-                    r
-                } else {
-                    let sign_in = self.sign_in_url(&return_url, None);
-                    Response::json(
-                        401,
-                        serde_json::json!({"error": "unauthenticated", "sign_in_url": sign_in}),
-                    )
+                match (sign_in, html) {
+                    (SignInAnswer::AuthHost, true) => {
+                        // Bind the hop that will bring the session here to this browser.
+                        let (nonce, cookie) = self.hop_nonce(req.header("cookie").unwrap_or(""));
+                        let mut r = Response::redirect(self.sign_in_url(&return_url, Some(&nonce)));
+                        r.headers.push(("set-cookie", cookie));
+                        r
+                    }
+                    (SignInAnswer::RouteHost { redirect: true }, true) => {
+                        Response::redirect(self.route_sign_in_url(route, &return_url))
+                    }
+                    (SignInAnswer::RouteHost { redirect: false }, true) => {
+                        let location = self.route_sign_in_url(route, &return_url);
+                        let mut r = Response::json(
+                            401,
+                            serde_json::json!({"error": "unauthenticated", "sign_in_url": location}),
+                        );
+                        r.headers.push(("location", location));
+                        r
+                    }
+                    (_, false) => {
+                        let sign_in = self.sign_in_url(&return_url, None);
+                        Response::json(
+                            401,
+                            serde_json::json!({"error": "unauthenticated", "sign_in_url": sign_in}),
+                        )
+                    }
                 }
             }
             Denial::Refused(Refusal::Forbidden {

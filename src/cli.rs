@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `keygen`, `jwks`, `client-jwk`,
-//! `pam-verify`, `sessions`, `envoy-config`.
+//! `pam-verify`, `pam-admin`, `cockpit-admin`, `sessions`, `policy`, `envoy-config`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -81,6 +81,24 @@ enum Command {
         /// refuse a second use of the same token.
         #[arg(long)]
         replay_dir: Option<PathBuf>,
+        /// Record here (root-only directory, e.g. /run/portcullis-pam/admin) that a token
+        /// granting administrative access opened this Cockpit session, for `pam-admin`.
+        #[arg(long)]
+        admin_grants: Option<PathBuf>,
+    },
+    /// PAM helper for Cockpit's administrative access, run by `pam_exec seteuid` from sudo
+    /// (see `cockpit-admin pam`): exits 0 only inside a Cockpit session that `pam-verify
+    /// --admin-grants` recorded for PAM_USER.
+    PamAdmin {
+        /// The directory `pam-verify --admin-grants` writes.
+        #[arg(long, default_value = crate::cockpit::admin::DEFAULT_GRANTS_DIR)]
+        grants: PathBuf,
+    },
+    /// Print the files that give Cockpit's administrative access to single sign-on users
+    /// in a route's `cockpit.admin_groups`.
+    CockpitAdmin {
+        #[command(subcommand)]
+        command: CockpitAdminCommand,
     },
     /// List or end sessions through the admin API (the config's `admin` section).
     Sessions {
@@ -131,6 +149,34 @@ enum Command {
         /// balancer: 1); the client address of policies and sign-in limits comes from them.
         #[arg(long, default_value_t = 0)]
         trusted_hops: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CockpitAdminCommand {
+    /// The sudoers drop-in (/etc/sudoers.d/portcullis-cockpit, mode 0440).
+    Sudoers {
+        /// The PAM service the privileged bridge authenticates with.
+        #[arg(long, default_value = crate::cockpit::admin::DEFAULT_PAM_SERVICE)]
+        pam_service: String,
+        /// Cockpit's bridge, as Cockpit's shell manifest has sudo run it.
+        #[arg(long, default_value = crate::cockpit::admin::DEFAULT_BRIDGE)]
+        bridge: PathBuf,
+    },
+    /// The PAM service (/etc/pam.d/portcullis-cockpit-admin).
+    Pam {
+        /// The root-owned portcullis binary PAM runs.
+        #[arg(long, default_value = "/usr/local/bin/portcullis")]
+        bin: PathBuf,
+        #[arg(long, default_value = crate::cockpit::admin::DEFAULT_GRANTS_DIR)]
+        grants: PathBuf,
+        /// Everyone without a grant: members of this group with their own password (Debian's
+        /// sudo group; wheel on Fedora).
+        #[arg(long, default_value = "sudo")]
+        fallback_group: String,
+        /// Everyone without a grant is refused.
+        #[arg(long, conflicts_with = "fallback_group")]
+        no_fallback: bool,
     },
 }
 
@@ -208,15 +254,22 @@ pub fn run() -> ExitCode {
             audiences,
             replay_dir,
             min_uid,
+            admin_grants,
         } => match crate::cockpit::pam_verify_main(
             &jwks,
             issuer.trim_end_matches('/'),
             &audiences,
             replay_dir.as_deref(),
             min_uid,
+            admin_grants.as_deref(),
         ) {
-            Ok(user) => {
-                eprintln!("portcullis pam-verify: accepted token for {user}");
+            Ok((user, admin)) => {
+                let admin = if admin {
+                    ", with administrative access"
+                } else {
+                    ""
+                };
+                eprintln!("portcullis pam-verify: accepted token for {user}{admin}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -224,6 +277,39 @@ pub fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::PamAdmin { grants } => match crate::cockpit::admin::pam_admin_main(&grants) {
+            Ok((user, session)) => {
+                eprintln!(
+                    "portcullis pam-admin: administrative access for {user} (Cockpit session {session})"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis pam-admin: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CockpitAdmin { command } => {
+            use crate::cockpit::admin;
+            let text = match command {
+                CockpitAdminCommand::Sudoers {
+                    pam_service,
+                    bridge,
+                } => admin::sudoers(&pam_service, &bridge),
+                CockpitAdminCommand::Pam {
+                    bin,
+                    grants,
+                    fallback_group,
+                    no_fallback,
+                } => admin::pam_service(
+                    &bin,
+                    &grants,
+                    (!no_fallback).then_some(fallback_group.as_str()),
+                ),
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Command::Jwks { config } => match config::load(&config) {
             Ok(c) => {
                 println!(

@@ -10,6 +10,11 @@
 //! token is deliberately compact: `typ` and `kid` header, `iss`, `aud`, `sub` (the account),
 //! `iat`, `exp`, a short `jti`.
 //!
+//! A user in one of the route's `admin_groups` gets `"adm": true` in the token; with
+//! `--admin-grants`, `pam-verify` then records a grant for this Cockpit session that
+//! `portcullis pam-admin` accepts when Cockpit starts its privileged bridge through sudo
+//! ([`admin`]).
+//!
 //! The token is signed with the same key as the identity JWTs that every upstream on a
 //! Cockpit host sees, so the two kinds must be impossible to confuse: a Cockpit token has
 //! its own `typ` ([`COCKPIT_TOKEN_TYP`]) and an audience of the form `cockpit:HOST`
@@ -23,6 +28,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Jwks, SigningKeys};
+
+pub mod admin;
 
 /// Linux-PAM passes at most this many bytes of a password to a module.
 pub const PAM_MAX_TOKEN_BYTES: usize = 511;
@@ -50,6 +57,9 @@ struct CockpitClaims {
     iat: u64,
     exp: u64,
     jti: String,
+    /// Administrative access for this Cockpit session; absent (false) for most users.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    adm: bool,
 }
 
 /// Why a Cockpit credential could not be made.
@@ -61,11 +71,13 @@ pub struct TokenTooLong {
     pub len: usize,
 }
 
-/// Mints the `Authorization: Basic` value for `account` on the Cockpit route on `authority`.
+/// Mints the `Authorization: Basic` value for `account` on the Cockpit route on `authority`;
+/// `admin` grants that Cockpit session administrative access.
 pub fn basic_credential(
     keys: &SigningKeys,
     issuer: &str,
     account: &str,
+    admin: bool,
     authority: &str,
     now: u64,
 ) -> Result<String, TokenTooLong> {
@@ -76,6 +88,7 @@ pub fn basic_credential(
         iat: now,
         exp: now + COCKPIT_TOKEN_TTL_SECS,
         jti: crate::crypto::random_token(9),
+        adm: admin,
     };
     let token = keys.sign(&keys.jose_header(COCKPIT_TOKEN_TYP), &claims);
     if token.len() > PAM_MAX_TOKEN_BYTES {
@@ -122,6 +135,8 @@ pub enum VerifyError {
     SystemAccount(String),
     #[error("account {0:?} does not exist")]
     NoSuchAccount(String),
+    #[error("cannot record administrative access: {0}")]
+    AdminGrants(String),
 }
 
 /// Verifies a Cockpit login token: ES256 only, `typ` [`COCKPIT_TOKEN_TYP`], a key from
@@ -193,14 +208,17 @@ pub fn verify(
     Ok(Verified {
         jti: data.claims.jti,
         exp: data.claims.exp,
+        admin: data.claims.adm,
     })
 }
 
-/// What a verified token still needs for replay protection.
+/// What a verified token still needs for replay protection and administrative access.
 #[derive(Debug)]
 pub struct Verified {
     pub jti: String,
     pub exp: u64,
+    /// The user may turn on administrative access in this Cockpit session.
+    pub admin: bool,
 }
 
 fn header_alg(token: &str) -> Result<String, VerifyError> {
@@ -290,14 +308,17 @@ pub fn check_account(pam_user: &str, min_uid: u32) -> Result<(), VerifyError> {
 }
 
 /// `portcullis pam-verify`: reads the token from stdin (as `pam_exec expose_authtok` writes
-/// it) and the account from `PAM_USER`.
+/// it) and the account from `PAM_USER`. With `admin_grants`, a token that grants
+/// administrative access records that for the Cockpit session being opened (the process
+/// that runs PAM, our parent); returns the account and whether it did.
 pub fn pam_verify_main(
     jwks_file: &std::path::Path,
     issuer: &str,
     audiences: &[String],
     replay_dir: Option<&std::path::Path>,
     min_uid: u32,
-) -> Result<String, VerifyError> {
+    admin_grants: Option<&std::path::Path>,
+) -> Result<(String, bool), VerifyError> {
     const READ_CAP: u64 = 64 * 1024;
     let pam_user = std::env::var("PAM_USER").map_err(|_| VerifyError::NoUser)?;
     // Read a bounded amount: anything longer than PAM's limit is not ours anyway.
@@ -331,7 +352,15 @@ pub fn pam_verify_main(
     if let Some(dir) = replay_dir {
         claim_once(dir, &verified)?;
     }
-    Ok(pam_user)
+    let granted = match admin_grants {
+        Some(dir) if verified.admin => {
+            admin::grant(dir, &pam_user, std::os::unix::process::parent_id())
+                .map_err(|e| VerifyError::AdminGrants(e.to_string()))?;
+            true
+        }
+        _ => false,
+    };
+    Ok((pam_user, granted))
 }
 
 #[cfg(test)]

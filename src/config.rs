@@ -83,6 +83,10 @@ pub struct ServerConfig {
     pub metrics_address: Option<SocketAddr>,
     /// The session administration API's listener (`admin.address`, when `admin` is set).
     pub admin_address: Option<SocketAddr>,
+    /// Optional listener for forward-auth proxies (nginx `auth_request`, Caddy
+    /// `forward_auth`, Traefik `forwardAuth`): it believes the `X-Forwarded-*` headers it
+    /// is sent, so only the proxy may reach it.
+    pub forward_auth_address: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     /// After SIGTERM, how long to keep serving while reporting NOT_SERVING on gRPC health,
     /// so that Envoy's health checks move traffic to the other replicas first.
@@ -540,6 +544,7 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
         http_address,
         jwks_address,
         metrics_address,
+        forward_auth_address,
         shutdown_grace,
         drain_delay,
     } = raw;
@@ -553,6 +558,8 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
     let http_address = addr(http_address, "127.0.0.1:9101", "server.http_address");
     let jwks_address = jwks_address.map(|a| addr(Some(a), "", "server.jwks_address"));
     let metrics_address = metrics_address.map(|a| addr(Some(a), "", "server.metrics_address"));
+    let forward_auth_address =
+        forward_auth_address.map(|a| addr(Some(a), "", "server.forward_auth_address"));
     let shutdown_grace = match shutdown_grace {
         Some(s) => parse_duration(&s)
             .map_err(|m| errors.push("server.shutdown_grace", m))
@@ -576,6 +583,10 @@ fn validate_server(raw: raw::RawServer, errors: &mut Errors) -> Option<ServerCon
             None => None,
         },
         metrics_address: match metrics_address {
+            Some(a) => Some(a?),
+            None => None,
+        },
+        forward_auth_address: match forward_auth_address {
             Some(a) => Some(a?),
             None => None,
         },
@@ -907,9 +918,10 @@ fn validate_routes(
             );
         }
         // Cockpit's UrlRoot is the route's path prefix.
-        let cockpit = cockpit.map(|account| CockpitSettings {
+        let cockpit = cockpit.map(|(account, admin_groups)| CockpitSettings {
             url_root: path_prefix.clone(),
             account,
+            admin_groups,
         });
         let name = name.unwrap_or_else(|| format!("{authority}{path_prefix}"));
         if routes.iter().any(|r| r.name == name) {
@@ -1016,9 +1028,17 @@ fn validate_cockpit(
     raw: raw::RawCockpit,
     path: &str,
     errors: &mut Errors,
-) -> Option<AccountMapping> {
-    let raw::RawCockpit { account, accounts } = raw;
-    match (account.as_deref(), accounts) {
+) -> Option<(AccountMapping, Vec<String>)> {
+    let raw::RawCockpit {
+        account,
+        accounts,
+        admin_groups,
+    } = raw;
+    let admin_groups = admin_groups.unwrap_or_default();
+    if admin_groups.iter().any(|g| g.trim().is_empty()) {
+        errors.push(format!("{path}.admin_groups"), "a group name is empty");
+    }
+    let mapping = match (account.as_deref(), accounts) {
         (Some(_), Some(_)) => {
             errors.push(path, "set either account or accounts, not both");
             None
@@ -1051,7 +1071,8 @@ fn validate_cockpit(
             );
             None
         }
-    }
+    };
+    Some((mapping?, admin_groups))
 }
 
 fn parse_origin(value: &str, path: &str, errors: &mut Errors) -> Option<Url> {

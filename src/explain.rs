@@ -143,7 +143,7 @@ pub fn explain(routes: &RouteTable, case: &Case) -> Result<Explanation, String> 
     let explained = match decide(route, session.as_ref(), &req, now) {
         Outcome::Allow(grant) => {
             let mut because = format!("allowed by {}", grant.reason);
-            if let CockpitStep::LogIn { account } = &grant.cockpit {
+            if let CockpitStep::LogIn { account, .. } = &grant.cockpit {
                 because.push_str(&format!("; logs in to Cockpit as {account}"));
             }
             Explanation {

@@ -7,8 +7,8 @@
 //! - `config`, `identity`, `session`, `cockpit`, `oidc`, `metrics`: building blocks.
 //! - `refresh` (the store's sessions, refreshed when due), [`authorizer`] (the work around
 //!   the decision), `tokens`, [`app`] (the shared state).
-//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP), [`admin`] (the session API, gRPC);
-//!   then `server`, `envoy`, `cli`.
+//! - The edges: [`ext_authz`] (gRPC), [`web`] (HTTP), [`forward_auth`] (HTTP, for nginx,
+//!   Caddy and Traefik), [`admin`] (the session API, gRPC); then `server`, `envoy`, `cli`.
 
 pub mod admin;
 pub mod app;
@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod envoy;
 pub mod explain;
 pub mod ext_authz;
+pub mod forward_auth;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

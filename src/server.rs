@@ -1,4 +1,5 @@
-//! Runs the servers (gRPC ext_authz, HTTP, and the optional JWKS and metrics listeners)
+//! Runs the servers (gRPC ext_authz, HTTP, and the optional JWKS, metrics and forward-auth
+//! listeners)
 //! over one shared [`App`], with one graceful shutdown for all. [`bind`] and [`serve`] are
 //! separate, mini-redis style: `main` binds the configured addresses and passes the
 //! SIGTERM future; tests bind port 0 and pass any future.
@@ -26,6 +27,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// The session administration API.
     pub admin: Option<TcpListener>,
+    /// The forward-auth endpoint for nginx, Caddy and Traefik.
+    pub forward_auth: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -45,6 +48,9 @@ impl Listeners {
         }
         if let Some(l) = &self.admin {
             ready.insert("admin".into(), addr(l)?.into());
+        }
+        if let Some(l) = &self.forward_auth {
+            ready.insert("forward_auth".into(), addr(l)?.into());
         }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::Value::Object(ready).to_string())?;
@@ -82,6 +88,7 @@ pub async fn bind_with(
     configured.extend(config.jwks_address.map(|_| "jwks"));
     configured.extend(config.metrics_address.map(|_| "metrics"));
     configured.extend(config.admin_address.map(|_| "admin"));
+    configured.extend(config.forward_auth_address.map(|_| "forward_auth"));
     let unused: Vec<String> = inherited
         .unused()
         .into_iter()
@@ -122,12 +129,25 @@ pub async fn bind_with(
         Some(a) => Some(one(&mut inherited, "admin", a, "admin.address").await?),
         None => None,
     };
+    let forward_auth = match config.forward_auth_address {
+        Some(a) => Some(
+            one(
+                &mut inherited,
+                "forward_auth",
+                a,
+                "server.forward_auth_address",
+            )
+            .await?,
+        ),
+        None => None,
+    };
     Ok(Listeners {
         grpc,
         http,
         jwks,
         metrics,
         admin,
+        forward_auth,
     })
 }
 
@@ -158,6 +178,7 @@ pub async fn serve(
         jwks: jwks_listener,
         metrics: metrics_listener,
         admin: admin_listener,
+        forward_auth: forward_auth_listener,
     } = listeners;
     let grpc_addr = grpc_listener.local_addr()?;
 
@@ -185,7 +206,7 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // The HTTP service, and the optional JWKS and metrics listeners, all axum.
+    // The HTTP service, and the optional JWKS, metrics and forward-auth listeners, all axum.
     let mut servers = Vec::new();
     for (name, listener, router) in [
         (
@@ -199,9 +220,20 @@ pub async fn serve(
             metrics_listener,
             crate::web::metrics_router(live.clone()),
         ),
+        (
+            "forward_auth",
+            forward_auth_listener,
+            crate::forward_auth::router_live(live.clone()),
+        ),
     ] {
         let Some(listener) = listener else { continue };
-        tracing::info!(addr = %listener.local_addr()?, "{name} listening");
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "{name} listening");
+        if name == "forward_auth" && !addr.ip().is_loopback() {
+            // It decides on the X-Forwarded-* headers it is sent: anyone who can reach it
+            // can describe any request. Fine on a private network only the proxy is on.
+            tracing::warn!(%addr, "the forward-auth listener is not on loopback: make sure only the proxy can reach it");
+        }
         let signal = stopped(rx.clone());
         servers.push(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();

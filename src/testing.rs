@@ -434,6 +434,7 @@ impl TokenSource for FakeTokens {
     fn cockpit_credential(
         &self,
         account: &str,
+        admin: bool,
         route: &Route,
         _now: u64,
     ) -> Result<String, TokenTooLong> {
@@ -445,7 +446,11 @@ impl TokenSource for FakeTokens {
                 len: route.authority.len(),
             });
         }
-        Ok(format!("Basic cockpit:{account}@{}", route.authority))
+        let admin = if admin { "+admin" } else { "" };
+        Ok(format!(
+            "Basic cockpit:{account}{admin}@{}",
+            route.authority
+        ))
     }
 }
 

@@ -67,6 +67,7 @@ impl TokenSource for Tokens {
     fn cockpit_credential(
         &self,
         account: &str,
+        admin: bool,
         route: &Route,
         now: u64,
     ) -> Result<String, TokenTooLong> {
@@ -74,6 +75,7 @@ impl TokenSource for Tokens {
             self.minter.keys(),
             self.minter.issuer(),
             account,
+            admin,
             &route.authority,
             now,
         )

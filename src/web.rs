@@ -301,7 +301,7 @@ fn request_id_of(headers: &HeaderMap) -> RequestId {
 
 /// Gives every request its id (in a tracing span, so every log line of it carries the id)
 /// and renders error answers with it: the id the user quotes is the one in the log.
-async fn request_context(
+pub(crate) async fn request_context(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {

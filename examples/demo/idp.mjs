@@ -8,18 +8,21 @@
 //
 //   node examples/demo/idp.mjs --port 9000 [--issuer http://127.0.0.1:9000] --client-id portcullis \
 //     --client-secret-file FILE --redirect-uri URI [--redirect-uri URI ...] \
-//     [--post-logout-redirect-uri URI ...] [--host 127.0.0.1]
+//     [--post-logout-redirect-uri URI ...] [--host 127.0.0.1] [--key-out FILE]
+//
+// --key-out writes the signing key (PKCS#8 PEM, mode 0600) for tests that sign tokens the
+// IdP would never issue (expired, for another audience) with its real key.
 //
 // Prints "ready issuer=<issuer> port=<port>" once listening; exits 0 on SIGTERM/SIGINT.
 // With --port 0 (and no --issuer) a free port is picked and shown in the ready line.
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { parseArgs } from 'node:util';
 
-import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
+import { calculateJwkThumbprint, exportJWK, exportPKCS8, generateKeyPair } from 'jose';
 import Provider from 'oidc-provider';
 
 const { values: opts } = parseArgs({
@@ -38,6 +41,7 @@ const { values: opts } = parseArgs({
     // ends here, and the CA that URL's certificate chains to.
     'backchannel-logout-uri': { type: 'string' },
     'ca-file': { type: 'string' },
+    'key-out': { type: 'string' },
   },
 });
 
@@ -109,6 +113,7 @@ ${error ? `<p class="error" role="alert">${esc(error)}</p>` : ''}
 const { privateKey } = await generateKeyPair('RS256', { extractable: true });
 const jwk = { ...(await exportJWK(privateKey)), alg: 'RS256', use: 'sig' };
 jwk.kid = await calculateJwkThumbprint(jwk);
+if (opts['key-out']) writeFileSync(opts['key-out'], await exportPKCS8(privateKey), { mode: 0o600 });
 
 // Bind first so that --port 0 works: the issuer must contain the real port.
 const server = http.createServer();

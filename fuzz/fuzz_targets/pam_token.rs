@@ -40,7 +40,9 @@ fn tokens() -> &'static Tokens {
             f.app.tokens().minter().issuer(),
         );
         let minted_at = now();
-        let basic = basic_credential(keys, issuer, "alice", COCKPIT, minted_at).unwrap();
+        // With administrative access (alice is in the fixture's admins): the `adm` claim is
+        // part of what no edit may forge.
+        let basic = basic_credential(keys, issuer, "alice", true, COCKPIT, minted_at).unwrap();
         let decoded = STANDARD
             .decode(basic.strip_prefix("Basic ").unwrap())
             .unwrap();
@@ -53,7 +55,10 @@ fn tokens() -> &'static Tokens {
             &audiences(),
             minted_at,
         )
-        .expect("a fresh Cockpit token verifies");
+        .expect("a fresh Cockpit token verifies")
+        .admin
+        .then_some(())
+        .expect("it grants administrative access");
         let (identity, _) = f.app.tokens().minter().mint(
             &f.session.user,
             &f.session.public_id(),

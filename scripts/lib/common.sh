@@ -64,6 +64,28 @@ ensure_apt() {
         "${missing[@]}" >&2
 }
 
+# ensure_apt_no_start PKG...: ensure_apt for packages that ship a service (nginx, caddy),
+# which the tests run as their own processes: while installing, a temporary
+# /usr/sbin/policy-rc.d (unless the machine has one; Debian's container images do) refuses
+# to start it. PORTCULLIS_POLICY_RC_D overrides the path (for tests of this function).
+ensure_apt_no_start() {
+    local pkg missing=0
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing=1
+    done
+    ((missing)) || return 0
+    local policy="${PORTCULLIS_POLICY_RC_D:-/usr/sbin/policy-rc.d}" made_policy=0 rc=0
+    if [[ "$(id -u)" == 0 && ! -e "$policy" ]]; then
+        printf '#!/bin/sh\n# portcullis ensure_apt_no_start: no service starts while installing\nexit 101\n' \
+            >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    ensure_apt "$@" || rc=$?
+    if ((made_policy)); then
+        rm -f "$policy"
+    fi
+    return "$rc"
+}
+
 # ensure_commands CMD:PKG...: make sure each command exists, installing its Debian package
 # (via ensure_apt) when it does not.
 ensure_commands() {

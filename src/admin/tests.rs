@@ -30,6 +30,7 @@ async fn start() -> Running {
         jwks_address: None,
         metrics_address: None,
         admin_address: Some(any),
+        forward_auth_address: None,
         shutdown_grace: Duration::from_secs(2),
         drain_delay: Duration::ZERO,
     })

@@ -45,6 +45,7 @@ fn routes() -> RouteTable {
         account: AccountMapping::Table(
             [("alice@example.com".to_string(), "alice".to_string())].into(),
         ),
+        admin_groups: vec!["admins".into()],
     });
     RouteTable::new(vec![
         route(
@@ -451,6 +452,19 @@ async fn cockpit_credentials_go_on_the_login_request_only_and_never_the_clients(
         .await;
     assert_eq!(d.kind, OutcomeKind::SignInRequired);
     assert_eq!(h.authorizer.tokens().cockpit.load(Ordering::SeqCst), 1);
+    // In the route's admin group, the credential grants administrative access too.
+    let cookie = h
+        .sign_in(user("alice@example.com", &["admins"]), COCKPIT)
+        .await;
+    let e = edits(
+        h.check(COCKPIT, "/cockpit/login", &[("cookie", &cookie)])
+            .await,
+    );
+    let set: HashMap<_, _> = e.set.iter().cloned().collect();
+    assert_eq!(
+        set["authorization"],
+        "Basic cockpit:alice+admin@cockpit.localhost:8443"
+    );
 }
 
 #[tokio::test]
@@ -482,6 +496,7 @@ async fn a_cockpit_token_that_cannot_fit_is_a_clear_error() {
     cockpit.cockpit = Some(CockpitSettings {
         url_root: String::new(),
         account: AccountMapping::Subject,
+        admin_groups: Vec::new(),
     });
     let store = Arc::new(MemoryStore::default());
     let a = authorizer(

@@ -24,6 +24,17 @@ fn token_of(basic: &str) -> (String, String) {
     (user.to_string(), token.to_string())
 }
 
+/// The claims of a token, unverified.
+fn token_claims(token: &str) -> serde_json::Map<String, serde_json::Value> {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 fn auds() -> Vec<String> {
     vec![AUD.to_string()]
 }
@@ -42,7 +53,7 @@ fn sign_typed(keys: &SigningKeys, typ: Option<&str>, claims: serde_json::Value) 
 #[test]
 fn a_minted_credential_verifies_for_its_account_only() {
     let k = keys();
-    let basic = basic_credential(&k, ISS, "alice", AUD, NOW).unwrap();
+    let basic = basic_credential(&k, ISS, "alice", false, AUD, NOW).unwrap();
     let (user, token) = token_of(&basic);
     assert_eq!(user, "alice");
     assert!(
@@ -50,8 +61,20 @@ fn a_minted_credential_verifies_for_its_account_only() {
         "compact token expected, got {} bytes",
         token.len()
     );
-    verify(&token, "alice", k.jwks(), ISS, &auds(), NOW).unwrap();
+    assert!(
+        !verify(&token, "alice", k.jwks(), ISS, &auds(), NOW)
+            .unwrap()
+            .admin
+    );
     verify(&token, "alice", k.jwks(), ISS, &auds(), NOW + 59).unwrap();
+    // Administrative access is in the token only when granted.
+    let (_, admin) = token_of(&basic_credential(&k, ISS, "alice", true, AUD, NOW).unwrap());
+    assert!(
+        verify(&admin, "alice", k.jwks(), ISS, &auds(), NOW)
+            .unwrap()
+            .admin
+    );
+    assert!(!token_claims(&token).contains_key("adm"));
     assert!(matches!(
         verify(&token, "bob", k.jwks(), ISS, &auds(), NOW),
         Err(VerifyError::WrongAccount { .. })
@@ -62,7 +85,7 @@ fn a_minted_credential_verifies_for_its_account_only() {
 fn every_bad_token_is_refused() {
     let k = keys();
     let other = keys();
-    let (_, good) = token_of(&basic_credential(&k, ISS, "alice", AUD, NOW).unwrap());
+    let (_, good) = token_of(&basic_credential(&k, ISS, "alice", false, AUD, NOW).unwrap());
     let claims = |aud: &str, iat: u64, exp: u64| serde_json::json!({"iss": ISS, "aud": cockpit_audience(aud), "sub": "alice", "iat": iat, "exp": exp, "jti": "x"});
 
     // Signed by a key that is not in the JWKS, but claiming the right kid.
@@ -202,7 +225,7 @@ fn attack_a_real_identity_jwt_is_not_a_cockpit_password() {
     let err = verify(&identity, "alice", k.jwks(), ISS, &auds(), NOW).unwrap_err();
     assert!(matches!(err, VerifyError::WrongType(_)), "{err}");
     // Root is refused even with a genuine token for it.
-    let (_, root) = token_of(&basic_credential(&k, ISS, "root", AUD, NOW).unwrap());
+    let (_, root) = token_of(&basic_credential(&k, ISS, "root", false, AUD, NOW).unwrap());
     let err = verify(&root, "root", k.jwks(), ISS, &auds(), NOW).unwrap_err();
     assert!(matches!(err, VerifyError::SystemAccount(_)), "{err}");
 }
@@ -233,18 +256,23 @@ fn the_token_fits_pams_limit_or_is_refused_clearly() {
     // A long but realistic host and a 32-character account still fit.
     let host = format!("{}.example.com:8443", "cockpit-".repeat(6));
     let account = "a".repeat(32);
-    let (_, token) = token_of(&basic_credential(&k, ISS, &account, &host, NOW).unwrap());
+    // With administrative access, the longest a token gets.
+    let (_, token) = token_of(&basic_credential(&k, ISS, &account, true, &host, NOW).unwrap());
     assert!(token.len() <= PAM_MAX_TOKEN_BYTES, "{} bytes", token.len());
-    verify(&token, &account, k.jwks(), ISS, &[host], NOW).unwrap();
+    assert!(
+        verify(&token, &account, k.jwks(), ISS, &[host], NOW)
+            .unwrap()
+            .admin
+    );
     // An absurd host name cannot fit, and says so.
-    let err = basic_credential(&k, ISS, "alice", &"x".repeat(400), NOW).unwrap_err();
+    let err = basic_credential(&k, ISS, "alice", false, &"x".repeat(400), NOW).unwrap_err();
     assert!(err.to_string().contains("511"), "{err}");
 }
 
 #[test]
 fn a_token_is_accepted_once_with_a_replay_dir() {
     let k = keys();
-    let (_, token) = token_of(&basic_credential(&k, ISS, "alice", AUD, NOW).unwrap());
+    let (_, token) = token_of(&basic_credential(&k, ISS, "alice", false, AUD, NOW).unwrap());
     let verified = verify(&token, "alice", k.jwks(), ISS, &auds(), NOW).unwrap();
     let dir = std::env::temp_dir().join(format!(
         "portcullis-replay-{}",
@@ -256,7 +284,7 @@ fn a_token_is_accepted_once_with_a_replay_dir() {
         Err(VerifyError::Replayed)
     ));
     let other = verify(
-        &token_of(&basic_credential(&k, ISS, "alice", AUD, NOW).unwrap()).1,
+        &token_of(&basic_credential(&k, ISS, "alice", false, AUD, NOW).unwrap()).1,
         "alice",
         k.jwks(),
         ISS,

@@ -68,6 +68,7 @@ pub struct RawServer {
     pub http_address: Option<String>,
     pub jwks_address: Option<String>,
     pub metrics_address: Option<String>,
+    pub forward_auth_address: Option<String>,
     pub shutdown_grace: Option<String>,
     pub drain_delay: Option<String>,
 }
@@ -141,6 +142,8 @@ pub struct RawCockpit {
     pub account: Option<String>,
     /// Explicit email → account table; when given, only these users have an account.
     pub accounts: Option<std::collections::BTreeMap<String, String>>,
+    /// IdP groups whose members get administrative access without a password.
+    pub admin_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

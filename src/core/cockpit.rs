@@ -11,6 +11,9 @@ pub struct CockpitSettings {
     /// Path Cockpit is served under (`UrlRoot`), without a trailing slash; empty for `/`.
     pub url_root: String,
     pub account: AccountMapping,
+    /// Members of these IdP groups get Cockpit's administrative access without a password
+    /// (see `portcullis pam-admin`); empty: nobody does.
+    pub admin_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,13 @@ impl CockpitSettings {
                 .clone(),
         };
         (is_unix_account_name(&account) && account != "root").then_some(account)
+    }
+
+    /// Whether `user` may turn on administrative access: a member of an admin group.
+    pub fn is_admin(&self, user: &User) -> bool {
+        self.admin_groups
+            .iter()
+            .any(|g| user.groups.iter().any(|ug| ug == g))
     }
 
     /// Whether this request is Cockpit's login request, the only one that gets credentials.
@@ -78,6 +88,7 @@ mod tests {
         let by = |account| CockpitSettings {
             url_root: String::new(),
             account,
+            admin_groups: Vec::new(),
         };
         assert_eq!(
             by(AccountMapping::PreferredUsername)
@@ -155,10 +166,12 @@ mod tests {
         let root = CockpitSettings {
             url_root: String::new(),
             account: AccountMapping::PreferredUsername,
+            admin_groups: Vec::new(),
         };
         let sub = CockpitSettings {
             url_root: "/admin".into(),
             account: AccountMapping::PreferredUsername,
+            admin_groups: Vec::new(),
         };
         assert!(root.is_login("GET", "/cockpit/login"));
         assert!(root.is_login("GET", "/cockpit/login?x=1"));

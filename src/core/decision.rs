@@ -56,8 +56,9 @@ pub struct Grant<'a> {
 pub enum CockpitStep {
     /// Not a Cockpit route.
     None,
-    /// Cockpit's login request: log in as this local account.
-    LogIn { account: String },
+    /// Cockpit's login request: log in as this local account, with administrative access
+    /// when `admin` (the user is in one of the route's admin groups).
+    LogIn { account: String, admin: bool },
     /// Any other request: no credentials, and never the client's own.
     StripCredentials,
 }
@@ -218,7 +219,10 @@ pub fn decide<'a>(
 fn cockpit_step(cockpit: &CockpitSettings, user: &User, req: &Request<'_>) -> Option<CockpitStep> {
     let account = cockpit.account_for(user)?;
     Some(if cockpit.is_login(req.method, req.path) {
-        CockpitStep::LogIn { account }
+        CockpitStep::LogIn {
+            account,
+            admin: cockpit.is_admin(user),
+        }
     } else {
         CockpitStep::StripCredentials
     })

@@ -1,7 +1,7 @@
 //! Listening sockets handed over by the parent (systemd socket activation: `LISTEN_PID`,
 //! `LISTEN_FDS`, `LISTEN_FDNAMES`, descriptors from 3). A supervisor (or a test) binds
 //! first, so a port is never released and re-bound, and a restart keeps the socket.
-//! Each descriptor is named after the listener it replaces: `grpc`, `http`, `jwks`, `metrics`.
+//! Each descriptor is named after the listener it replaces: `grpc`, `http`, `jwks`, `metrics`, `admin`, `forward_auth`.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, RawFd};
@@ -32,7 +32,7 @@ impl Inherited {
         let names: Vec<&str> = names.split(':').filter(|n| !n.is_empty()).collect();
         if names.len() != count as usize {
             return Err(format!(
-                "LISTEN_FDNAMES names {} sockets, LISTEN_FDS says {count}: name each (grpc, http, jwks, metrics)",
+                "LISTEN_FDNAMES names {} sockets, LISTEN_FDS says {count}: name each (grpc, http, jwks, metrics, admin, forward_auth)",
                 names.len()
             ));
         }

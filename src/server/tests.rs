@@ -19,6 +19,7 @@ fn port_zero() -> ServerConfig {
         jwks_address: Some(any),
         metrics_address: Some(any),
         admin_address: Some(any),
+        forward_auth_address: Some(any),
         shutdown_grace: Duration::from_secs(5),
         drain_delay: Duration::ZERO,
     }
@@ -106,6 +107,26 @@ async fn every_listener_serves_until_shutdown_and_the_ready_file_names_them() {
     // The metrics listener serves metrics only, not the sign-in pages.
     let page = http
         .get(format!("http://{}/.portcullis/sign_in", addr("metrics")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::NOT_FOUND);
+    // The forward-auth listener decides like Check, and serves nothing else.
+    let fwd = http
+        .get(format!("http://{}/forward_auth", addr("forward_auth")))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "admin.localhost:8443")
+        .header("x-forwarded-uri", "/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fwd.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let page = http
+        .get(format!(
+            "http://{}/.portcullis/sign_in",
+            addr("forward_auth")
+        ))
         .send()
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 //
 //   node testkit/js/cockpit_ws.mjs --url wss://cockpit.localhost:PORT/cockpit/socket \
 //     [--cookie 'a=b; c=d'] [--origin https://cockpit.localhost:PORT] [--ca CA.pem] \
-//     [--connect-to 127.0.0.1] [--timeout-ms 15000] [--hold]
+//     [--connect-to 127.0.0.1] [--timeout-ms 15000] [--hold] [--superuser sudo]
 //
 // Cockpit's protocol (doc/protocol.md): every WebSocket message is text, "CHANNEL\nPAYLOAD";
 // the control channel is the empty string, so control messages are "\n{json}". The bridge
@@ -14,6 +14,11 @@
 //     runs as;
 //   * a "dbus-json3" channel on the bridge's internal bus reads the properties of
 //     `cockpit.User` at /user, which is what the shell's user menu shows (cockpit.user()).
+// With --superuser ID, it then does what "Turn on administrative access" does: calls
+// cockpit.Superuser.Start(ID) at /superuser on the internal bus (a Prompt, which would ask
+// the user for a password, is answered with Stop), and opens a stream channel with
+// "superuser": "require" running `id -u`; "superuser" in the report has what Start said,
+// the channel's output and how it closed.
 //
 // Prints one JSON object on stdout and exits 0 whenever it got an answer:
 //   {"status":101, "init":{...}, "whoami":"alice", "user":{"Name":"alice",...},
@@ -39,6 +44,7 @@ const { values: opts } = parseArgs({
     'timeout-ms': { type: 'string', default: '15000' },
     // Keep the socket open after the answers, until the server ends it; report when.
     hold: { type: 'boolean', default: false },
+    superuser: { type: 'string' },
   },
 });
 if (!opts.url) {
@@ -102,16 +108,28 @@ ws.on('close', (code, reason) => {
 
 const send = (channel, obj) => ws.send(`${channel}\n${typeof obj === 'string' ? obj : JSON.stringify(obj)}`);
 let whoami = '';
-// Both answers in: close politely and report.
+let rootOut = '';
+// Opens the privileged channel, once Start has answered either way.
+const openRoot = () => {
+  send('', { command: 'open', channel: 'r1', payload: 'stream', spawn: ['id', '-u'], superuser: 'require' });
+};
+// Both answers in (and the superuser steps, when asked for): close politely and report.
 const maybeDone = () => {
-  if (result.whoami !== undefined && result.user !== undefined) {
-    if (opts.hold) {
-      result.held = true; // the 'close' handler reports when the server ends it
-      return;
-    }
-    ws.close();
-    done(0);
+  if (result.whoami === undefined || result.user === undefined) return;
+  if (opts.superuser && !result.superuser) {
+    result.superuser = {};
+    send('', { command: 'open', channel: 's0', payload: 'dbus-json3', bus: 'internal' });
+    send('s0', { 'add-match': { path: '/superuser', interface: 'cockpit.Superuser' } });
+    send('s0', { call: ['/superuser', 'cockpit.Superuser', 'Start', [opts.superuser]], id: 'su1' });
+    return;
   }
+  if (opts.superuser && result.superuser.close === undefined) return;
+  if (opts.hold) {
+    result.held = true; // the 'close' handler reports when the server ends it
+    return;
+  }
+  ws.close();
+  done(0);
 };
 ws.on('message', (data) => {
   const text = data.toString();
@@ -131,6 +149,13 @@ ws.on('message', (data) => {
       result.whoami = whoami.trim();
       result.whoami_close = msg;
       maybeDone();
+    } else if (msg.command === 'close' && msg.channel === 'r1') {
+      result.superuser.uid = rootOut.trim();
+      result.superuser.close = msg;
+      maybeDone();
+    } else if (msg.command === 'close' && msg.channel === 's0' && result.superuser && result.superuser.start === undefined) {
+      result.superuser.start = { closed: msg };
+      openRoot();
     } else if (msg.command === 'close' && msg.channel === 'u1' && result.user === undefined) {
       result.user = { error: msg };
       maybeDone();
@@ -139,6 +164,18 @@ ws.on('message', (data) => {
     }
   } else if (channel === 'w1') {
     whoami += payload;
+  } else if (channel === 'r1') {
+    rootOut += payload;
+  } else if (channel === 's0') {
+    const msg = JSON.parse(payload);
+    if (msg.signal && msg.signal[2] === 'Prompt') {
+      // sudo wants a password, which a single sign-on user does not have: give up.
+      result.superuser.prompt = msg.signal[3];
+      send('s0', { call: ['/superuser', 'cockpit.Superuser', 'Stop', []], id: 'su-stop' });
+    } else if (msg.id === 'su1') {
+      result.superuser.start = msg.error ? { error: msg.error } : { ok: true };
+      openRoot();
+    }
   } else if (channel === 'u1') {
     const msg = JSON.parse(payload);
     if (msg.id === '1') {

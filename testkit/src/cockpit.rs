@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::proc::{Proc, run};
+use crate::proxies::Front;
 use crate::{FileLock, Stack, StackBuilder, portcullis_bin, repo, test_certs};
 
 pub const COCKPIT_WS: &str = "/usr/lib/cockpit/cockpit-ws";
@@ -65,7 +66,7 @@ impl PamBlock {
     /// Writes the block `name` into `file`: `pam_listfile` (disallowed users) and then
     /// `pam_exec ... BIN pam-verify --jwks JWKS --issuer ISS --audience AUD...`.
     pub fn write(
-        _lock: &PamLock,
+        lock: &PamLock,
         file: &Path,
         name: &str,
         bin: &Path,
@@ -73,7 +74,22 @@ impl PamBlock {
         issuer: &str,
         audiences: &[String],
     ) -> Result<Self> {
-        pam_write(file, name, bin, jwks, issuer, audiences)?;
+        Self::write_with(lock, file, name, bin, jwks, issuer, audiences, &[])
+    }
+
+    /// [`PamBlock::write`] with more `pam-verify` arguments (`--admin-grants DIR`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_with(
+        _lock: &PamLock,
+        file: &Path,
+        name: &str,
+        bin: &Path,
+        jwks: &Path,
+        issuer: &str,
+        audiences: &[String],
+        extra: &[String],
+    ) -> Result<Self> {
+        pam_write_with(file, name, bin, jwks, issuer, audiences, extra)?;
         Ok(Self {
             file: file.to_path_buf(),
             name: name.to_string(),
@@ -117,10 +133,26 @@ pub fn pam_block(
     issuer: &str,
     audiences: &[String],
 ) -> String {
-    let audiences: String = audiences
+    pam_block_with(name, bin, jwks, issuer, audiences, &[])
+}
+
+/// [`pam_block`] with more `pam-verify` arguments after the audiences.
+pub fn pam_block_with(
+    name: &str,
+    bin: &Path,
+    jwks: &Path,
+    issuer: &str,
+    audiences: &[String],
+    extra: &[String],
+) -> String {
+    let mut audiences: String = audiences
         .iter()
         .map(|a| format!(" --audience {a}"))
         .collect();
+    for arg in extra {
+        audiences.push(' ');
+        audiences.push_str(arg);
+    }
     format!(
         "{} (written by portcullis; replaced as a whole)\n\
          auth       required     pam_listfile.so item=user sense=deny file=/etc/cockpit/disallowed-users onerr=succeed\n\
@@ -142,13 +174,26 @@ pub fn pam_write(
     issuer: &str,
     audiences: &[String],
 ) -> Result<()> {
+    pam_write_with(file, name, bin, jwks, issuer, audiences, &[])
+}
+
+/// [`pam_write`] with more `pam-verify` arguments.
+pub fn pam_write_with(
+    file: &Path,
+    name: &str,
+    bin: &Path,
+    jwks: &Path,
+    issuer: &str,
+    audiences: &[String],
+    extra: &[String],
+) -> Result<()> {
     let args = [
         bin.display().to_string(),
         jwks.display().to_string(),
         issuer.to_string(),
     ];
     // PAM splits its arguments on white space: paths with spaces cannot work.
-    for arg in args.iter().chain(audiences) {
+    for arg in args.iter().chain(audiences).chain(extra) {
         if arg.is_empty() || arg.contains(char::is_whitespace) {
             bail!("empty argument or white space in {arg:?}");
         }
@@ -156,7 +201,7 @@ pub fn pam_write(
     pam_edit(
         file,
         name,
-        Some(&pam_block(name, bin, jwks, issuer, audiences)),
+        Some(&pam_block_with(name, bin, jwks, issuer, audiences, extra)),
     )
 }
 
@@ -445,6 +490,25 @@ impl CockpitWs {
         }
     }
 
+    /// [`CockpitWs::start`] as process `name` of `stack`, for the public origin of the
+    /// host `label` (config in the stack's `NAME-xdg`, log in `logs/NAME.log`).
+    pub fn in_stack(
+        stack: &Stack,
+        name: &str,
+        listener: TcpListener,
+        label: &str,
+        url_root: &str,
+    ) -> Self {
+        Self::start(
+            &stack.dir.join(format!("{name}-xdg")),
+            &stack.log_path(name),
+            name,
+            listener,
+            &stack.origin(label),
+            url_root,
+        )
+    }
+
     /// `http://127.0.0.1:<port>`, the route's upstream.
     pub fn upstream(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -532,34 +596,14 @@ impl CockpitStack {
             )
             .start()
             .await;
-        let cockpit = CockpitWs::start(
-            &stack.dir.join("cockpit-ws-xdg"),
-            &stack.log_path("cockpit-ws"),
-            "cockpit-ws",
-            main,
-            &stack.origin("cockpit"),
-            "",
-        );
-        let sub = CockpitWs::start(
-            &stack.dir.join("cockpit-ws-sub-xdg"),
-            &stack.log_path("cockpit-ws-sub"),
-            "cockpit-ws-sub",
-            sub,
-            &stack.origin("apps"),
-            "/admin",
-        );
-        let bin = install_portcullis(&stack.dir);
-        let jwks = write_jwks(&stack);
-        let pam = PamBlock::write(
+        let cockpit = CockpitWs::in_stack(&stack, "cockpit-ws", main, "cockpit", "");
+        let sub = CockpitWs::in_stack(&stack, "cockpit-ws-sub", sub, "apps", "/admin");
+        let (bin, jwks, pam) = install_pam(
             &lock,
-            Path::new(PAM_FILE),
-            PAM_BLOCK,
-            &bin,
-            &jwks,
-            &stack.origin("auth"),
+            &stack,
             &[stack.authority("cockpit"), stack.authority("apps")],
-        )
-        .unwrap_or_else(|e| panic!("write the PAM block: {e:#}"));
+            &[],
+        );
         Self {
             pam,
             cockpit,
@@ -591,6 +635,201 @@ impl Drop for CockpitStack {
             );
         }
     }
+}
+
+/// One Cockpit route, `cockpit` on `cockpit.localhost` (any signed-in user, with the
+/// route's `cockpit:` line as given), in front of one cockpit-ws, behind Envoy or a proxy
+/// ([`Front`]), with the PAM block in place; for tests of one Cockpit feature.
+pub struct OneCockpit {
+    // Dropped in this order: PAM block, Cockpit, the stack; the lock last.
+    pub pam: PamBlock,
+    pub cockpit: CockpitWs,
+    pub stack: Stack,
+    pub bin: PathBuf,
+    pub lock: PamLock,
+}
+
+impl OneCockpit {
+    /// `cockpit_yaml` is the route's `cockpit:` line, e.g.
+    /// `cockpit: { accounts: { alice@example.com: alice } }`. With `admin`, pam-verify
+    /// records administrative access in [`OneCockpit::admin_grants`].
+    pub async fn start(front: Front, cockpit_yaml: &str, admin: bool) -> Self {
+        crate::tier::require_cockpit();
+        let lock = PamLock::acquire();
+        let listener = cockpit_listener();
+        let upstream = format!("http://{}", listener.local_addr().unwrap());
+        let stack = StackBuilder::default()
+            .front(front)
+            .route("cockpit", "cockpit", "{ any_authenticated_user: true }")
+            .route_upstream("cockpit", &upstream)
+            .route_option("cockpit", cockpit_yaml)
+            .start()
+            .await;
+        let cockpit = CockpitWs::in_stack(&stack, "cockpit-ws", listener, "cockpit", "");
+        let extra = if admin {
+            vec![
+                "--admin-grants".to_string(),
+                stack.dir.join("admin-grants").display().to_string(),
+            ]
+        } else {
+            Vec::new()
+        };
+        let (bin, _, pam) = install_pam(&lock, &stack, &[stack.authority("cockpit")], &extra);
+        Self {
+            pam,
+            cockpit,
+            stack,
+            bin,
+            lock,
+        }
+    }
+
+    /// Where `pam-verify --admin-grants` records administrative access.
+    pub fn admin_grants(&self) -> PathBuf {
+        self.stack.dir.join("admin-grants")
+    }
+
+    /// Signs `user` in at Cockpit's page and does Cockpit's login request; returns the
+    /// browser's cookies for the socket (ours and Cockpit's), or panics with why not.
+    pub async fn log_in(&self, user: &str) -> String {
+        use reqwest::StatusCode;
+        let browser = self.stack.browser();
+        let home = self.stack.url("cockpit", "/");
+        let (page, visited) = browser.login(&home, user, user).await;
+        assert_eq!(
+            page.status(),
+            StatusCode::OK,
+            "{user}: {}\n{}",
+            crate::list(&visited),
+            self.cockpit.log_tail()
+        );
+        let login = crate::send(
+            browser
+                .get(&self.stack.url("cockpit", "/cockpit/login"))
+                .header("accept", "application/json, text/plain, */*")
+                .header("x-requested-with", "XMLHttpRequest"),
+        )
+        .await;
+        let status = login.status();
+        let body = login.text().await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{user}: GET /cockpit/login: {body}\n{}",
+            self.cockpit.log_tail()
+        );
+        let cookies = browser.cookie_header(&home).unwrap();
+        assert!(cookies.contains("cockpit="), "{user}: {cookies}");
+        cookies
+    }
+
+    /// `wss://cockpit.localhost:PORT/cockpit/socket`.
+    pub fn socket_url(&self) -> String {
+        self.stack
+            .url("cockpit", "/cockpit/socket")
+            .replacen("https://", "wss://", 1)
+    }
+}
+
+impl Drop for OneCockpit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== cockpit-ws ====\n{}", self.cockpit.log_tail());
+        }
+    }
+}
+
+/// Cockpit's administrative access for single sign-on users, as `portcullis cockpit-admin`
+/// writes it: a sudoers drop-in (checked with `visudo -cf` before it is put in place) and
+/// its PAM service, both named after the test, removed on drop (also when the test panics).
+pub struct AdminAccess {
+    sudoers: PathBuf,
+    pam: PathBuf,
+}
+
+impl AdminAccess {
+    pub fn install(_lock: &PamLock, name: &str, bin: &Path, grants: &Path) -> Result<Self> {
+        let service = format!("portcullis-cockpit-admin-{name}");
+        let sudoers = PathBuf::from(format!("/etc/sudoers.d/portcullis-cockpit-{name}"));
+        let pam = PathBuf::from(format!("/etc/pam.d/{service}"));
+        let generate = |args: &[&str]| -> Result<String> {
+            let out = run(Command::new(bin).arg("cockpit-admin").args(args));
+            if !out.status.success() {
+                bail!(
+                    "portcullis cockpit-admin {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(String::from_utf8(out.stdout)?)
+        };
+        let sudoers_text = generate(&["sudoers", "--pam-service", &service])?;
+        let pam_text = generate(&[
+            "pam",
+            "--bin",
+            &bin.display().to_string(),
+            "--grants",
+            &grants.display().to_string(),
+        ])?;
+        // The guard exists before anything is written, so a failure halfway cleans up.
+        let guard = Self {
+            sudoers: sudoers.clone(),
+            pam: pam.clone(),
+        };
+        fs::write(&pam, pam_text).with_context(|| format!("write {}", pam.display()))?;
+        // A broken sudoers file breaks sudo for the whole machine: check it first, and
+        // put it in place by rename (sudo skips names with a dot).
+        let tmp = PathBuf::from(format!("/etc/sudoers.d/.portcullis-{name}.tmp"));
+        fs::write(&tmp, sudoers_text)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o440))?;
+        let check = run(Command::new("visudo").arg("-cf").arg(&tmp));
+        if !check.status.success() {
+            let _ = fs::remove_file(&tmp);
+            bail!(
+                "visudo rejects the generated sudoers file: {}{}",
+                String::from_utf8_lossy(&check.stdout),
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+        fs::rename(&tmp, &sudoers)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for AdminAccess {
+    fn drop(&mut self) {
+        for file in [&self.sudoers, &self.pam] {
+            if let Err(e) = fs::remove_file(file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("CANNOT REMOVE {}: {e}; remove it by hand", file.display());
+            }
+        }
+    }
+}
+
+/// What PAM needs for `stack`: the portcullis under test where PAM may run it, the JWKS
+/// file, and the tests' block in `/etc/pam.d/cockpit` for `audiences` (with `extra`
+/// arguments for pam-verify).
+fn install_pam(
+    lock: &PamLock,
+    stack: &Stack,
+    audiences: &[String],
+    extra: &[String],
+) -> (PathBuf, PathBuf, PamBlock) {
+    let bin = install_portcullis(&stack.dir);
+    let jwks = write_jwks(stack);
+    let pam = PamBlock::write_with(
+        lock,
+        Path::new(PAM_FILE),
+        PAM_BLOCK,
+        &bin,
+        &jwks,
+        &stack.origin("auth"),
+        audiences,
+        extra,
+    )
+    .unwrap_or_else(|e| panic!("write the PAM block: {e:#}"));
+    (bin, jwks, pam)
 }
 
 /// Copies the portcullis under test to `dir/bin/portcullis` (root-owned, 0755): PAM runs it
@@ -652,6 +891,18 @@ pub fn hold_socket(url: &str, cookie: &str, origin: &str, timeout_ms: u64) -> se
             "--hold".into(),
         ],
     )
+}
+
+/// [`open_socket`], then "Turn on administrative access" with the superuser bridge `id`
+/// (`sudo`) and `id -u` in a `"superuser": "require"` channel: the report's `superuser`
+/// has `start` (what `cockpit.Superuser.Start` answered), `uid` and `close`.
+pub fn open_socket_as_superuser(
+    url: &str,
+    cookie: &str,
+    origin: &str,
+    id: &str,
+) -> serde_json::Value {
+    socket(url, cookie, origin, &["--superuser".into(), id.into()])
 }
 
 fn socket(url: &str, cookie: &str, origin: &str, extra: &[String]) -> serde_json::Value {

@@ -494,6 +494,8 @@ fn banner(dir: &Path, args: &DemoArgs) {
 ==> portcullis demo ready
 
   https://app.localhost:8443/               header-echo app ({echo}); any signed-in user
+  https://app.localhost:8443/public/        the same app; anyone, signed in or not
+  https://app.localhost:8443/ops/           the same app; group \"admins\" only
   https://admin.localhost:8443/             the same app; group \"admins\" only
   https://auth.localhost:8443/.portcullis/  who you are signed in as; sign out
 {cockpit_line}

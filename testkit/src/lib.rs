@@ -23,6 +23,7 @@ pub mod idp;
 pub mod lemonldap;
 pub mod portcullis;
 pub mod proc;
+pub mod proxies;
 pub mod redis;
 pub mod stack;
 pub mod tier;
@@ -32,6 +33,7 @@ pub use certs::{Certs, test_certs};
 pub use echo::{Echo, EchoRequest};
 pub use portcullis::{Secrets, portcullis_bin, write_secrets};
 pub use proc::{Proc, poll_until, run, tail};
+pub use proxies::Front;
 pub use stack::{IdpChoice, Ports, Stack, StackBuilder, shared_lemonldap};
 
 use std::collections::HashSet;

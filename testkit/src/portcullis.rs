@@ -199,6 +199,7 @@ pub struct Bound {
     pub metrics: Option<SocketAddr>,
     /// The session administration API (with an `admin` section in the config).
     pub admin: Option<SocketAddr>,
+    pub forward_auth: Option<SocketAddr>,
 }
 
 /// Starts `portcullis serve -c CONFIG --ready-file` (with `RUST_LOG=log_level`), waits for
@@ -232,6 +233,7 @@ pub async fn serve(
                 jwks: addr("jwks"),
                 metrics: addr("metrics"),
                 admin: addr("admin"),
+                forward_auth: addr("forward_auth"),
             })
         })
         .await?;

@@ -29,6 +29,7 @@ use crate::idp::{self, IdpOptions};
 use crate::lemonldap::{self, Outcome, RpSettings, Shared};
 use crate::portcullis::{self, Secrets, portcullis_bin, write_secrets};
 use crate::proc::{LOG_TAIL_LINES, Proc, run};
+use crate::proxies::{self, Front, Upstreams};
 use crate::{free_port, temp_dir};
 
 /// `RUST_LOG` of [`StackBuilder::quiet_libraries`].
@@ -107,6 +108,10 @@ pub struct StackBuilder {
     idp: IdpChoice,
     /// More keys of `idp:`, one YAML line each.
     idp_options: Vec<String>,
+    /// The proxy in front (see [`StackBuilder::front`]).
+    front: Front,
+    /// Have the IdP write its signing key (see [`Stack::idp_key_file`]).
+    export_idp_key: bool,
 }
 
 impl StackBuilder {
@@ -224,7 +229,7 @@ impl StackBuilder {
     }
 
     /// Serves `server.metrics_address` on port 0, reported in [`Ports::metrics`] (a restart
-    /// of portcullis binds another port).
+    /// of portcullis binds another port, and updates it).
     pub fn metrics_listener(self) -> Self {
         self.server_option("metrics_address: 127.0.0.1:0")
     }
@@ -262,6 +267,21 @@ impl StackBuilder {
         self
     }
 
+    /// Puts nginx or Caddy in front instead of Envoy, configured by `examples/nginx/` or
+    /// `examples/caddy/` (hosts `auth`, `app`, `admin` and `cockpit`, the last going to the
+    /// `to` of a route named `cockpit`), asking portcullis's forward-auth listener.
+    pub fn front(mut self, front: Front) -> Self {
+        self.front = front;
+        self
+    }
+
+    /// Has the IdP write its signing key to [`Stack::idp_key_file`], so a test can sign
+    /// tokens the IdP would never issue with its real key.
+    pub fn export_idp_key(mut self) -> Self {
+        self.export_idp_key = true;
+        self
+    }
+
     /// Appends a top-level key to the config, as YAML, e.g.
     /// `published_key_files: [secrets/next.pub.pem]` (paths relative to the stack's dir).
     pub fn config_extra(mut self, yaml: &str) -> Self {
@@ -274,6 +294,9 @@ impl StackBuilder {
     /// them all).
     pub async fn start(self) -> Stack {
         crate::tier::require_stack();
+        if self.front != Front::Envoy {
+            crate::tier::require_proxies();
+        }
         let certs = test_certs();
         let dir = temp_dir("stack");
         let secrets = write_secrets(&dir);
@@ -311,15 +334,18 @@ impl StackBuilder {
                 grpc: 0,
                 http: 0,
                 jwks: 0,
+                forward_auth: 0,
                 echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
                 metrics: 0,
             },
             replicas: Vec::new(),
             log_filter: self.log_filter.clone().unwrap_or_else(|| "trace".into()),
+            front: self.front,
             dir,
             secrets,
             certs,
             browsers: Mutex::new(Vec::new()),
+            noted: Mutex::new(Vec::new()),
             echo,
             procs: Vec::new(),
             idp: self.idp,
@@ -333,7 +359,8 @@ impl StackBuilder {
                 Ok(()) => return stack,
                 Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
                     eprintln!(
-                        "testkit: Envoy's port {} was taken meanwhile; starting again on another ({e})",
+                        "testkit: {}'s port {} was taken meanwhile; starting again on another ({e})",
+                        self.front.name(),
                         stack.ports.envoy
                     );
                     stack.retire_all(&format!("attempt {attempt}"));
@@ -344,7 +371,8 @@ impl StackBuilder {
         unreachable!("the loop returns or panics")
     }
 
-    /// The IdP, then portcullis, then Envoy, for the Envoy port in `stack.ports`.
+    /// The IdP, then portcullis, then Envoy (or the proxy in front), for the port in
+    /// `stack.ports.envoy`.
     async fn start_processes(&self, stack: &mut Stack) -> Result<(), StartError> {
         let failed = StartError::Failed;
         match self.idp {
@@ -356,6 +384,10 @@ impl StackBuilder {
                     idp_args.push(format!("{auth}/.portcullis/backchannel_logout"));
                     idp_args.push("--ca-file".into());
                     idp_args.push(stack.certs.ca.display().to_string());
+                }
+                if self.export_idp_key {
+                    idp_args.push("--key-out".into());
+                    idp_args.push(stack.idp_key_file().display().to_string());
                 }
                 let idp = idp::start(
                     "idp",
@@ -383,11 +415,13 @@ impl StackBuilder {
         stack.ports.grpc = bound.grpc.port();
         stack.ports.http = bound.http.port();
         stack.ports.jwks = bound.jwks.map_or(0, |a| a.port());
+        stack.ports.forward_auth = bound.forward_auth.map_or(0, |a| a.port());
         stack.ports.metrics = bound.metrics.map_or(0, |a| a.port());
         let listen = Listen {
             grpc: stack.ports.grpc,
             http: stack.ports.http,
             jwks: stack.ports.jwks,
+            forward_auth: stack.ports.forward_auth,
         };
         fs::write(&stack.config, self.config_yaml(stack, &listen)).unwrap();
         stack.replicas = vec![Replica {
@@ -415,6 +449,7 @@ impl StackBuilder {
                 grpc: bound.grpc.port(),
                 http: bound.http.port(),
                 jwks: bound.jwks.map_or(0, |a| a.port()),
+                forward_auth: bound.forward_auth.map_or(0, |a| a.port()),
             };
             fs::write(&config, self.config_yaml(stack, &listen)).unwrap();
             stack.replicas.push(Replica {
@@ -426,6 +461,35 @@ impl StackBuilder {
             });
         }
 
+        if self.front != Front::Envoy {
+            let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+            let cockpit = self
+                .routes
+                .iter()
+                .find(|r| r.name == "cockpit")
+                .and_then(|r| r.to.as_deref())
+                .and_then(|to| to.strip_prefix("http://"))
+                .and_then(|a| a.parse().ok())
+                // Nothing listens on the discard port: the host is there, its upstream not.
+                .unwrap_or(loopback(9));
+            let upstreams = Upstreams {
+                listen: stack.ports.envoy,
+                http: bound.http,
+                forward_auth: bound
+                    .forward_auth
+                    .expect("portcullis reports its forward-auth listener"),
+                echo: loopback(stack.ports.echo),
+                cockpit,
+                cert: stack.certs.cert.clone(),
+                key: stack.certs.key.clone(),
+                ca: stack.certs.ca.clone(),
+            };
+            let name = self.front.name();
+            let proc =
+                proxies::start(self.front, &stack.dir, &upstreams, &stack.log_path(name)).await?;
+            stack.procs.push(proc);
+            return Ok(());
+        }
         let envoy_yaml = stack.render_envoy_config();
         let envoy = envoy::start("envoy", &envoy_yaml, 1, "warn", &stack.log_path("envoy")).await?;
         stack.ports.envoy_admin = envoy.admin.port();
@@ -454,6 +518,12 @@ impl StackBuilder {
             .iter()
             .map(|line| format!("  {line}\n"))
             .collect();
+        if self.front != Front::Envoy {
+            jwks.push_str(&format!(
+                "  forward_auth_address: 127.0.0.1:{}\n",
+                listen.forward_auth
+            ));
+        }
         let mut yaml = format!(
             "\
 server:
@@ -520,12 +590,14 @@ struct Listen {
     grpc: u16,
     http: u16,
     jwks: u16,
+    forward_auth: u16,
 }
 
 /// The ports of one stack.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
-    /// Envoy's HTTPS listener, on which every `*.localhost` host is served.
+    /// Envoy's HTTPS listener (or the proxy's in front), on which every `*.localhost` host
+    /// is served.
     pub envoy: u16,
     pub envoy_admin: u16,
     pub idp: u16,
@@ -534,6 +606,8 @@ pub struct Ports {
     pub http: u16,
     /// The standalone JWKS listener (only with [`StackBuilder::jwks_listener`]).
     pub jwks: u16,
+    /// The forward-auth listener (only with nginx or Caddy in front).
+    pub forward_auth: u16,
     /// The HTTPS echo (only with [`StackBuilder::tls_echo`]).
     pub echo_tls: u16,
     /// The metrics listener (only with [`StackBuilder::metrics_listener`]).
@@ -562,9 +636,13 @@ pub struct Stack {
     pub ports: Ports,
     pub config: PathBuf,
     pub certs: &'static Certs,
+    /// The proxy in front.
+    pub front: Front,
     secrets: Secrets,
     /// Every browser handed out, for the log scan at the end (their cookies are secrets).
     browsers: Mutex<Vec<Browser>>,
+    /// More secrets for the log scan (see [`Stack::note_secret`]).
+    noted: Mutex<Vec<String>>,
     echo: Echo,
     procs: Vec<Proc>,
     idp: IdpChoice,
@@ -593,6 +671,12 @@ impl Stack {
     /// `https://<label>.localhost:<envoy port><path>`.
     pub fn url(&self, label: &str, path: &str) -> String {
         format!("{}{path}", self.origin(label))
+    }
+
+    /// Where the IdP wrote its signing key (with [`StackBuilder::export_idp_key`]): an RSA
+    /// PKCS#8 PEM, whose tokens are RS256 with the key's RFC 7638 thumbprint as `kid`.
+    pub fn idp_key_file(&self) -> PathBuf {
+        self.dir.join("secrets/idp_signing_key.pem")
     }
 
     /// The IdP's issuer, `http://127.0.0.1:<port>`.
@@ -739,10 +823,18 @@ impl Stack {
             .unwrap_or_else(|| panic!("no process {name} was started"))
     }
 
+    /// Adds `value` (a token the test made or obtained) to the secrets that no portcullis
+    /// log line may contain.
+    pub fn note_secret(&self, value: &str) {
+        self.noted.lock().unwrap().push(value.to_string());
+    }
+
     /// Every secret value this test saw: the config's secrets, every cookie the browsers
-    /// hold, and every identity JWT, credential and cookie the upstream received.
+    /// hold, every identity JWT, credential and cookie the upstream received, and what the
+    /// test noted.
     fn secrets_seen(&self) -> Vec<String> {
         let mut seen = self.secrets.values();
+        seen.extend(self.noted.lock().unwrap().iter().cloned());
         for b in self.browsers.lock().unwrap().iter() {
             seen.extend(b.all_cookie_values(self.ports.envoy));
         }
@@ -888,6 +980,8 @@ impl Stack {
             (self.ports.grpc, self.ports.http),
             "portcullis restarted on other ports"
         );
+        // The metrics listener is on port 0 in the config: another one each run.
+        self.ports.metrics = bound.metrics.map_or(0, |a| a.port());
     }
 
     /// Stops replica `i` (0-based) at once (SIGKILL), as a crash would.

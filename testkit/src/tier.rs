@@ -6,7 +6,8 @@
 //! | `stack` | Envoy (`.deps/envoy` or `PORTCULLIS_ENVOY_BIN`), node and the dev IdP's modules (`examples/demo/node_modules`), openssl | e2e_foundation, e2e_grafana, attacks, envoy `--mode validate` |
 //! | `redis` | Debian's `redis-server` and `redis-cli` (`redis::require_redis`) | redis_store.rs; with the `stack` parts, e2e_sessions.rs |
 //! | `compose` | Debian's `docker-compose` (or Docker's compose plugin), openssl | compose.rs |
-//! | `cockpit` | root, cockpit-ws/-bridge/-system, the account alice, and the `stack` parts | e2e_cockpit.rs |
+//! | `proxies` | Debian's nginx and caddy, and the `stack` parts | e2e_proxies.rs |
+//! | `cockpit` | root, cockpit-ws/-bridge/-system, the account alice, and the `stack` parts | e2e_cockpit.rs, the Cockpit cases of e2e_proxies.rs |
 //! | `browser` | Debian's chromium and npm playwright-core, and the `cockpit` parts | the Chromium test |
 //! | `idps` | LemonLDAP::NG and nginx (Debian), and the `stack` parts | e2e_idps.rs |
 //!
@@ -65,6 +66,19 @@ pub fn require_openssl() {
     );
 }
 
+/// Debian's nginx and caddy, and the `stack` parts.
+pub fn require_proxies() {
+    let missing: Vec<&str> = [crate::proxies::NGINX, crate::proxies::CADDY]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tier proxies: Debian's nginx and caddy are needed (missing: {missing:?}): {RUN_SCRIPTS_TEST} (apt-get install nginx caddy)"
+    );
+    require_stack();
+}
+
 /// Root, cockpit-ws and friends, and the local account alice.
 pub fn require_cockpit() {
     let missing: Vec<&str> = [
@@ -99,6 +113,18 @@ pub fn require_lemonldap() {
         missing.is_empty(),
         "tier idps: LemonLDAP::NG is not installed (missing {missing:?}): {RUN_SCRIPTS_TEST} \
          (scripts/lib/lemonldap.sh: ensure_lemonldap)"
+    );
+}
+
+/// sudo and visudo, for Cockpit's administrative access.
+pub fn require_sudo() {
+    let missing: Vec<&str> = ["/usr/bin/sudo", "/usr/sbin/visudo"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tier cockpit: Cockpit's administrative access needs sudo (missing: {missing:?}): {RUN_SCRIPTS_TEST} (apt-get install sudo)"
     );
 }
 

@@ -23,6 +23,7 @@ fn cockpit_route(account: AccountMapping) -> Route {
     r.cockpit = Some(CockpitSettings {
         url_root: String::new(),
         account,
+        admin_groups: vec!["admins".into()],
     });
     r
 }
@@ -145,8 +146,29 @@ fn cockpit_gets_credentials_on_its_login_request_only() {
     assert_eq!(
         g.cockpit,
         CockpitStep::LogIn {
-            account: "alice".into()
+            account: "alice".into(),
+            admin: false,
         }
+    );
+    // A member of an admin group logs in with administrative access; only then.
+    let admin = session(user("alice@example.com", &["users", "admins"]));
+    let Outcome::Allow(g) = decide(&r, Some(&admin), &get("/cockpit/login", &h), NOW) else {
+        panic!()
+    };
+    assert_eq!(
+        g.cockpit,
+        CockpitStep::LogIn {
+            account: "alice".into(),
+            admin: true,
+        }
+    );
+    let near = session(user("alice@example.com", &["Admins", "admins2"]));
+    let Outcome::Allow(g) = decide(&r, Some(&near), &get("/cockpit/login", &h), NOW) else {
+        panic!()
+    };
+    assert!(
+        matches!(g.cockpit, CockpitStep::LogIn { admin: false, .. }),
+        "group names match exactly"
     );
     for path in [
         "/",
