@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONNECTION, ORIGIN, UPGRADE};
 use serde_json::{Value, json};
 use testkit::grafana::{
-    decode_jwt, grafana_verify, http_get, jose_verify, keygen, kids, listener_jwks, now,
+    decode_jwt, grafana_verify, http_get, jose_verify, keygen, kid_of, kids, listener_jwks, now,
     public_key_file, public_key_file_in_process, sign_jwt, with_header_kid, with_payload,
 };
 use testkit::portcullis::with_keys;
@@ -260,14 +260,6 @@ async fn grafana_signs_in_alice_as_admin_and_bob_as_viewer_including_the_live_we
 fn set_keys(config: &Path, signing: &str, published: &[&str]) {
     let text = fs::read_to_string(config).unwrap();
     fs::write(config, with_keys(&text, signing, published)).unwrap();
-}
-
-/// The kid in a token's header.
-fn kid_of(token: &str) -> String {
-    decode_jwt(token).0["kid"]
-        .as_str()
-        .expect("the token names its key")
-        .to_string()
 }
 
 #[tokio::test]

@@ -433,7 +433,8 @@ pub(crate) fn wrk_command(
     if let Some(cookie) = cookie {
         cmd.args(["-H", &format!("Cookie: {cookie}")]);
     }
-    cmd.args(["-H", &format!("Accept: {BROWSER_ACCEPT}")]).arg(url);
+    cmd.args(["-H", &format!("Accept: {BROWSER_ACCEPT}")])
+        .arg(url);
     cmd
 }
 

@@ -359,7 +359,10 @@ mod tests {
         echo.keep_requests(false);
         let close = "HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
         let text = raw(echo.addr, &format!("GET /forgotten {close}"), "");
-        assert!(text.starts_with("HTTP/1.1 200"), "answered all the same: {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "answered all the same: {text}"
+        );
         echo.keep_requests(true);
         raw(echo.addr, &format!("GET /kept {close}"), "");
         let paths: Vec<String> = echo.requests().into_iter().map(|r| r.path).collect();

@@ -181,7 +181,10 @@ pub fn with_cookie_secrets(yaml: &str, current: &str, previous: &[&str]) -> Stri
         if in_cookie && line.starts_with("  secret_file:") {
             out.push(format!("  secret_file: {current}"));
             if !previous.is_empty() {
-                out.push(format!("  previous_secret_files: [{}]", previous.join(", ")));
+                out.push(format!(
+                    "  previous_secret_files: [{}]",
+                    previous.join(", ")
+                ));
             }
             continue;
         }
@@ -295,8 +298,15 @@ routes: []
     fn key_rotation_edits() {
         let step1 = with_keys(CONFIG, "secrets/signing_key.pem", &["secrets/next.pem"]);
         assert!(step1.ends_with("routes: []\npublished_key_files: [secrets/next.pem]\n"));
-        let step2 = with_keys(&step1, "secrets/next.pem", &["secrets/a.pem", "secrets/b.pem"]);
-        assert!(step2.contains("\nsigning_key_file: secrets/next.pem\n"), "{step2}");
+        let step2 = with_keys(
+            &step1,
+            "secrets/next.pem",
+            &["secrets/a.pem", "secrets/b.pem"],
+        );
+        assert!(
+            step2.contains("\nsigning_key_file: secrets/next.pem\n"),
+            "{step2}"
+        );
         assert!(step2.ends_with("published_key_files: [secrets/a.pem, secrets/b.pem]\n"));
         assert_eq!(step2.matches("published_key_files").count(), 1, "{step2}");
         let step3 = with_keys(&step2, "secrets/next.pem", &[]);
@@ -317,7 +327,9 @@ routes: []
         assert!(rotated.contains("  client_secret_file: secrets/client_secret\n"));
         let again = with_cookie_secrets(&rotated, "secrets/c3", &["secrets/c2"]);
         assert_eq!(again.matches("previous_secret_files").count(), 1, "{again}");
-        assert!(again.contains("  secret_file: secrets/c3\n  previous_secret_files: [secrets/c2]\n"));
+        assert!(
+            again.contains("  secret_file: secrets/c3\n  previous_secret_files: [secrets/c2]\n")
+        );
         let dropped = with_cookie_secrets(&again, "secrets/c3", &[]);
         assert!(!dropped.contains("previous_secret_files"), "{dropped}");
     }
