@@ -223,6 +223,7 @@ impl StackBuilder {
 
     /// Runs portcullis at `RUST_LOG=filter` instead of `trace` (the soak: `info` without
     /// the per-request audit lines, whose volume in minutes of load the log scan would read).
+    /// The start waits for `portcullis::reload`'s info line: keep it.
     pub fn log_filter(mut self, filter: &str) -> Self {
         self.log_filter = Some(filter.to_string());
         self
@@ -356,7 +357,10 @@ impl StackBuilder {
                 IdpChoice::LemonLdap { llng, .. } => llng.take_port(),
             };
             match self.start_processes(&mut stack).await {
-                Ok(()) => return stack,
+                Ok(()) => {
+                    stack.until_bound_config_reloaded().await;
+                    return stack;
+                }
                 Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
                     eprintln!(
                         "testkit: {}'s port {} was taken meanwhile; starting again on another ({e})",
@@ -929,6 +933,24 @@ impl Stack {
         self.procs.iter().find(|p| p.name == name)?.pid()
     }
 
+    /// Rewrites the config file as `edit` returns it, in one rename, as an editor that
+    /// saves atomically does: portcullis's reloader (looking every 2 s) never reads half a
+    /// file.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        let tmp = self.config.with_extension("yaml.new");
+        fs::write(&tmp, edit(&text)).unwrap();
+        fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Sends SIGHUP to portcullis (by its pid), as `systemctl reload` does: a reload.
+    pub fn reload_portcullis(&self) {
+        let pid = self.pid("portcullis").expect("portcullis runs");
+        // SAFETY: kill(2) on the pid of a child this stack started and has not reaped.
+        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(sent, 0, "SIGHUP to portcullis ({pid})");
+    }
+
     /// Stops portcullis (SIGKILL by pid) and waits for it to exit.
     pub fn stop_portcullis(&mut self) {
         self.proc_mut("portcullis").stop();
@@ -1018,6 +1040,33 @@ impl Stack {
         // The admin listener is on port 0 in the config: another one each run.
         self.replicas[i].admin = bound.admin.map_or(0, |a| a.port());
         self.procs.push(proc);
+    }
+
+    /// Waits until each portcullis has reloaded the config the stack rewrote with the ports
+    /// it bound: written after it was ready, so a change it reloads once, at its next look
+    /// (every 2 s). A test then starts with nothing left to reload, and can count reloads.
+    async fn until_bound_config_reloaded(&mut self) {
+        let names: Vec<String> = self.replicas.iter().map(|r| r.name.clone()).collect();
+        for name in names {
+            let proc = self.proc_mut(&name);
+            let log = proc.log.clone();
+            proc.wait_for(
+                "reload of the config with the bound ports",
+                std::time::Duration::from_secs(10),
+                || {
+                    let log = log.clone();
+                    async move {
+                        let text = fs::read_to_string(&log).unwrap_or_default();
+                        match text.matches("config reloaded").count() {
+                            0 => Err("no \"config reloaded\" line".to_string()),
+                            _ => Ok(()),
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     /// Starts portcullis with the config file as it is and waits until it is ready.
