@@ -479,6 +479,9 @@ fn serve(
         Ok(c) => c,
         Err(errors) => return config_failed(&errors),
     };
+    // The files as they were read: a change from now on is reloaded, even one made before
+    // the reloader runs.
+    let watcher = crate::reload::Watcher::new(path.clone(), config.files.clone());
     // Before any thread exists (the log writer's included): taking the sockets clears
     // their environment variables.
     let inherited = match crate::server::activation::Inherited::take() {
@@ -494,6 +497,7 @@ fn serve(
         Err(code) => return code,
     };
     runtime.block_on(async move {
+        let watcher = watcher.catch_hangup();
         let listeners = match crate::server::bind_with(&config.server, inherited).await {
             Ok(l) => l,
             Err(e) => {
@@ -519,8 +523,7 @@ fn serve(
             }
         };
         let live = crate::app::Live::new(app);
-        let files = live.app().files.clone();
-        let reloader = tokio::spawn(crate::reload::watch(live.clone(), path.clone(), files));
+        let reloader = tokio::spawn(watcher.run(live.clone()));
         let served =
             crate::server::serve(live, listeners, stopping, crate::server::shutdown_signal()).await;
         reloader.abort();

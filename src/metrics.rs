@@ -49,13 +49,46 @@ impl DecisionCounters {
     }
 }
 
+/// Calls to the identity provider: their time, and their failures by cause. Shared by the
+/// sign-in callback and the refresher.
+#[derive(Clone)]
+pub struct IdpCalls {
+    duration: Histogram,
+    errors: Family<KindLabel, Counter>,
+}
+
+impl Default for IdpCalls {
+    fn default() -> Self {
+        // 1 ms … ~16 s: a round trip to the IdP.
+        let calls = Self {
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            errors: Family::default(),
+        };
+        // Every cause exists from the start at 0: a series that appears only with the first
+        // failure is "no data" to a rate() or an alert until then.
+        for kind in crate::oidc::OidcError::KINDS {
+            let _ = calls.errors.get_or_create(&KindLabel { kind });
+        }
+        calls
+    }
+}
+
+impl IdpCalls {
+    /// Times one call to the IdP, and counts its failure by cause.
+    pub fn observe(&self, elapsed: Duration, error: Option<&'static str>) {
+        self.duration.observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.errors.get_or_create(&KindLabel { kind }).inc();
+        }
+    }
+}
+
 /// Everything portcullis counts.
 pub struct Metrics {
     registry: Registry,
     check_duration: Histogram,
     decisions: Family<DecisionLabel, Counter>,
-    idp_duration: Histogram,
-    idp_errors: Family<KindLabel, Counter>,
+    idp: IdpCalls,
     /// Sign-outs (a session ended by its user).
     pub sign_outs: Counter,
     pub sign_ins: Counter,
@@ -93,18 +126,16 @@ impl Default for Metrics {
             "ext_authz decisions by route and outcome",
             decisions.clone(),
         );
-        // 1 ms … ~16 s: a round trip to the IdP.
-        let idp_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let idp = IdpCalls::default();
         registry.register(
             "idp_request_duration_seconds",
             "Time of calls to the identity provider (code exchange with UserInfo, refresh)",
-            idp_duration.clone(),
+            idp.duration.clone(),
         );
-        let idp_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "idp_errors",
             "Calls to the identity provider that failed, by cause",
-            idp_errors.clone(),
+            idp.errors.clone(),
         );
         let build = Family::<BuildLabel, Gauge>::default();
         build
@@ -139,7 +170,10 @@ impl Default for Metrics {
             "Identity JWTs signed (cache misses)",
             tokens_signed.clone(),
         );
-        let refresh = crate::refresh::RefreshCounters::default();
+        let refresh = crate::refresh::RefreshCounters {
+            idp: idp.clone(),
+            ..Default::default()
+        };
         registry.register(
             "token_refreshes",
             "IdP token refreshes that succeeded",
@@ -205,8 +239,7 @@ impl Default for Metrics {
             backchannel_logout_rejections,
             sessions_revoked,
             store_errors,
-            idp_duration,
-            idp_errors,
+            idp,
             sign_outs,
             reloads_ok,
             reloads_refused,
@@ -243,10 +276,7 @@ impl Metrics {
 
     /// Times one call to the IdP, and counts its failure by cause.
     pub fn observe_idp(&self, elapsed: Duration, error: Option<&'static str>) {
-        self.idp_duration.observe(elapsed.as_secs_f64());
-        if let Some(kind) = error {
-            self.idp_errors.get_or_create(&KindLabel { kind }).inc();
-        }
+        self.idp.observe(elapsed, error);
     }
 
     /// The counter of identity JWTs signed, for the token source to count with.
@@ -266,6 +296,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idp_calls_are_timed_and_failures_counted_from_zero_including_refreshes() {
+        let m = Metrics::default();
+        let text = m.encode();
+        for kind in crate::oidc::OidcError::KINDS {
+            let line = format!("portcullis_idp_errors_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&line), "{line} in:\n{text}");
+        }
+        m.observe_idp(Duration::from_millis(3), None);
+        m.refresh
+            .idp
+            .observe(Duration::from_millis(3), Some("invalid_grant"));
+        let text = m.encode();
+        for line in [
+            "portcullis_idp_request_duration_seconds_count 2\n",
+            "portcullis_idp_errors_total{kind=\"invalid_grant\"} 1\n",
+            "portcullis_idp_errors_total{kind=\"unreachable\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
 
     #[test]
     fn decisions_are_counted_by_outcome_and_timed() {

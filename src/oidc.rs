@@ -76,6 +76,22 @@ pub enum OidcError {
 }
 
 impl OidcError {
+    /// Every [`OidcError::kind`], for the metrics to list from the start.
+    pub const KINDS: [&'static str; 12] = [
+        "not_ready",
+        "unreachable",
+        "invalid_client",
+        "invalid_grant",
+        "token_endpoint",
+        "no_id_token",
+        "algorithm_refused",
+        "id_token",
+        "subject_mismatch",
+        "userinfo",
+        "logout_token",
+        "bearer",
+    ];
+
     /// A short label of the cause, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -1024,6 +1040,36 @@ mod tests {
 
     fn token(payload: serde_json::Value) -> String {
         format!("e30.{}.sig", URL_SAFE_NO_PAD.encode(payload.to_string()))
+    }
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        let s = String::new;
+        let errors = [
+            OidcError::NotReady,
+            OidcError::Unreachable {
+                endpoint: "token",
+                detail: s(),
+            },
+            OidcError::InvalidClient(s()),
+            OidcError::InvalidGrant(s()),
+            OidcError::TokenEndpoint(s()),
+            OidcError::NoIdToken,
+            OidcError::AlgorithmRefused {
+                alg: s(),
+                accepted: s(),
+            },
+            OidcError::IdToken(s()),
+            OidcError::SubjectMismatch {
+                id_token: s(),
+                userinfo: s(),
+            },
+            OidcError::UserInfo(s()),
+            OidcError::LogoutToken(s()),
+            OidcError::Bearer(s()),
+        ];
+        let kinds: Vec<&str> = errors.iter().map(OidcError::kind).collect();
+        assert_eq!(kinds, OidcError::KINDS);
     }
 
     #[test]

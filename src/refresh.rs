@@ -51,12 +51,13 @@ const POLL: Duration = Duration::from_millis(50);
 /// After an IdP that could not be reached, no new attempt before this many seconds.
 pub const RETRY_AFTER_SECS: u64 = 10;
 
-/// Counters of refresh outcomes.
+/// Counters of refresh outcomes, and the IdP call metrics each refresh is timed in.
 #[derive(Clone, Default)]
 pub struct RefreshCounters {
     pub refreshed: Counter,
     pub refused: Counter,
     pub failed: Counter,
+    pub idp: crate::metrics::IdpCalls,
 }
 
 /// What a finished refresh left: the session as stored now (`None`: it ended), or the
@@ -243,12 +244,17 @@ impl Sessions {
             return Ok(None);
         };
         let renewal = self.renew_while_refreshing(lock.to_string());
+        let asked = std::time::Instant::now();
         let answer = self
             .inner
             .idp
             .refresh(&token, &current.user.subject, grant.userinfo)
             .await;
         renewal.abort();
+        self.inner
+            .counters
+            .idp
+            .observe(asked.elapsed(), answer.as_ref().err().map(OidcError::kind));
         match answer {
             Ok(refreshed) => {
                 let mut next = (*current).clone();

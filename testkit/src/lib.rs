@@ -26,6 +26,7 @@ pub mod portcullis;
 pub mod proc;
 pub mod proxies;
 pub mod redis;
+pub mod soak;
 pub mod stack;
 pub mod tier;
 

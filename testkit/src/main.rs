@@ -1,5 +1,6 @@
 //! `testkit`: the stack for people. `scripts/demo` runs `testkit demo`, `scripts/bench`
-//! runs `testkit bench`; both scripts install the packages first.
+//! runs `testkit bench`, `scripts/soak` runs `testkit soak`; the scripts install the
+//! packages first.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "testkit",
-    about = "portcullis's whole stack: the demo and the benchmark"
+    about = "portcullis's whole stack: the demo, the benchmark and the soak"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,6 +22,9 @@ enum Cmd {
     Demo(testkit::demo::DemoArgs),
     /// Measure what portcullis adds to a request behind Envoy (see BENCHMARKS.md).
     Bench(testkit::bench::BenchArgs),
+    /// Half the measured throughput for MINUTES with sign-ins, sign-outs and reloads;
+    /// fails on memory growth or any failed request (see BENCHMARKS.md).
+    Soak(testkit::soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         match cli.command {
             Cmd::Demo(args) => testkit::demo::run_demo(args).await,
             Cmd::Bench(args) => testkit::bench::run_bench(args).await,
+            Cmd::Soak(args) => testkit::soak::run_soak(args).await,
         }
     });
     match result {

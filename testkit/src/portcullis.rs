@@ -143,6 +143,56 @@ pub fn jwks(config: &Path) -> String {
     String::from_utf8(out.stdout).expect("the JWKS is UTF-8")
 }
 
+/// The config text `yaml` with `signing_key_file` set to `signing` and
+/// `published_key_files` to `published` (none: the key removed), as an operator edits it
+/// between the README's key rotation steps. Top-level keys only, one line each, as the test
+/// kit writes them.
+pub fn with_keys(yaml: &str, signing: &str, published: &[&str]) -> String {
+    let mut lines: Vec<String> = yaml
+        .lines()
+        .filter(|l| !l.starts_with("published_key_files:"))
+        .map(|l| {
+            if l.starts_with("signing_key_file:") {
+                format!("signing_key_file: {signing}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !published.is_empty() {
+        lines.push(format!("published_key_files: [{}]", published.join(", ")));
+    }
+    lines.join("\n") + "\n"
+}
+
+/// The config text `yaml` with `cookie.secret_file` set to `current` and
+/// `cookie.previous_secret_files` to `previous` (the README's cookie secret rotation), in
+/// the `cookie:` section as the test kit writes it (two-space indent, one line a key).
+pub fn with_cookie_secrets(yaml: &str, current: &str, previous: &[&str]) -> String {
+    let mut out = Vec::new();
+    let mut in_cookie = false;
+    for line in yaml.lines() {
+        if !line.starts_with(' ') {
+            in_cookie = line.starts_with("cookie:");
+        }
+        if in_cookie && line.starts_with("  previous_secret_files:") {
+            continue;
+        }
+        if in_cookie && line.starts_with("  secret_file:") {
+            out.push(format!("  secret_file: {current}"));
+            if !previous.is_empty() {
+                out.push(format!(
+                    "  previous_secret_files: [{}]",
+                    previous.join(", ")
+                ));
+            }
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    out.join("\n") + "\n"
+}
+
 /// What `serve --ready-file` reported.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -242,4 +292,60 @@ pub fn probe_client() -> reqwest::Client {
         .timeout(Duration::from_secs(2))
         .build()
         .expect("probe client builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "\
+idp:
+  client_secret_file: secrets/client_secret
+cookie:
+  name: _portcullis
+  secret_file: secrets/cookie_secret
+  lifetime: 8h
+signing_key_file: secrets/signing_key.pem
+routes: []
+";
+
+    #[test]
+    fn key_rotation_edits() {
+        let step1 = with_keys(CONFIG, "secrets/signing_key.pem", &["secrets/next.pem"]);
+        assert!(step1.ends_with("routes: []\npublished_key_files: [secrets/next.pem]\n"));
+        let step2 = with_keys(
+            &step1,
+            "secrets/next.pem",
+            &["secrets/a.pem", "secrets/b.pem"],
+        );
+        assert!(
+            step2.contains("\nsigning_key_file: secrets/next.pem\n"),
+            "{step2}"
+        );
+        assert!(step2.ends_with("published_key_files: [secrets/a.pem, secrets/b.pem]\n"));
+        assert_eq!(step2.matches("published_key_files").count(), 1, "{step2}");
+        let step3 = with_keys(&step2, "secrets/next.pem", &[]);
+        assert!(!step3.contains("published_key_files"), "{step3}");
+        assert_eq!(with_keys(CONFIG, "secrets/signing_key.pem", &[]), CONFIG);
+    }
+
+    #[test]
+    fn cookie_secret_rotation_edits() {
+        let rotated = with_cookie_secrets(CONFIG, "secrets/c2", &["secrets/cookie_secret"]);
+        assert!(
+            rotated.contains(
+                "cookie:\n  name: _portcullis\n  secret_file: secrets/c2\n  previous_secret_files: [secrets/cookie_secret]\n  lifetime: 8h\n"
+            ),
+            "{rotated}"
+        );
+        // The IdP's client secret is not the cookie's.
+        assert!(rotated.contains("  client_secret_file: secrets/client_secret\n"));
+        let again = with_cookie_secrets(&rotated, "secrets/c3", &["secrets/c2"]);
+        assert_eq!(again.matches("previous_secret_files").count(), 1, "{again}");
+        assert!(
+            again.contains("  secret_file: secrets/c3\n  previous_secret_files: [secrets/c2]\n")
+        );
+        let dropped = with_cookie_secrets(&again, "secrets/c3", &[]);
+        assert!(!dropped.contains("previous_secret_files"), "{dropped}");
+    }
 }

@@ -221,6 +221,20 @@ impl StackBuilder {
         self
     }
 
+    /// Runs portcullis at `RUST_LOG=filter` instead of `trace` (the soak: `info` without
+    /// the per-request audit lines, whose volume in minutes of load the log scan would read).
+    /// The start waits for `portcullis::reload`'s info line: keep it.
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = Some(filter.to_string());
+        self
+    }
+
+    /// Serves `server.metrics_address` on port 0, reported in [`Ports::metrics`] (a restart
+    /// of portcullis binds another port, and updates it).
+    pub fn metrics_listener(self) -> Self {
+        self.server_option("metrics_address: 127.0.0.1:0")
+    }
+
     /// Adds a key to the config's `server` section, as one YAML line (`drain_delay: 2s`).
     pub fn server_option(mut self, yaml_line: &str) -> Self {
         self.server_extra.push(yaml_line.to_string());
@@ -323,6 +337,7 @@ impl StackBuilder {
                 jwks: 0,
                 forward_auth: 0,
                 echo_tls: echo.tls_addr.map_or(0, |a| a.port()),
+                metrics: 0,
             },
             replicas: Vec::new(),
             log_filter: self.log_filter.clone().unwrap_or_else(|| "trace".into()),
@@ -342,7 +357,10 @@ impl StackBuilder {
                 IdpChoice::LemonLdap { llng, .. } => llng.take_port(),
             };
             match self.start_processes(&mut stack).await {
-                Ok(()) => return stack,
+                Ok(()) => {
+                    stack.until_bound_config_reloaded().await;
+                    return stack;
+                }
                 Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
                     eprintln!(
                         "testkit: {}'s port {} was taken meanwhile; starting again on another ({e})",
@@ -402,6 +420,7 @@ impl StackBuilder {
         stack.ports.http = bound.http.port();
         stack.ports.jwks = bound.jwks.map_or(0, |a| a.port());
         stack.ports.forward_auth = bound.forward_auth.map_or(0, |a| a.port());
+        stack.ports.metrics = bound.metrics.map_or(0, |a| a.port());
         let listen = Listen {
             grpc: stack.ports.grpc,
             http: stack.ports.http,
@@ -595,6 +614,8 @@ pub struct Ports {
     pub forward_auth: u16,
     /// The HTTPS echo (only with [`StackBuilder::tls_echo`]).
     pub echo_tls: u16,
+    /// The metrics listener (only with [`StackBuilder::metrics_listener`]).
+    pub metrics: u16,
 }
 
 /// One portcullis process of a stack.
@@ -901,6 +922,40 @@ impl Stack {
         self.echo.requests()
     }
 
+    /// Whether the echo upstream keeps the requests it gets from now on (see
+    /// [`Echo::keep_requests`]); the log scan then sees only those it kept.
+    pub fn keep_echo_requests(&self, keep: bool) {
+        self.echo.keep_requests(keep);
+    }
+
+    /// The pid of the process `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == name)?.pid()
+    }
+
+    /// Rewrites the config file as `edit` returns it, in one rename, as an editor that
+    /// saves atomically does: portcullis's reloader (looking every 2 s) never reads half a
+    /// file.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        let tmp = self.config.with_extension("yaml.new");
+        fs::write(&tmp, edit(&text)).unwrap();
+        fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Sends SIGHUP to portcullis (by its pid), as `systemctl reload` does: a reload.
+    pub fn reload_portcullis(&self) {
+        self.hang_up("portcullis");
+    }
+
+    /// Sends SIGHUP to the process `name` (by its pid).
+    fn hang_up(&self, name: &str) {
+        let pid = self.pid(name).unwrap_or_else(|| panic!("{name} runs"));
+        // SAFETY: kill(2) on the pid of a child this stack started and has not reaped.
+        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(sent, 0, "SIGHUP to {name} ({pid})");
+    }
+
     /// Stops portcullis (SIGKILL by pid) and waits for it to exit.
     pub fn stop_portcullis(&mut self) {
         self.proc_mut("portcullis").stop();
@@ -962,6 +1017,8 @@ impl Stack {
             (self.ports.grpc, self.ports.http),
             "portcullis restarted on other ports"
         );
+        // The metrics listener is on port 0 in the config: another one each run.
+        self.ports.metrics = bound.metrics.map_or(0, |a| a.port());
     }
 
     /// Stops replica `i` (0-based) at once (SIGKILL), as a crash would.
@@ -998,6 +1055,40 @@ impl Stack {
         // The admin listener is on port 0 in the config: another one each run.
         self.replicas[i].admin = bound.admin.map_or(0, |a| a.port());
         self.procs.push(proc);
+    }
+
+    /// Has each portcullis reload the config the stack rewrote with the ports it bound
+    /// (written after it was ready) at once, by SIGHUP, and waits for that reload. A test
+    /// then starts with nothing left to reload, and can count reloads. (Waiting for the
+    /// file watcher instead would cost up to its 2 s poll, and it may have reloaded
+    /// already: the SIGHUP reload comes after it either way.)
+    async fn until_bound_config_reloaded(&mut self) {
+        let names: Vec<String> = self.replicas.iter().map(|r| r.name.clone()).collect();
+        for name in names {
+            self.hang_up(&name);
+            let proc = self.proc_mut(&name);
+            let log = proc.log.clone();
+            proc.wait_for(
+                "reload of the config with the bound ports",
+                std::time::Duration::from_secs(10),
+                || {
+                    let log = log.clone();
+                    async move {
+                        let text = fs::read_to_string(&log).unwrap_or_default();
+                        if text
+                            .lines()
+                            .any(|l| l.contains("config reloaded") && l.contains("SIGHUP"))
+                        {
+                            Ok(())
+                        } else {
+                            Err("no \"config reloaded\" line for the SIGHUP".to_string())
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     /// Starts portcullis with the config file as it is and waits until it is ready (and,

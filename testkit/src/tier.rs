@@ -3,7 +3,7 @@
 //!
 //! | tier | parts | tests |
 //! | --- | --- | --- |
-//! | `stack` | Envoy (`.deps/envoy` or `PORTCULLIS_ENVOY_BIN`), node and the dev IdP's modules (`examples/demo/node_modules`), openssl | e2e_foundation, e2e_grafana, attacks, envoy `--mode validate` |
+//! | `stack` | Envoy (`.deps/envoy` or `PORTCULLIS_ENVOY_BIN`), node and the dev IdP's modules (`examples/demo/node_modules`), openssl | e2e_foundation, e2e_grafana, e2e_operations, attacks, envoy `--mode validate` |
 //! | `redis` | Debian's `redis-server` and `redis-cli` (`redis::require_redis`) | redis_store.rs; with the `stack` parts, e2e_sessions.rs |
 //! | `compose` | Debian's `docker-compose` (or Docker's compose plugin), openssl | compose.rs |
 //! | `proxies` | Debian's nginx and caddy, and the `stack` parts | e2e_proxies.rs |

@@ -188,6 +188,40 @@ pub fn metric_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The value of a metric `NAME{…}` summed over the label sets that contain `label`
+/// (`kind="ok"`).
+pub fn metric_labeled(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            labels.split(',').any(|l| l == label).then_some(value)
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The value of one series, named with its labels as the exposition writes them
+/// (`portcullis_check_decisions_total{route="app",outcome="allow"}`); none when absent.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `VmRSS` in KiB from the text of `/proc/PID/status`.
+pub fn vm_rss_kib(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmRSS:")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// `1234.5 µs` style, as the report shows latencies.
 pub fn fmt_us(v: Option<f64>) -> String {
     match v {
@@ -488,5 +522,52 @@ traffic: 10.40MB (10905470) total, 1.10MB (1154556) headers (space savings 95.00
             metric_sum(metrics, "portcullis_identity_tokens_signed_total"),
             3.0
         );
+        assert_eq!(
+            metric_labeled(
+                metrics,
+                "portcullis_check_decisions_total",
+                "outcome=\"allow\""
+            ),
+            5.0
+        );
+        let reloads = "# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total{kind=\"ok\"} 12\nportcullis_config_reloads_total{kind=\"refused\"} 0\nportcullis_config_reloads_total_x{kind=\"ok\"} 9\n";
+        let kind = |k: &str| {
+            metric_labeled(
+                reloads,
+                "portcullis_config_reloads_total",
+                &format!("kind=\"{k}\""),
+            )
+        };
+        assert_eq!(
+            (kind("ok"), kind("refused"), kind("other")),
+            (12.0, 0.0, 0.0)
+        );
+        let decisions = "portcullis_check_decisions_total{route=\"app\",outcome=\"allow\"} 7\nportcullis_check_decisions_total{route=\"admin\",outcome=\"allow\"} 1\nportcullis_check_decisions_total{route=\"app\",outcome=\"sign_in_required\"} 2\n";
+        assert_eq!(
+            metric_labeled(
+                decisions,
+                "portcullis_check_decisions_total",
+                "outcome=\"allow\""
+            ),
+            8.0
+        );
+        let app_allow = "portcullis_check_decisions_total{route=\"app\",outcome=\"allow\"}";
+        assert_eq!(metric_value(decisions, app_allow), Some(7.0));
+        assert_eq!(
+            metric_value(decisions, "portcullis_check_decisions_total{route=\"app\"}"),
+            None
+        );
+        assert_eq!(
+            metric_value(reloads, "portcullis_config_reloads_total"),
+            None
+        );
+    }
+
+    #[test]
+    fn resident_set_size() {
+        let status =
+            "Name:\tportcullis\nVmPeak:\t  900000 kB\nVmRSS:\t   10240 kB\nRssAnon:\t    4000 kB\n";
+        assert_eq!(vm_rss_kib(status), Some(10240));
+        assert_eq!(vm_rss_kib("Name:\tzombie\n"), None);
     }
 }
