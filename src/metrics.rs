@@ -66,7 +66,7 @@ impl Default for IdpCalls {
         };
         // Every cause exists from the start at 0: a series that appears only with the first
         // failure is "no data" to a rate() or an alert until then.
-        for kind in crate::oidc::OidcError::KINDS {
+        for kind in &crate::oidc::OidcError::KINDS[..crate::oidc::OidcError::CALL_KINDS] {
             let _ = calls.errors.get_or_create(&KindLabel { kind });
         }
         calls
@@ -301,9 +301,15 @@ mod tests {
     fn idp_calls_are_timed_and_failures_counted_from_zero_including_refreshes() {
         let m = Metrics::default();
         let text = m.encode();
-        for kind in crate::oidc::OidcError::KINDS {
+        for kind in &crate::oidc::OidcError::KINDS[..crate::oidc::OidcError::CALL_KINDS] {
             let line = format!("portcullis_idp_errors_total{{kind=\"{kind}\"}} 0\n");
             assert!(text.contains(&line), "{line} in:\n{text}");
+        }
+        for kind in ["logout_token", "bearer"] {
+            assert!(
+                !text.contains(&format!("kind=\"{kind}\"")),
+                "{kind} in:\n{text}"
+            );
         }
         m.observe_idp(Duration::from_millis(3), None);
         m.refresh

@@ -76,7 +76,8 @@ pub enum OidcError {
 }
 
 impl OidcError {
-    /// Every [`OidcError::kind`], for the metrics to list from the start.
+    /// Every [`OidcError::kind`]; the first [`OidcError::CALL_KINDS`] are those a call to
+    /// the IdP (code exchange with UserInfo, refresh) can fail with.
     pub const KINDS: [&'static str; 12] = [
         "not_ready",
         "unreachable",
@@ -91,6 +92,11 @@ impl OidcError {
         "logout_token",
         "bearer",
     ];
+
+    /// The kinds `portcullis_idp_errors_total` counts, listed from the start at 0. (A
+    /// refused logout token or bearer token is not a failed call to the IdP: those have
+    /// counters of their own.)
+    pub const CALL_KINDS: usize = 10;
 
     /// A short label of the cause, for metrics.
     pub fn kind(&self) -> &'static str {

@@ -397,7 +397,11 @@ async fn the_metrics_endpoint_counts_what_happened() {
         }
     }
     assert_eq!(value(&metrics, "portcullis_sessions"), 0.0);
-    assert_eq!(value(&metrics, "portcullis_idp_up"), 1.0, "discovered and answering");
+    assert_eq!(
+        value(&metrics, "portcullis_idp_up"),
+        1.0,
+        "discovered and answering"
+    );
     assert_eq!(value(&metrics, "portcullis_sign_ins_total"), 0.0);
     assert_eq!(
         value(&metrics, "portcullis_idp_request_duration_seconds_count"),
