@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::core::session::refresh_time;
@@ -51,14 +50,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// After an IdP that could not be reached, no new attempt before this many seconds.
 pub const RETRY_AFTER_SECS: u64 = 10;
 
-/// Counters of refresh outcomes, and the IdP call metrics each refresh is timed in.
-#[derive(Clone, Default)]
-pub struct RefreshCounters {
-    pub refreshed: Counter,
-    pub refused: Counter,
-    pub failed: Counter,
-    pub idp: crate::metrics::IdpCalls,
-}
+use crate::metrics::RefreshCounters;
 
 /// What a finished refresh left: the session as stored now (`None`: it ended), or the
 /// store's failure as text (a `watch` value must be `Clone`).
