@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// bench starts; the report then counts Redis's commands per Check).
     #[arg(long, env = "BENCH_STORE", default_value = "memory", value_parser = ["memory", "redis"])]
     pub store: String,
+    /// portcullis's `RUST_LOG`: `info` (the default, as admins run it: one audit line per
+    /// decision) or e.g. `info,portcullis::audit=off`.
+    #[arg(long, env = "BENCH_LOG", default_value = "info")]
+    pub log: String,
     /// Start everything, check it, then wait for Ctrl-C without load (for profiling by
     /// hand; addresses, pids and the cookie in target/bench/run/hold.env).
     #[arg(long, env = "BENCH_HOLD")]
@@ -280,6 +284,7 @@ async fn start_portcullis_side(
     run: &Path,
     secrets: &Secrets,
     redis: Option<&crate::redis::Redis>,
+    log: &str,
 ) -> Result<(u16, Bound, u16)> {
     for attempt in 1..=START_ATTEMPTS {
         let envoy_port = free_port();
@@ -320,7 +325,7 @@ async fn start_portcullis_side(
             "portcullis",
             &config,
             &run.join("portcullis.log"),
-            "info",
+            log,
             &format!("auth.localhost:{envoy_port}"),
         )
         .await
@@ -467,7 +472,8 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
         "starting the IdP, portcullis, the no-op server and three Envoys (the JWT-sized no-op later)",
     );
     let redis = (args.store == "redis").then(|| crate::redis::Redis::start(&[]));
-    let (p_e3, bound, _) = start_portcullis_side(procs, run, &secrets, redis.as_ref()).await?;
+    let (p_e3, bound, _) =
+        start_portcullis_side(procs, run, &secrets, redis.as_ref(), &args.log).await?;
     let p_noop = start_noop(procs, &bins, run, "noop", None).await?;
     let http = bound.http.port();
     let p_e1 = start_envoy(procs, run, "envoy-direct", p_noop, http, true, None)
@@ -745,8 +751,10 @@ async fn bench(args: &BenchArgs, run: &Path, procs: &mut Procs) -> Result<i32> {
     let mut extra = format!(
         "### portcullis during the run\n\n\
          - Checks answered: {checks}; identity JWTs signed: {signed} (one session, one route: the cache re-signs only when a token has under a minute left of its 5).\n\
-         - portcullis RSS at the end of the run: {} MiB.\n",
-        rss_kb / 1024
+         - portcullis RSS at the end of the run: {} MiB.\n\
+         - portcullis's log: `RUST_LOG={}` (BENCH_LOG).\n",
+        rss_kb / 1024,
+        args.log
     );
     extra.push_str(
         redis_line
