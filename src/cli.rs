@@ -570,16 +570,15 @@ fn keygen(out: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// Logs to stderr through a background writer (a slow reader of stderr must not hold up
-/// `Check`s), at `RUST_LOG` (default info), as text or JSON lines. Keep the guard: dropping
-/// it flushes what is buffered.
-fn init_tracing(format: crate::config::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr through a background writer that writes in batches
+/// ([`crate::logwriter`]: a slow reader of stderr must not hold up `Check`s, and a line per
+/// decision must not cost a write each), at `RUST_LOG` (default info), as text or JSON lines.
+/// Keep the guard: dropping it writes what is buffered.
+fn init_tracing(format: crate::config::LogFormat) -> crate::logwriter::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // Block rather than drop lines when the buffer is full: audit lines must not vanish.
-        .lossy(false)
-        .finish(std::io::stderr());
+    // Lossless: writers wait rather than drop lines when stderr is blocked.
+    let (writer, guard) = crate::logwriter::batch_writer(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -24,6 +24,7 @@ pub mod ext_authz;
 pub mod forward_auth;
 pub mod identity;
 pub mod limits;
+pub mod logwriter;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
