@@ -305,6 +305,17 @@ impl App {
         self.clock.now()
     }
 
+    /// Counts a decision by route and outcome and times it: the same for every edge that
+    /// decides (Envoy's `Check`, forward auth).
+    pub fn observe_decision(
+        &self,
+        decision: &crate::authorizer::Decision,
+        started: std::time::Instant,
+    ) {
+        self.decisions.count(decision.route, decision.kind);
+        self.metrics.observe_check(started.elapsed());
+    }
+
     /// Whether this replica should get requests: its session store can answer, and it is
     /// not draining before shutdown (gRPC health and `/healthz` say this to Envoy).
     pub fn is_serving(&self) -> bool {

@@ -51,8 +51,7 @@ impl Authorization for AuthzService {
         let app = self.live.app();
         let decision = app.authorizer.check(&req).await;
         tracing::debug!(action = ?decision.action, "check");
-        app.decisions.count(decision.route, decision.kind);
-        app.metrics.observe_check(started.elapsed());
+        app.observe_decision(&decision, started);
         Ok(Response::new(to_check_response(decision.action)))
     }
 }

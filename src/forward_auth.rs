@@ -91,8 +91,7 @@ async fn answer(app: &App, id: &RequestId, headers: &HeaderMap, sign_in: SignInA
         .insert("x-request-id".into(), id.0.clone());
     let decision = app.authorizer.check_as(&forwarded.request(), sign_in).await;
     tracing::debug!(action = ?decision.action, "forward-auth");
-    app.decisions.count(decision.route, decision.kind);
-    app.metrics.observe_check(started.elapsed());
+    app.observe_decision(&decision, started);
     render(
         decision.action,
         &forwarded.headers,

@@ -53,16 +53,18 @@ pub fn batch_writer<W: Write + Send + 'static>(mut out: W) -> (BatchWriter, Guar
         .spawn(move || {
             let mut batch = Vec::new();
             loop {
-                {
+                let closing = {
                     let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
                     while st.buf.is_empty() && !st.closed {
                         st = s.changed.wait(st).unwrap_or_else(|e| e.into_inner());
                     }
-                    if st.buf.is_empty() && st.closed {
+                    if st.buf.is_empty() {
                         return;
                     }
-                }
-                if !closed(&s) {
+                    st.closed
+                };
+                // Closing: write what is there now, without waiting for more.
+                if !closing {
                     std::thread::sleep(LINGER);
                 }
                 {
@@ -85,10 +87,6 @@ pub fn batch_writer<W: Write + Send + 'static>(mut out: W) -> (BatchWriter, Guar
             thread: Some(thread),
         },
     )
-}
-
-fn closed(s: &Shared) -> bool {
-    s.state.lock().unwrap_or_else(|e| e.into_inner()).closed
 }
 
 impl Drop for Guard {
